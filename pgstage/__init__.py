@@ -1,0 +1,26 @@
+"""pgstage: load files into PostgreSQL fast and safely.
+
+The public API is what this module exports; everything else may change.
+"""
+
+from pgstage.errors import (
+    DatabaseError,
+    HeaderMismatch,
+    MissingDependency,
+    PgstageError,
+    PipelineLocked,
+    RejectLimitExceeded,
+    SourceError,
+    SpecError,
+    TargetMismatch,
+    UsageError,
+)
+from pgstage.report import Counts, FileReport, RunReport
+from pgstage.run import run
+from pgstage.spec import Spec, load_spec, parse_spec
+
+__all__ = [
+    "Counts", "DatabaseError", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
+    "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UsageError",
+    "load_spec", "parse_spec", "run",
+]

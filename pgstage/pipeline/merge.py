@@ -1,0 +1,90 @@
+"""Merge: dedup the valid rows of a batch on the key, classify them against the target, write.
+
+One statement per batch. Rows are classified before anything is written (insert / update /
+unchanged / stale), so unchanged rows cost no write, no lock and no WAL — unlike
+`ON CONFLICT ... WHERE false`, which still locks every conflicting row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage.db import execute
+from pgstage.pipeline import transform
+from pgstage.pipeline.transform import ColumnType
+from pgstage.pipeline.validate import Checked
+from pgstage.spec import Spec
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    distinct: int
+    inserted: int
+    updated: int
+    unchanged: int
+    stale: int
+
+
+def _stale_condition(spec: Spec) -> sql.Composable | None:
+    """When an existing row must not be overwritten although the incoming one differs."""
+    strategy = spec.pipeline.strategy
+    if strategy == "insert_only":
+        return sql.SQL("true")  # the target's row always wins
+    if strategy == "upsert_if_newer":
+        version = sql.Identifier(spec.pipeline.version or "")
+        return sql.SQL("s.{0} IS NULL OR (t.{0} IS NOT NULL AND s.{0} <= t.{0})").format(version)
+    return None
+
+
+def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Identifier) -> sql.Composed:
+    """The single merge statement of one batch (pure: returns SQL, runs nothing)."""
+    names = list(spec.columns)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    picks = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
+        else sql.SQL("c.{}").format(sql.Identifier(n))
+        for n, c in spec.columns.items())
+    keys = [sql.Identifier(k) for k in spec.pipeline.key]
+    key_list = sql.SQL(", ").join(keys)
+    order = list(keys)
+    if spec.pipeline.version:
+        order.append(sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(spec.pipeline.version)))
+    order.append(sql.SQL("_rec DESC"))
+    join = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys)
+    stale = _stale_condition(spec)
+    stale_case = sql.SQL("WHEN {} THEN 's' ").format(stale) if stale is not None else sql.SQL("")
+    target = sql.Identifier(*spec.target)
+    non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
+    sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
+                               sql.SQL("_updated_at = now(), _run_id = %(run_id)s, _row_hash = cls._row_hash")])
+    update_join = sql.SQL(" AND ").join(sql.SQL("t.{0} = cls.{0}").format(k) for k in keys)
+    return sql.SQL(
+        "WITH src AS ("
+        " SELECT DISTINCT ON ({key_list}) {cols}, md5(ROW({cols})::text)::uuid AS _row_hash"
+        " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE cardinality(c._reasons) = 0) b"
+        " ORDER BY {order}"
+        "), cls AS ("
+        " SELECT s.*, CASE WHEN t.{key0} IS NULL THEN 'i' WHEN t._row_hash = s._row_hash THEN 'u' {stale}ELSE 'w' END AS _act"
+        " FROM src s LEFT JOIN {target} t ON {join}"
+        "), ins AS ("
+        " INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id, _row_hash)"
+        " SELECT {cols}, now(), now(), %(run_id)s, _row_hash FROM cls WHERE _act = 'i' RETURNING 1"
+        "), upd AS ("
+        " UPDATE {target} t SET {sets} FROM cls WHERE cls._act = 'w' AND {update_join} RETURNING 1"
+        ")"
+        " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd),"
+        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's') FROM cls"
+    ).format(key_list=key_list, cols=cols, picks=picks, checked=checked_table, order=sql.SQL(", ").join(order),
+             key0=keys[0], stale=stale_case, target=target, join=join, sets=sets, update_join=update_join)
+
+
+def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+          run_id: int) -> MergeCounts:
+    row = execute(conn, build_merge(spec, types, checked.ident), {"run_id": run_id},
+                  label=f"merge {checked.staged.source.name}").fetchone()
+    assert row is not None
+    return MergeCounts(*row)

@@ -1,0 +1,196 @@
+"""Transform: the SQL expressions that turn a raw text field into a target value.
+
+These builders are pure (no I/O). They run inside validate's single pass over the staging
+table, so each value is cleaned, normalized, checked and cast exactly once per row:
+
+    raw ──clean──▶ t (trim, empty and null strings → NULL)
+        ──normalize──▶ n (lower/upper, zero dates → NULL, value map)
+        ──parse──▶ ok (is n valid input for the type?)
+        ──cast──▶ v (the typed target value, NULL when not ok)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage.db import execute
+from pgstage.errors import SpecError
+from pgstage.spec import MONEY_CENTS, ColumnSpec, Spec
+
+# Type names are spliced into casts, so they must be plain names with an optional typmod.
+TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]{0,62}(\(\s*\d{1,4}\s*(,\s*\d{1,4}\s*)?\))?(\[\])?$")
+
+# Decimal text with optional thousands separators and at most two decimals, at most 15 integer digits.
+MONEY = r"^[+-]?([0-9]{1,3}(,[0-9]{3}){1,4}|[0-9]{1,15})(\.[0-9]{1,2})?$"
+# Zero dates that exports use for "no date": MySQL's 0000-00-00 and the Unix epoch.
+ZERO_DATE = r"^(0000-00-00([ T]00:00(:00)?)?|1970-01-01([ T]00:00(:00(\.0+)?)?)?\s*(Z|[+-]00(:?00)?|UTC)?|0)$"
+# Words PostgreSQL's date/time and number input accept that no data file should carry.
+SPECIAL_DATETIME = r"(^|[^a-z])(now|today|yesterday|tomorrow|infinity|epoch|allballs)([^a-z]|$)"
+SPECIAL_NUMBER = r"^\s*[+-]?(nan|inf|infinity)\s*$"
+# An explicit UTC offset after a time of day, which a `timezone` column must not silently drop.
+OFFSET = r"[0-9]{1,2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    """A target column's type as PostgreSQL spells it, and its category (D date/time, N numeric, S text...)."""
+
+    name: str
+    category: str
+
+    @property
+    def cast(self) -> sql.SQL:
+        # Safe to splice: checked against TYPE_NAME and canonicalized by PostgreSQL itself.
+        return sql.SQL(self.name)
+
+
+def resolve_types(conn: psycopg.Connection[Any], spec: Spec) -> dict[str, ColumnType]:
+    """Ask PostgreSQL what each column's type is; every unknown type is reported at once."""
+    problems = []
+    for name, column in spec.columns.items():
+        if not TYPE_NAME.match(column.pg_type):
+            problems.append(f"columns.{name}.type: {column.type!r} is not a type name")
+            continue
+        found = execute(conn, sql.SQL("SELECT to_regtype({})").format(sql.Literal(column.pg_type)),
+                        label="types: lookup").fetchone()
+        if found is None or found[0] is None:
+            problems.append(f"columns.{name}.type: PostgreSQL has no type {column.type!r}")
+    if problems:
+        raise SpecError(f"{spec.path or 'spec'}: unknown column types", problems=tuple(problems),
+                        hint="use PostgreSQL type names (text, bigint, numeric(12,2), timestamptz, ...) or money_cents")
+    names = list(spec.columns)
+    probe = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(f"c{i}"), sql.SQL(spec.columns[n].pg_type)) for i, n in enumerate(names))
+    with conn.transaction():
+        execute(conn, sql.SQL("CREATE TEMP TABLE pgstage_type_probe ({}) ON COMMIT DROP").format(probe),
+                label="types: probe")
+        rows = execute(conn, sql.SQL(
+            "SELECT a.attnum, format_type(a.atttypid, a.atttypmod), t.typcategory FROM pg_attribute a"
+            " JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = 'pgstage_type_probe'::regclass AND a.attnum > 0 ORDER BY a.attnum"),
+            label="types: canonical").fetchall()
+    types = {names[attnum - 1]: ColumnType(name, category) for attnum, name, category in rows}
+    _check_rule_types(spec, types)
+    return types
+
+
+def _check_rule_types(spec: Spec, types: dict[str, ColumnType]) -> None:
+    problems = []
+    for name, column in spec.columns.items():
+        kind = types[name]
+        if (column.min is not None or column.max is not None) and kind.category != "N":
+            problems.append(f"columns.{name}: min/max need a numeric type, not {kind.name}")
+        if (column.format or column.timezone) and kind.category != "D":
+            problems.append(f"columns.{name}: format/timezone need a date or time type, not {kind.name}")
+        if column.zero_is_null and kind.category != "D":
+            problems.append(f"columns.{name}: zero_is_null needs a date or time type, not {kind.name}")
+    if problems:
+        raise SpecError(f"{spec.path or 'spec'}: rules that do not fit their column's type", problems=tuple(problems))
+
+
+def clean(raw: sql.Composable, column: ColumnSpec, nulls: tuple[str, ...]) -> sql.Composable:
+    """Trim if asked; the empty string and the source's null strings become NULL."""
+    expr: sql.Composable = sql.SQL("btrim({})").format(raw) if "trim" in column.normalize else raw
+    expr = sql.SQL("NULLIF({}, '')").format(expr)
+    for null in nulls:
+        expr = sql.SQL("NULLIF({}, {})").format(expr, sql.Literal(null))
+    return expr
+
+
+def normalize(t: sql.Composable, column: ColumnSpec) -> sql.Composable:
+    """Case folding in the order given, zero dates to NULL, then the value map."""
+    expr = t
+    for step in column.normalize:
+        if step != "trim":
+            expr = sql.SQL("lower({})" if step == "lower" else "upper({})").format(expr)
+    if column.zero_is_null:
+        expr = sql.SQL("CASE WHEN {0} ~* {1} THEN NULL ELSE {0} END").format(expr, sql.Literal(ZERO_DATE))
+    if column.map:
+        whens = sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(sql.Literal(k), sql.Literal(v)) for k, v in column.map.items())
+        expr = sql.SQL("CASE {0} {1} ELSE {0} END").format(expr, whens)
+    return expr
+
+
+def _to_timestamptz(n: sql.Composable, column: ColumnSpec) -> sql.Composable:
+    """A date/time text read with `format` (to_timestamp) and/or as wall-clock time in `timezone`."""
+    if column.format:
+        value: sql.Composable = sql.SQL("pgstage.try_to_timestamp({}, {})").format(n, sql.Literal(column.format))
+        if column.timezone:
+            value = sql.SQL("(({} AT TIME ZONE 'UTC') AT TIME ZONE {})").format(value, sql.Literal(column.timezone))
+        return value
+    return sql.SQL("({}::timestamp AT TIME ZONE {})").format(n, sql.Literal(column.timezone))
+
+
+def parsed(n: sql.Composable, column: ColumnSpec) -> sql.Composable | None:
+    """For `format` columns, the parsed timestamptz (NULL when n does not fit), computed once per row."""
+    return _to_timestamptz(n, column) if column.format else None
+
+
+def valid(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
+    """Whether n is valid input for the column's type (NULL is valid here; `required` judges it)."""
+    if column.type == MONEY_CENTS:
+        return sql.SQL("({0} IS NULL OR {0} ~ {1})").format(n, sql.Literal(MONEY))
+    if p is not None:
+        return sql.SQL("({} IS NULL OR {} IS NOT NULL)").format(n, p)
+    if column.timezone:
+        return sql.SQL("({0} IS NULL OR (pg_input_is_valid({0}, 'timestamp') AND {0} !~ {1}))").format(
+            n, sql.Literal(OFFSET))
+    if kind.name == "text":
+        return sql.SQL("true")
+    return sql.SQL("({0} IS NULL OR pg_input_is_valid({0}, {1}))").format(n, sql.Literal(kind.name))
+
+
+def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
+    """The typed value of a valid n."""
+    if column.type == MONEY_CENTS:
+        return sql.SQL("(replace({}, ',', '')::numeric * 100)::bigint").format(n)
+    if p is not None or column.timezone:
+        value = p if p is not None else _to_timestamptz(n, column)
+        return sql.SQL("({})::{}").format(value, kind.cast)
+    if kind.name == "text":
+        return n
+    return sql.SQL("({})::{}").format(n, kind.cast)
+
+
+def type_message(n: sql.Composable, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
+    """Why n is not valid input, in PostgreSQL's words where it has them."""
+    if column.type == MONEY_CENTS:
+        return sql.SQL("quote_literal({}) || ' is not an amount (digits, optional thousands separators, at most 2 decimals)'").format(n)
+    if column.format:
+        return sql.SQL("quote_literal({}) || {}").format(n, sql.Literal(f" does not match format {column.format!r}"))
+    if column.timezone:
+        return sql.SQL("CASE WHEN {0} ~ {1} THEN quote_literal({0}) || {2}"
+                       " ELSE (pg_input_error_info({0}, 'timestamp')).message END").format(
+            n, sql.Literal(OFFSET), sql.Literal(f" carries a UTC offset, but the column reads wall-clock time in {column.timezone}"))
+    return sql.SQL("(pg_input_error_info({}, {})).message").format(n, sql.Literal(kind.name))
+
+
+def const(column: ColumnSpec, kind: ColumnType) -> sql.Composable:
+    """A `const` column's value, typed."""
+    value = column.const
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return sql.SQL("{}::{}").format(sql.Literal(text), kind.cast)
+
+
+def special_pattern(column: ColumnSpec, kind: ColumnType) -> str | None:
+    """The special-input pattern to refuse for this column, if any."""
+    if column.allow_special or column.type == MONEY_CENTS:
+        return None
+    return {"D": SPECIAL_DATETIME, "N": SPECIAL_NUMBER}.get(kind.category)
+
+
+TRY_TO_TIMESTAMP = sql.SQL("""
+CREATE OR REPLACE FUNCTION pgstage.try_to_timestamp(value text, fmt text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN
+    RETURN to_timestamp(value, fmt);
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END
+$fn$""")

@@ -1,0 +1,78 @@
+"""What a run returns: frozen counts that must balance (SPEC §5), and the report around them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pgstage.errors import AccountingError
+
+
+@dataclass(frozen=True)
+class Counts:
+    """read = rejected + valid; valid = duplicate + inserted + updated + unchanged + stale."""
+
+    read: int = 0
+    rejected: int = 0
+    valid: int = 0
+    duplicate: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    deleted: int = 0
+
+    def __post_init__(self) -> None:
+        if self.read != self.rejected + self.valid:
+            raise AccountingError(f"read {self.read} != rejected {self.rejected} + valid {self.valid}")
+        merged = self.duplicate + self.inserted + self.updated + self.unchanged + self.stale
+        if self.valid != merged and merged:
+            raise AccountingError(f"valid {self.valid} != duplicate + inserted + updated + unchanged + stale = {merged}")
+
+    def balanced(self) -> bool:
+        """True when the valid rows are all accounted for by the merge (not the case before a merge ran)."""
+        return self.valid == self.duplicate + self.inserted + self.updated + self.unchanged + self.stale
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(**{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__})
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FileReport:
+    path: str
+    status: str                     # loaded | skipped
+    counts: Counts = Counts()
+    ignored_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: int | None
+    pipeline: str
+    partition: str | None
+    status: str                     # succeeded | skipped | rejected_threshold | failed
+    counts: Counts
+    rejects_by_rule: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+    target: str = ""
+    files: tuple[FileReport, ...] = ()
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--json` document (SPEC §6 keys, plus files)."""
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "partition": self.partition,
+            "status": self.status,
+            "rows": self.counts.as_dict(),
+            "rejects_by_rule": dict(self.rejects_by_rule),
+            "duration_s": round(self.duration_s, 3),
+            "target": self.target,
+            "files": [{"path": f.path, "status": f.status, "rows": f.counts.as_dict(),
+                       "ignored_fields": list(f.ignored_fields)} for f in self.files],
+            "message": self.message,
+        }

@@ -1,0 +1,37 @@
+"""Production safety: one run at a time per pipeline and partition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage.db import execute
+from pgstage.errors import PipelineLocked
+
+
+def lock_key(pipeline: str, partition: str | None) -> str:
+    return f"pgstage:{pipeline}:{partition or ''}"
+
+
+@contextmanager
+def pipeline_lock(conn: psycopg.Connection[Any], pipeline: str, partition: str | None) -> Iterator[None]:
+    """A session-level advisory lock: it vanishes with the session if the process is killed."""
+    key = lock_key(pipeline, partition)
+    got = execute(conn, sql.SQL("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"), (key,),
+                  label="lock").fetchone()
+    if not (got and got[0]):
+        holder = execute(conn, sql.SQL(
+            "SELECT run_id, started_at FROM pgstage.runs WHERE pipeline = %s AND partition IS NOT DISTINCT FROM %s"
+            " AND status = 'running' ORDER BY run_id DESC LIMIT 1"), (pipeline, partition), label="lock: holder").fetchone()
+        who = f"run {holder[0]} (started {holder[1]:%Y-%m-%d %H:%M:%S} UTC)" if holder else "another session"
+        raise PipelineLocked(f"pipeline {pipeline!r}" + (f" partition {partition}" if partition else "")
+                             + f" is being loaded by {who}", hint="wait for it to finish, or check `pgstage runs`")
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            execute(conn, sql.SQL("SELECT pg_advisory_unlock(hashtextextended(%s, 0))"), (key,), label="unlock")

@@ -1,0 +1,246 @@
+"""TOML pipeline spec → frozen, validated objects; every problem reported at once with file:line.
+
+Steps never see dicts: they get a `Spec`. Cross-field rules (a version column must be a
+target column, a key column must exist, ...) are checked here so that a bad spec fails
+before any database work, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pgstage.errors import SpecError
+
+Strategy = Literal["insert_only", "upsert", "upsert_if_newer"]
+Normalizer = Literal["trim", "lower", "upper"]
+
+MONEY_CENTS = "money_cents"
+_NAME = re.compile(r"^[^\x00]{1,63}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PipelineSection(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
+    target: str
+    key: tuple[str, ...] = Field(min_length=1)
+    strategy: Strategy = "upsert"
+    version: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _schema_dot_table(cls, value: str) -> str:
+        split_target(value)
+        return value
+
+
+class SourceSection(_Model):
+    kind: Literal["csv"] = "csv"
+    path: str
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    quote: str = Field(default='"', min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    header: bool = True
+    null: tuple[str, ...] = ()
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (try utf-8, latin-1, cp1252)") from None
+        return value
+
+
+Scalar = str | int | float | bool
+
+
+class ColumnSpec(_Model):
+    const: Scalar | None = None
+    from_: str | None = Field(default=None, alias="from")
+    type: str = "text"
+    required: bool = False
+    normalize: tuple[Normalizer, ...] = ()
+    map: dict[str, str] | None = None
+    format: str | None = None
+    timezone: str | None = None
+    zero_is_null: bool = False
+    allow_special: bool = False
+    min: float | None = None
+    max: float | None = None
+    regex: str | None = None
+    in_: tuple[str, ...] | None = Field(default=None, alias="in")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "ColumnSpec":
+        if (self.const is None) == (self.from_ is None):
+            raise ValueError("give exactly one of `from` (a source field) or `const` (a fixed value)")
+        if self.const is not None and any(
+            (self.normalize, self.map, self.format, self.regex, self.in_, self.min is not None, self.max is not None)
+        ):
+            raise ValueError("a `const` column takes no rules or conversions")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return self
+
+    @property
+    def pg_type(self) -> str:
+        """The PostgreSQL type of the target column (money_cents lands as bigint)."""
+        return "bigint" if self.type == MONEY_CENTS else self.type
+
+
+class LoadSection(_Model):
+    batch_rows: int = Field(default=500_000, gt=0)
+    max_reject_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class Spec(_Model):
+    pipeline: PipelineSection
+    source: SourceSection
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+    load: LoadSection = LoadSection()
+    path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Spec":
+        problems: list[str] = []
+        names = list(self.columns)
+        for key in self.pipeline.key:
+            if key not in self.columns:
+                problems.append(f"pipeline.key: {key!r} is not a column{_did_you_mean(key, names)}")
+        version = self.pipeline.version
+        if self.pipeline.strategy == "upsert_if_newer" and version is None:
+            problems.append("pipeline.version: upsert_if_newer needs a version column (e.g. updated_at)")
+        if version is not None and version not in self.columns:
+            problems.append(f"pipeline.version: {version!r} is not a column{_did_you_mean(version, names)}")
+        for name in names:
+            if not _NAME.match(name) or name.startswith("_"):
+                problems.append(f"columns.{name}: names are 1-63 characters and may not start with '_' (reserved)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def target(self) -> tuple[str, str]:
+        return split_target(self.pipeline.target)
+
+    def source_fields(self) -> list[str]:
+        """Source header names the spec reads, in column order, without repeats."""
+        seen: dict[str, None] = {}
+        for column in self.columns.values():
+            if column.from_ is not None:
+                seen.setdefault(column.from_, None)
+        return list(seen)
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """The one place a spec's `schema.table` is split; a bare table lands in `public`."""
+    parts = target.split(".")
+    if len(parts) == 1 and parts[0]:
+        return "public", parts[0]
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    raise ValueError(f"target must be schema.table, got {target!r}")
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_FIELDS_BY_MODEL: dict[str, type[BaseModel]] = {
+    "pipeline": PipelineSection,
+    "source": SourceSection,
+    "load": LoadSection,
+}
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Known keys at the place an unknown key was found, for the did-you-mean hint."""
+    if len(loc) == 2 and loc[0] in _FIELDS_BY_MODEL:
+        model = _FIELDS_BY_MODEL[loc[0]]
+    elif len(loc) == 3 and loc[0] == "columns":
+        model = ColumnSpec
+    elif len(loc) == 1:
+        model = Spec
+    else:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items() if name != "path"]
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of a dotted key in TOML text (tomllib keeps no positions)."""
+    lines = text.splitlines()
+    section = str(loc[0]) if loc else ""
+    start = 0
+    for number, line in enumerate(lines):
+        if line.strip() == f"[{section}]":
+            start = number
+            break
+    for depth in range(min(len(loc), 3), 0, -1):
+        key = str(loc[depth - 1])
+        pattern = re.compile(rf'^\s*("{re.escape(key)}"|{re.escape(key)})\s*=|[{{,]\s*("{re.escape(key)}"|{re.escape(key)})\s*=')
+        for number in range(start, len(lines)):
+            if number > start and lines[number].lstrip().startswith("[") and depth == 1:
+                break
+            if pattern.search(lines[number]):
+                return number + 1
+    return start + 1 if loc else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key{_did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
+    if kind == "missing":
+        return "missing (required)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def parse_spec(text: str, path: Path | None = None) -> Spec:
+    """Parse spec text; raise one SpecError listing every problem as `file:line: key: message`."""
+    name = str(path) if path else "<spec>"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{name}: not valid TOML: {exc}", hint="fix the TOML syntax at the position shown") from None
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in {"function-after[_one_origin(), ColumnSpec]"}))
+            line = _line_of(text, loc)
+            dotted = ".".join(str(p) for p in loc) or "spec"
+            problems.append(f"{name}:{line}: {dotted}: {_describe(error)}")
+        raise SpecError(f"{name}: {len(problems)} problem(s) in the pipeline spec", problems=tuple(problems),
+                        hint="see docs/spec.md for every field") from None
+    return spec.model_copy(update={"path": path})
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a pipeline spec file."""
+    spec_path = Path(path)
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{spec_path}: spec file not found", hint="check the path; specs are TOML files") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{spec_path}: cannot read spec: {exc}") from None
+    return parse_spec(text, spec_path)

@@ -1,0 +1,97 @@
+"""The target table: created from the spec when missing, checked against it when present.
+
+Audit columns (SPEC §3): `_loaded_at` first load, `_updated_at` last change, `_run_id` the
+run that last changed the row, `_row_hash` for change detection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage.db import execute
+from pgstage.errors import Location, TargetMismatch
+from pgstage.pipeline.transform import ColumnType
+from pgstage.spec import Spec
+
+AUDIT_COLUMNS = {
+    "_loaded_at": "timestamp with time zone",
+    "_updated_at": "timestamp with time zone",
+    "_run_id": "bigint",
+    "_row_hash": "uuid",
+}
+_AUDIT_DEFAULTS = {"_loaded_at": "now()", "_updated_at": "now()"}
+
+
+def ident(spec: Spec) -> sql.Identifier:
+    return sql.Identifier(*spec.target)
+
+
+def existing_columns(conn: psycopg.Connection[Any], spec: Spec) -> dict[str, str] | None:
+    """Column name → type of the target, or None when there is no such table."""
+    schema, table = spec.target
+    rows = execute(conn, sql.SQL(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"),
+        (schema, table), label="target: columns").fetchall()
+    return {name: kind for name, kind in rows} if rows else None
+
+
+def _has_unique_key(conn: psycopg.Connection[Any], spec: Spec) -> bool:
+    schema, table = spec.target
+    row = execute(conn, sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL"
+        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+        "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)"),
+        (schema, table, sorted(spec.pipeline.key)), label="target: key").fetchone()
+    return bool(row and row[0])
+
+
+def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]) -> bool:
+    """Compare an existing target with the spec; explain every mismatch. False when it does not exist yet."""
+    found = existing_columns(conn, spec)
+    if found is None:
+        return False
+    problems = []
+    for name, kind in types.items():
+        if name not in found:
+            problems.append(f"column {name!r} is missing (spec type {kind.name})")
+        elif found[name] != kind.name:
+            problems.append(f"column {name!r}: spec says {kind.name}, table has {found[name]}")
+    for name, kind_name in AUDIT_COLUMNS.items():
+        if name in found and found[name] != kind_name:
+            problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
+    if not problems and not _has_unique_key(conn, spec):
+        problems.append(f"no primary key or unique index on the key ({', '.join(spec.pipeline.key)})")
+    if problems:
+        raise TargetMismatch(f"target {spec.pipeline.target} does not match the spec: " + "; ".join(problems),
+                             location=Location(file=str(spec.path) if spec.path else None),
+                             hint="alter the table or the spec so they agree; pgstage never alters your columns")
+    return True
+
+
+def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]) -> None:
+    """Create the target (and its schema) if missing; add absent audit columns to an existing one."""
+    target = ident(spec)
+    if check(conn, spec, types):
+        found = existing_columns(conn, spec) or {}
+        for name, kind in AUDIT_COLUMNS.items():
+            if name not in found:
+                execute(conn, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    target, sql.Identifier(name), sql.SQL(kind)), label="target: audit column")
+        return
+    schema, _ = spec.target
+    execute(conn, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)), label="target: schema")
+    keys = set(spec.pipeline.key)
+    columns = [sql.SQL("{} {}{}").format(sql.Identifier(n), t.cast, sql.SQL(" NOT NULL") if n in keys else sql.SQL(""))
+               for n, t in types.items()]
+    columns += [sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(k),
+                                          sql.SQL(f" NOT NULL DEFAULT {_AUDIT_DEFAULTS[n]}") if n in _AUDIT_DEFAULTS else sql.SQL(""))
+                for n, k in AUDIT_COLUMNS.items()]
+    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in spec.pipeline.key)))
+    execute(conn, sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)), label="target: create")
