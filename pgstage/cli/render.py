@@ -1,0 +1,84 @@
+"""Rendering of library results for people (rich) and machines (--json). Nothing else prints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pgstage.report import RunReport
+
+# Piped output (CI, logs) gets a wide default instead of rich's 80 columns.
+console = Console(highlight=False, width=shutil.get_terminal_size((150, 40)).columns)
+
+COUNT_KEYS = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale")
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, default=str))
+
+
+def report(rep: RunReport) -> None:
+    """The end-of-run summary: status, the §5 counts per file and in total, rejects by rule."""
+    colour = {"succeeded": "green", "skipped": "cyan", "rejected_threshold": "red", "failed": "red"}.get(rep.status, "white")
+    title = f"run {rep.run_id} · {rep.pipeline}" + (f" · {rep.partition}" if rep.partition else "")
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column("file")
+    table.add_column("status")
+    for key in COUNT_KEYS:
+        table.add_column(key, justify="right")
+    for f in rep.files:
+        table.add_row(f.path, f.status, *(f"{getattr(f.counts, k):,}" for k in COUNT_KEYS))
+    if len(rep.files) > 1:
+        table.add_row("[bold]total[/]", "", *(f"[bold]{getattr(rep.counts, k):,}[/]" for k in COUNT_KEYS))
+    console.print(table)
+    if rep.rejects_by_rule:
+        rules = ", ".join(f"{rule} {n:,}" for rule, n in rep.rejects_by_rule.items())
+        console.print(f"rejects by rule: {rules}")
+    ignored = sorted({name for f in rep.files for name in f.ignored_fields})
+    if ignored:
+        console.print(f"source fields not used by the spec: {', '.join(ignored)}")
+    console.print(f"[{colour}]{rep.status}[/] into {rep.target} in {rep.duration_s:.2f}s"
+                  + (f" — {rep.message}" if rep.message else ""))
+
+
+def runs_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(show_edge=False)
+    for name in ("run", "pipeline", "partition", "status", "started (UTC)", "seconds", "read", "rejected", "inserted",
+                 "updated"):
+        table.add_column(name, justify="right" if name in ("run", "seconds", "read", "rejected", "inserted", "updated") else "left")
+    for r in rows:
+        counts = r.get("counts") or {}
+        seconds = (r["finished_at"] - r["started_at"]).total_seconds() if r.get("finished_at") else None
+        table.add_row(str(r["run_id"]), r["pipeline"], r["partition"] or "", r["status"],
+                      f"{r['started_at']:%Y-%m-%d %H:%M:%S}", f"{seconds:.2f}" if seconds is not None else "",
+                      *(f"{counts.get(k, 0):,}" for k in ("read", "rejected", "inserted", "updated")))
+    console.print(table)
+
+
+def run_details(run: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]run {run['run_id']}[/] {run['pipeline']}" + (f" partition {run['partition']}" if run["partition"] else "")
+                  + f" → {run['target']}: [bold]{run['status']}[/]")
+    console.print(f"started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC on {run['host']} (pid {run['pid']})"
+                  + (f", finished {run['finished_at']:%H:%M:%S}" if run["finished_at"] else ""))
+    if run.get("message"):
+        console.print(f"message: {run['message']}")
+    counts = run.get("counts") or {}
+    if counts:
+        console.print("rows: " + ", ".join(f"{k} {counts.get(k, 0):,}" for k in (*COUNT_KEYS, "deleted")))
+    for f in run.get("files") or []:
+        rows = f.get("rows") or {}
+        console.print(f"  {f['path']}: {f['status']}, read {rows.get('read', 0):,}, rejected {rows.get('rejected', 0):,}")
+    if run.get("rejects_by_rule"):
+        console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in run["rejects_by_rule"].items()))
+    if samples:
+        table = Table(title="sample rejects", title_justify="left", show_edge=False)
+        for name in ("file", "record", "reasons"):
+            table.add_column(name)
+        for s in samples:
+            reasons = "; ".join(f"{r.get('column') or 'record'}.{r['rule']}: {r['message']}" for r in s["reasons"])
+            table.add_row(s["file"], str(s["record"]), reasons)
+        console.print(table)

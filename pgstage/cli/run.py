@@ -1,0 +1,33 @@
+"""`pgstage run SPEC`: load one pipeline (one partition)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pgstage.cli import render
+from pgstage.cli._errors import exits
+from pgstage.run import RejectLimitReport, run
+
+DbOption = Annotated[Optional[str], typer.Option("--db", help="PostgreSQL URL (default: PGSTAGE_DATABASE_URL, else the embedded server)", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+
+
+def run_command(
+    spec: Annotated[Path, typer.Argument(help="The pipeline spec (TOML).", show_default=False)],
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Day to load (YYYY-MM-DD); fills {date} in source.path.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Load files even if these exact bytes were loaded before.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stage, validate, deduplicate and merge a source into its target; print the run's counts."""
+    with exits():
+        try:
+            report = run(spec, partition=partition, db=db, force=force)
+        except RejectLimitReport as exc:
+            if exc.report is not None:
+                render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
+            raise
+        render.print_json(report.as_dict()) if as_json else render.report(report)
