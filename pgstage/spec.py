@@ -116,22 +116,10 @@ class Spec(_Model):
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Spec":
-        problems: list[str] = []
-        names = list(self.columns)
-        for key in self.pipeline.key:
-            if key not in self.columns:
-                problems.append(f"pipeline.key: {key!r} is not a column{_did_you_mean(key, names)}")
-        version = self.pipeline.version
-        if self.pipeline.strategy == "upsert_if_newer" and version is None:
-            problems.append("pipeline.version: upsert_if_newer needs a version column (e.g. updated_at)")
-        if version is not None and version not in self.columns:
-            problems.append(f"pipeline.version: {version!r} is not a column{_did_you_mean(version, names)}")
-        for name in names:
-            if not _NAME.match(name) or name.startswith("_"):
-                problems.append(f"columns.{name}: names are 1-63 characters and may not start with '_' (reserved)")
-        if problems:
-            raise ValueError("; ".join(problems))
+    def _names(self) -> "Spec":
+        bad = [n for n in self.columns if not _NAME.match(n) or n.startswith("_")]
+        if bad:
+            raise ValueError(f"column names are 1-63 characters and may not start with '_' (reserved): {bad}")
         return self
 
     @property
@@ -158,8 +146,28 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    """A suggestion for a misspelt name; transposed letters (`form` for `from`) win over near prefixes."""
+    swapped = [c for c in choices if sorted(c.lower()) == sorted(word.lower())]
+    close = swapped or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _raw_cross_checks(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """The key/version checks on the raw TOML, so they are reported even when other fields fail."""
+    pipeline = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
+    columns = data.get("columns") if isinstance(data.get("columns"), dict) else {}
+    names = [str(n) for n in columns]
+    found: list[tuple[tuple[str, ...], str]] = []
+    keys = pipeline.get("key") if isinstance(pipeline.get("key"), list) else []
+    for key in keys:
+        if isinstance(key, str) and key not in columns:
+            found.append((("pipeline", "key"), f"{key!r} is not a column{_did_you_mean(key, names)}"))
+    version = pipeline.get("version")
+    if pipeline.get("strategy") == "upsert_if_newer" and version is None:
+        found.append((("pipeline", "version"), "upsert_if_newer needs a version column (e.g. updated_at)"))
+    if isinstance(version, str) and version not in columns:
+        found.append((("pipeline", "version"), f"{version!r} is not a column{_did_you_mean(version, names)}"))
+    return found
 
 
 _FIELDS_BY_MODEL: dict[str, type[BaseModel]] = {
@@ -220,17 +228,20 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{name}: not valid TOML: {exc}", hint="fix the TOML syntax at the position shown") from None
+    problems = []
+    spec = None
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
-            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in {"function-after[_one_origin(), ColumnSpec]"}))
-            line = _line_of(text, loc)
+            loc = tuple(error["loc"])
             dotted = ".".join(str(p) for p in loc) or "spec"
-            problems.append(f"{name}:{line}: {dotted}: {_describe(error)}")
+            problems.append(f"{name}:{_line_of(text, loc)}: {dotted}: {_describe(error)}")
+    for loc, message in _raw_cross_checks(data):
+        problems.append(f"{name}:{_line_of(text, loc)}: {'.'.join(loc)}: {message}")
+    if problems or spec is None:
         raise SpecError(f"{name}: {len(problems)} problem(s) in the pipeline spec", problems=tuple(problems),
-                        hint="see docs/spec.md for every field") from None
+                        hint="see docs/spec.md for every field")
     return spec.model_copy(update={"path": path})
 
 

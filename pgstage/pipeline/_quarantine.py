@@ -74,9 +74,10 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
 
 
 def to_csv(rows: list[list[str]]) -> bytes:
-    """Rows back to CSV (UTF-8) for COPY; empty strings stay empty, which pgstage reads as NULL."""
+    """Rows back to CSV (UTF-8) for COPY. Every field is quoted: QUOTE_MINIMAL would leave a lone
+    carriage return unquoted, which COPY then reads as the end of the line."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
+    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
     return out.getvalue().encode("utf-8")
 
 
