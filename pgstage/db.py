@@ -77,7 +77,7 @@ def wrap(exc: psycopg.Error, label: str) -> DatabaseError:
     return kind(" ".join(parts) + (f" [SQLSTATE {diag.sqlstate}]" if diag.sqlstate else ""), hint=hint)
 
 
-def execute(conn: psycopg.Connection[Any], query: sql.Composable, params: Sequence[Any] | dict[str, Any] | None = None,
+def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Sequence[Any] | dict[str, Any] | None = None,
             *, label: str) -> psycopg.Cursor[Any]:
     """Run one statement: the single door, so tracing, timing and error wrapping live in one place."""
     started = time.perf_counter()

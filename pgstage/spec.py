@@ -154,11 +154,13 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _raw_cross_checks(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """The key/version checks on the raw TOML, so they are reported even when other fields fail."""
-    pipeline = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
-    columns = data.get("columns") if isinstance(data.get("columns"), dict) else {}
+    raw_pipeline, raw_columns = data.get("pipeline"), data.get("columns")
+    pipeline: dict[str, Any] = raw_pipeline if isinstance(raw_pipeline, dict) else {}
+    columns: dict[str, Any] = raw_columns if isinstance(raw_columns, dict) else {}
     names = [str(n) for n in columns]
     found: list[tuple[tuple[str, ...], str]] = []
-    keys = pipeline.get("key") if isinstance(pipeline.get("key"), list) else []
+    raw_keys = pipeline.get("key")
+    keys: list[Any] = raw_keys if isinstance(raw_keys, list) else []
     for key in keys:
         if isinstance(key, str) and key not in columns:
             found.append((("pipeline", "key"), f"{key!r} is not a column{_did_you_mean(key, names)}"))
@@ -210,7 +212,7 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     return start + 1 if loc else None
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     loc = tuple(error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":

@@ -39,7 +39,7 @@ def demo_command(
         seconds = sum(r.duration_s for r in result.reports)
         if total:
             render.console.print(f"{total:,} records in {seconds:.1f}s of runs: {total / seconds:,.0f} records/s")
-        rejects = {}
+        rejects: dict[str, int] = {}
         for r in result.reports:
             for rule, n in r.rejects_by_rule.items():
                 rejects[f"{r.pipeline}: {rule}"] = rejects.get(f"{r.pipeline}: {rule}", 0) + n

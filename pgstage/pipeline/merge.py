@@ -50,7 +50,7 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Ide
         for n, c in spec.columns.items())
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     key_list = sql.SQL(", ").join(keys)
-    order = list(keys)
+    order: list[sql.Composable] = list(keys)
     if spec.pipeline.version:
         order.append(sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(spec.pipeline.version)))
     order.append(sql.SQL("_rec DESC"))

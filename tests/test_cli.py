@@ -1,0 +1,163 @@
+"""The command line: exit codes, --json, messages a user sees, and that nothing is written on errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pgstage.cli import app
+
+runner = CliRunner()
+
+SPEC = """
+[pipeline]
+name = "orders"
+target = "shop.orders"
+key = ["id"]
+strategy = "upsert"
+
+[source]
+path = "orders.csv"
+
+[columns]
+id = { from = "Id", type = "bigint" }
+total = { from = "Total", type = "money_cents", min = 0 }
+
+[load]
+max_reject_ratio = 0.25
+"""
+
+
+def write(tmp_path: Path, spec: str = SPEC, csv: str = "Id,Total\n1,1.00\n2,2.50\n3,3\n4,4\n") -> Path:
+    (tmp_path / "spec.toml").write_text(textwrap.dedent(spec))
+    (tmp_path / "orders.csv").write_text(csv)
+    return tmp_path / "spec.toml"
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_run_json_document(tmp_path: Path, db_url: str) -> None:
+    code, out = invoke("run", str(write(tmp_path)), "--db", db_url, "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert set(doc) >= {"run_id", "pipeline", "partition", "status", "rows", "rejects_by_rule", "duration_s"}
+    assert doc["status"] == "succeeded" and doc["pipeline"] == "orders" and doc["partition"] is None
+    assert doc["rows"] == {"read": 4, "rejected": 0, "valid": 4, "duplicate": 0, "inserted": 4, "updated": 0,
+                           "unchanged": 0, "stale": 0, "deleted": 0}
+
+
+def test_table_output_and_rerun_skips(tmp_path: Path, db_url: str) -> None:
+    spec = write(tmp_path)
+    code, out = invoke("run", str(spec), "--db", db_url)
+    assert code == 0 and "succeeded" in out and "inserted" in out
+    code, out = invoke("run", str(spec), "--db", db_url)
+    assert code == 0 and "skipped" in out and "--force" in out
+
+
+def test_reject_threshold_exits_3_and_merges_nothing(tmp_path: Path, db_url: str, sql) -> None:
+    spec = write(tmp_path, csv="Id,Total\n1,1.00\n2,-2\n3,x\n4,4\n")
+    code, out = invoke("run", str(spec), "--db", db_url)
+    assert code == 3, out
+    assert "2 of 4 records rejected (50.0%), above max_reject_ratio 0.25: nothing was merged" in out
+    assert "total.min (1)" in out and "total.type (1)" in out
+    assert sql("SELECT to_regclass('shop.orders')") == [(None,)]
+    assert sql("SELECT status FROM pgstage.runs") == [("rejected_threshold",)]
+    assert sql("SELECT record FROM pgstage.rejects ORDER BY record") == [(2,), (3,)]
+    assert sql("SELECT count(*) FROM pgstage.files") == [(0,)]
+
+
+def test_bad_spec_exits_2_with_every_problem(tmp_path: Path, db_url: str) -> None:
+    bad = SPEC.replace('strategy = "upsert"', 'strategy = "upsert"\nversoin = "x"').replace(
+        "min = 0", 'min = "zero"')
+    code, out = invoke("run", str(write(tmp_path, bad)), "--db", db_url)
+    assert code == 2
+    assert "spec.toml:7: pipeline.versoin: unknown key (did you mean 'version'?)" in out
+    assert "columns.total.min: Input should be a valid number" in out
+    assert "Traceback" not in out
+
+
+def test_unknown_type_exits_2(tmp_path: Path, db_url: str, sql) -> None:
+    code, out = invoke("run", str(write(tmp_path, SPEC.replace('"bigint"', '"bigintt"'))), "--db", db_url)
+    assert code == 2
+    assert "columns.id.type: PostgreSQL has no type 'bigintt'" in out
+    assert sql("SELECT to_regclass('shop.orders')") == [(None,)]
+
+
+def test_missing_file_and_bad_partition(tmp_path: Path, db_url: str) -> None:
+    spec = write(tmp_path, SPEC.replace('"orders.csv"', '"orders_{date}.csv"'))
+    code, out = invoke("run", str(spec), "--db", db_url)
+    assert code == 2 and "--partition" in out
+    code, out = invoke("run", str(spec), "--db", db_url, "--partition", "2024-13-01")
+    assert code == 2 and "is not a date" in out
+    code, out = invoke("run", str(spec), "--db", db_url, "--partition", "2024-01-01")
+    assert code == 1 and "no source file matches" in out and "orders_2024-01-01.csv" in out
+
+
+def test_target_mismatch_is_explained(tmp_path: Path, db_url: str, sql) -> None:
+    sql("CREATE SCHEMA shop; CREATE TABLE shop.orders (id integer PRIMARY KEY, total bigint)")
+    code, out = invoke("run", str(write(tmp_path)), "--db", db_url)
+    assert code == 2
+    assert "column 'id': spec says bigint, table has integer" in out
+    assert sql("SELECT count(*) FROM shop.orders") == [(0,)]
+
+
+def test_target_without_unique_key_is_refused(tmp_path: Path, db_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA shop; CREATE TABLE shop.orders (id bigint, total bigint)")
+    code, out = invoke("run", str(write(tmp_path)), "--db", db_url)
+    assert code == 2 and "no primary key or unique index on the key (id)" in out
+
+
+def test_unreachable_database_masks_password(tmp_path: Path) -> None:
+    code, out = invoke("run", str(write(tmp_path)), "--db", "postgresql://bob:s3cret@127.0.0.1:1/x")
+    assert code == 1
+    assert "s3cret" not in out and "cannot connect" in out
+
+
+def test_runs_and_show(tmp_path: Path, db_url: str) -> None:
+    spec = write(tmp_path, csv="Id,Total\n1,1.00\n2,-2\n3,3\n4,4\n5,5\n")
+    assert invoke("run", str(spec), "--db", db_url)[0] == 0
+    code, out = invoke("runs", "--db", db_url)
+    assert code == 0 and "orders" in out and "succeeded" in out
+    code, out = invoke("show", "1", "--db", db_url)
+    assert code == 0 and "total.min: -200 is below the minimum 0" in out
+    code, out = invoke("show", "1", "--db", db_url, "--json")
+    assert json.loads(out)["sample_rejects"][0]["record"] == 2
+    code, out = invoke("show", "99", "--db", db_url)
+    assert code == 2 and "there is no run 99" in out
+
+
+def test_pipeline_lock_exits_4(tmp_path: Path, db_url: str) -> None:
+    import psycopg
+
+    from pgstage.safety import lock_key
+
+    spec = write(tmp_path)
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key("orders", None),))
+        code, out = invoke("run", str(spec), "--db", db_url)
+    assert code == 4 and "is being loaded by" in out
+    assert invoke("run", str(spec), "--db", db_url)[0] == 0
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["runs"], ["show"], ["demo"], ["db"], ["db", "start"],
+                                     ["db", "stop"], ["db", "url"], ["db", "psql"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    code, out = invoke(*command, "--help")
+    assert code == 0 and "Usage" in out
+
+
+def test_every_command_is_documented() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    for command in ("pgstage run", "pgstage runs", "pgstage show", "pgstage demo", "pgstage db start",
+                    "pgstage db stop", "pgstage db url", "pgstage db psql"):
+        assert f"## `{command}" in docs, command
