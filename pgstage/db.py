@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgstage import embedded
-from pgstage.errors import DatabaseError, TransientDatabaseError
+from pgstage.errors import ConnectionFailed, DatabaseError, TransientDatabaseError
 
 MIN_SERVER_VERSION = 160000
 ENV_URL = "PGSTAGE_DATABASE_URL"
@@ -55,7 +55,7 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     try:
         conn = psycopg.connect(url, autocommit=autocommit, application_name="pgstage")
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {mask(url)}: {str(exc).strip()}",
+        raise ConnectionFailed(f"cannot connect to {mask(url)}: {str(exc).strip()}",
                             hint=f"pass --db URL or set {ENV_URL}; without either pgstage starts an embedded server") from None
     if conn.info.server_version < MIN_SERVER_VERSION:
         version = conn.info.server_version

@@ -116,6 +116,11 @@ class MissingDependency(PgstageError):
     exit_code: int = 2
 
 
+@dataclass
+class ConnectionFailed(DatabaseError):
+    """The database could not be reached; retried only once a run has started (a restart mid-run)."""
+
+
 class Transient:
     """Marker mixin: the retry loop retries errors that carry it, and no others."""
 

@@ -1,11 +1,15 @@
 """Read this first: one run of a pipeline, top to bottom as in SPEC §4.
 
-    lock → skip files already loaded → for each file: extract+stage, validate(+transform)
-    → reject threshold → in one transaction: create/check target, merge each file,
-    fingerprint it, close the run → report.
+    lock → resume an interrupted run, or start one; skip files already loaded
+    → phase 1, per file and batch: extract + stage → validate (+ transform) → checkpoint
+    → reject threshold over the whole run
+    → phase 2, per batch, one transaction each: merge + checkpoint (+ the file's fingerprint
+      with its last batch) → rebuild indexes → close the run → report.
 
-Nothing reaches the target unless the whole run passes its reject threshold, and the
-merge, the fingerprints and the run's final status commit together.
+Nothing reaches the target unless the whole run is under its reject threshold. A killed
+run resumes at its first unmerged batch under the same run id; transient database faults
+are retried with backoff, resuming the same way. The run's counts are the sum of its
+batches' counts in the ledger, so they balance across crashes.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from pgstage import target
+from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url
-from pgstage.errors import PgstageError, RejectLimitExceeded, UsageError
+from pgstage.errors import (ConnectionFailed, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
+                            UsageError)
 from pgstage.pipeline import ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
-from pgstage.safety import pipeline_lock
+from pgstage.safety import apply_timeouts, pipeline_lock
 from pgstage.spec import Spec, load_spec
 
 
@@ -49,84 +55,157 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses."""
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
-    part = day.isoformat() if day else None
     base = base_dir or (spec.path.parent if spec.path else Path.cwd())
     files = resolve_files(spec.source.path, base, day)
+    url = resolve_url(db)
     started = time.perf_counter()
-    with connect(resolve_url(db)) as conn:
-        ledger.ensure(conn)
-        types = transform.resolve_types(conn, spec)
-        target.check(conn, spec, types)
-        with pipeline_lock(conn, spec.pipeline.name, part):
-            todo = [f for f in files if force or ledger.loaded_before(conn, spec.pipeline.name, f) is None]
-            skipped = tuple(FileReport(f.name, "skipped") for f in files if f not in todo)
+    state: dict[str, int] = {}
+
+    def retryable(exc: BaseException) -> bool:
+        return isinstance(exc, Transient) or ("connected" in state and isinstance(exc, ConnectionFailed))
+
+    retrying = Retrying(retry=retry_if_exception(retryable), stop=stop_after_attempt(spec.load.max_retries + 1),
+                        wait=wait_random_exponential(multiplier=0.5, max=10), reraise=True)
+    try:
+        for attempt in retrying:
+            with attempt:
+                with connect(url) as conn:
+                    state["connected"] = 1
+                    return _run_once(conn, spec, files, day.isoformat() if day else None, force, started, state)
+    except (TransientDatabaseError, ConnectionFailed) as exc:
+        if "run_id" in state:
+            _mark_failed(url, state["run_id"], f"gave up after {spec.load.max_retries} retries: {exc}")
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _mark_failed(url: str, run_id: int, message: str) -> None:
+    """Best effort: the database may still be unreachable; a run left `running` is resumed anyway."""
+    try:
+        with connect(url) as conn:
+            ledger.fail_run(conn, run_id, message)
+    except PgstageError:
+        pass
+
+
+def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile], part: str | None, force: bool,
+              started: float, state: dict[str, int]) -> RunReport:
+    ledger.ensure(conn)
+    apply_timeouts(conn, spec.load)
+    types = transform.resolve_types(conn, spec)
+    target.check(conn, spec, types)
+    with pipeline_lock(conn, spec.pipeline.name, part):
+        indexes.rebuild(conn, spec)          # repair what a killed run may have left dropped
+        _drop_tables(conn, ledger.orphan_tables(conn))
+        run_id = ledger.resumable_run(conn, spec.pipeline.name, part)
+        if run_id is not None:
+            ledger.reopen_run(conn, run_id)
+            ledger.discard_unmerged(conn, run_id)
+            _drop_tables(conn, ledger.orphan_tables(conn, run_id))
+        todo = [f for f in files if force or ledger.loaded_before(conn, spec.pipeline.name, f) is None]
+        skipped = tuple(FileReport(f.name, "skipped") for f in files if f not in todo)
+        if run_id is None:
             run_id = ledger.start_run(conn, spec.pipeline.name, part, spec.pipeline.target,
                                       str(spec.path) if spec.path else None)
-            if not todo:
-                report = RunReport(run_id, spec.pipeline.name, part, "skipped", Counts(), {},
-                                   time.perf_counter() - started, spec.pipeline.target, skipped,
-                                   "every file was loaded before (use --force to load again)")
-                ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files))
-                return report
-            try:
-                return _load(conn, spec, types, todo, skipped, run_id, part, started)
-            except BaseException as exc:
-                if not conn.closed and not isinstance(exc, RejectLimitExceeded):
-                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        conn.rollback()
-                    ledger.fail_run(conn, run_id, str(exc) if isinstance(exc, PgstageError) else repr(exc))
-                raise
-            finally:
-                if not conn.closed:
-                    for i in range(len(todo)):
-                        stage.drop(conn, f"_stg_{run_id}_{i}")
-                        stage.drop(conn, f"_chk_{run_id}_{i}")
+        state["run_id"] = run_id
+        if not todo and not ledger.batch_counts(conn, run_id):
+            report = RunReport(run_id, spec.pipeline.name, part, "skipped", Counts(), {},
+                               time.perf_counter() - started, spec.pipeline.target, skipped,
+                               "every file was loaded before (use --force to load again)")
+            ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files))
+            return report
+        try:
+            return _load(conn, spec, types, todo, skipped, run_id, part, started)
+        except BaseException as exc:
+            if not conn.closed and not isinstance(exc, (RejectLimitExceeded, Transient)):
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                ledger.fail_run(conn, run_id, str(exc) if isinstance(exc, PgstageError) else repr(exc))
+            raise
+        finally:
+            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                _drop_tables(conn, ledger.orphan_tables(conn, run_id))
 
 
 def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType], todo: list[SourceFile],
           skipped: tuple[FileReport, ...], run_id: int, part: str | None, started: float) -> RunReport:
-    checked: list[validate.Checked] = []
-    for i, source in enumerate(todo):
-        staged = stage.stage_file(conn, spec, source, f"_stg_{run_id}_{i}")
-        checked.append(validate.check(conn, spec, types, staged, f"_chk_{run_id}_{i}", run_id))
+    # Phase 1: stage and validate every remaining batch; each batch's rejects and checkpoint commit together.
+    pending: list[tuple[validate.Checked, bool]] = []     # (batch, is the last batch of its file)
+    ignored: dict[str, tuple[str, ...]] = {}
+    for file_no, source in enumerate(todo):
+        _, _, ignored[source.name] = stage.header_of(spec, source)
+        start = ledger.start_point(conn, run_id, source)
+        batches = stage.stage_batches(conn, spec, source, table_prefix=f"_stg_{run_id}_{file_no}", start=start,
+                                      batch_rows=spec.load.batch_rows)
+        file_checked = []
+        for batch in batches:
+            with conn.transaction():
+                checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{file_no}_{batch.batch_no}", run_id)
+                ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated")
+            file_checked.append(checked)
+            faults.hit("validate.after")
+        pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]
+        if not file_checked:  # header-only, or every batch merged before the interruption
+            with conn.transaction():
+                ledger.record_file(conn, spec.pipeline.name, source, run_id)
 
-    read = sum(c.staged.read for c in checked)
-    rejected = sum(len(c.staged.quarantined) + c.rejected_by_rules for c in checked)
+    per_file = ledger.batch_counts(conn, run_id)
+    totals = sum(per_file.values(), Counts())
     by_rule = ledger.rejects_by_rule(conn, run_id)
     limit = spec.load.max_reject_ratio
-    if read and rejected / read > limit:
-        counts = Counts(read=read, rejected=rejected, valid=read - rejected)
-        files = tuple(FileReport(c.staged.source.name, "rejected", _pre_merge(c), c.staged.ignored_fields) for c in checked)
-        report = RunReport(run_id, spec.pipeline.name, part, "rejected_threshold", counts, by_rule,
-                           time.perf_counter() - started, spec.pipeline.target, (*files, *skipped))
-        message = (f"{rejected} of {read} records rejected ({rejected / read:.1%}), above max_reject_ratio {limit:g}:"
-                   " nothing was merged")
-        ledger.finish_run(conn, run_id, "rejected_threshold", counts, by_rule, _file_rows(report.files), message)
+    if totals.read and totals.rejected / totals.read > limit:
+        report = _report(spec, run_id, part, "rejected_threshold", per_file, ignored, skipped, by_rule, started)
+        message = (f"{totals.rejected} of {totals.read} records rejected ({totals.rejected / totals.read:.1%}),"
+                   f" above max_reject_ratio {limit:g}: nothing was merged")
+        ledger.finish_run(conn, run_id, "rejected_threshold", report.counts, by_rule, _file_rows(report.files), message)
         top = ", ".join(f"{rule} ({n})" for rule, n in list(by_rule.items())[:3])
         raise RejectLimitReport(message + (f"; top rules: {top}" if top else ""),
                                 hint=f"see `pgstage show {run_id}` for sample rejects; fix the source or raise"
                                      " load.max_reject_ratio", report=report)
 
-    reports: list[FileReport] = []
+    # Phase 2: merge batch by batch; the merge and its checkpoint commit together.
     with conn.transaction():
         target.ensure(conn, spec, types)
-        for c in checked:
-            m = merge.merge(conn, spec, types, c, run_id)
-            pre = _pre_merge(c)
+    incoming = sum(c.staged.read - c.staged_rejected for c, _ in pending)
+    if indexes.should_rebuild(conn, spec, incoming):
+        indexes.drop_for_load(conn, spec, run_id)
+    for checked, last_of_file in pending:
+        with conn.transaction():
+            m = merge.merge(conn, spec, types, checked, run_id)
+            pre = _pre_merge(checked)
             counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
                             inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale)
-            reports.append(FileReport(c.staged.source.name, "loaded", counts, c.staged.ignored_fields))
-            ledger.record_file(conn, spec.pipeline.name, c.staged.source, run_id)
-        total = sum((r.counts for r in reports), Counts())
-        report = RunReport(run_id, spec.pipeline.name, part, "succeeded", total, by_rule,
-                           time.perf_counter() - started, spec.pipeline.target, (*reports, *skipped))
-        ledger.finish_run(conn, run_id, "succeeded", total, by_rule, _file_rows(report.files))
+            ledger.record_batch(conn, run_id, checked.staged, counts, "merged")
+            if last_of_file:
+                ledger.record_file(conn, spec.pipeline.name, checked.staged.source, run_id)
+            faults.hit("merge.commit")
+        faults.hit("merge.after")
+        _drop_tables(conn, [checked.staged.table, checked.table])
+    indexes.rebuild(conn, spec)
+
+    per_file = ledger.batch_counts(conn, run_id)
+    report = _report(spec, run_id, part, "succeeded", per_file, ignored, skipped, by_rule, started)
+    ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files))
     return report
 
 
+def _report(spec: Spec, run_id: int, part: str | None, status: str, per_file: dict[str, Counts],
+            ignored: dict[str, tuple[str, ...]], skipped: tuple[FileReport, ...], by_rule: dict[str, int],
+            started: float) -> RunReport:
+    file_status = "loaded" if status == "succeeded" else "rejected"
+    files = tuple(FileReport(name, file_status, counts, ignored.get(name, ())) for name, counts in per_file.items())
+    totals = sum(per_file.values(), Counts())
+    return RunReport(run_id, spec.pipeline.name, part, status, totals, by_rule, time.perf_counter() - started,
+                     spec.pipeline.target, (*files, *skipped))
+
+
 def _pre_merge(c: validate.Checked) -> Counts:
-    rejected = len(c.staged.quarantined) + c.rejected_by_rules
-    return Counts(read=c.staged.read, rejected=rejected, valid=c.staged.read - rejected)
+    return Counts(read=c.staged.read, rejected=c.staged_rejected, valid=c.staged.read - c.staged_rejected)
+
+
+def _drop_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
+    for table in tables:
+        stage.drop(conn, table)
 
 
 def _file_rows(files: tuple[FileReport, ...]) -> list[dict[str, Any]]:

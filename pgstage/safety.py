@@ -1,4 +1,4 @@
-"""Production safety: one run at a time per pipeline and partition."""
+"""Production safety: one run at a time per pipeline and partition; bounded waits and statements."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import PipelineLocked
+from pgstage.spec import LoadSection
 
 
 def lock_key(pipeline: str, partition: str | None) -> str:
@@ -35,3 +36,10 @@ def pipeline_lock(conn: psycopg.Connection[Any], pipeline: str, partition: str |
     finally:
         if not conn.closed:
             execute(conn, sql.SQL("SELECT pg_advisory_unlock(hashtextextended(%s, 0))"), (key,), label="unlock")
+
+
+def apply_timeouts(conn: psycopg.Connection[Any], load: LoadSection) -> None:
+    """Never wait long for a lock, never hold one idle: a load must not stall production traffic."""
+    for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"):
+        execute(conn, sql.SQL("SELECT set_config(%s, %s, false)"), (name, getattr(load, name).replace(" ", "")),
+                label=f"safety: {name}")

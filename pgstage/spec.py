@@ -103,9 +103,17 @@ class ColumnSpec(_Model):
         return "bigint" if self.type == MONEY_CENTS else self.type
 
 
+_DURATION = r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$"
+
+
 class LoadSection(_Model):
     batch_rows: int = Field(default=500_000, gt=0)
     max_reject_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    index_strategy: Literal["keep", "rebuild", "auto"] = "auto"
+    lock_timeout: str = Field(default="10s", pattern=_DURATION)
+    statement_timeout: str = Field(default="0", pattern=_DURATION)
+    idle_in_transaction_session_timeout: str = Field(default="10min", pattern=_DURATION)
+    max_retries: int = Field(default=5, ge=0, le=50)
 
 
 class Spec(_Model):

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline.extract import SourceFile
+from pgstage.pipeline.stage import StagedBatch, StartPoint
 from pgstage.pipeline.transform import TRY_TO_TIMESTAMP
 from pgstage.report import Counts
 
@@ -48,12 +49,34 @@ _DDL = [
         loaded_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, path, sha256))""",
     """CREATE TABLE IF NOT EXISTS pgstage.rejects (
-        run_id  bigint NOT NULL REFERENCES pgstage.runs,
-        file    text NOT NULL,
-        record  bigint NOT NULL,
-        raw     jsonb NOT NULL,
-        reasons jsonb NOT NULL)""",
+        run_id   bigint NOT NULL REFERENCES pgstage.runs,
+        file     text NOT NULL,
+        batch_no integer NOT NULL DEFAULT 0,
+        record   bigint NOT NULL,
+        raw      jsonb NOT NULL,
+        reasons  jsonb NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS rejects_run ON pgstage.rejects (run_id, file, record)",
+    """CREATE TABLE IF NOT EXISTS pgstage.batches (
+        run_id       bigint NOT NULL REFERENCES pgstage.runs,
+        file         text NOT NULL,
+        sha256       text NOT NULL,
+        batch_no     integer NOT NULL,
+        byte_start   bigint NOT NULL,
+        byte_end     bigint NOT NULL,
+        record_start bigint NOT NULL,
+        record_end   bigint NOT NULL,
+        status       text NOT NULL CHECK (status IN ('validated', 'merged')),
+        counts       jsonb NOT NULL,
+        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (run_id, file, batch_no))""",
+    """CREATE TABLE IF NOT EXISTS pgstage.index_rebuilds (
+        target     text NOT NULL,
+        index_name text NOT NULL,
+        definition text NOT NULL,
+        run_id     bigint NOT NULL,
+        dropped_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target, index_name))""",
+    "ALTER TABLE pgstage.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1",
 ]
 
 
@@ -83,6 +106,81 @@ def finish_run(conn: psycopg.Connection[Any], run_id: int, status: str, counts: 
         " files = %s, message = %s WHERE run_id = %s"),
         (status, json.dumps(counts.as_dict()), json.dumps(rejects_by_rule), json.dumps(files), message, run_id),
         label="ledger: finish")
+
+
+def resumable_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | None) -> int | None:
+    """The pipeline's latest run for this partition if it never finished (killed, or failed midway).
+
+    Called under the pipeline lock, so a run still marked `running` is one whose process died.
+    """
+    row = execute(conn, sql.SQL(
+        "SELECT run_id, status FROM pgstage.runs WHERE pipeline = %s AND partition IS NOT DISTINCT FROM %s"
+        " ORDER BY run_id DESC LIMIT 1"), (pipeline, partition), label="ledger: resumable").fetchone()
+    return int(row[0]) if row and row[1] in ("running", "failed") else None
+
+
+def reopen_run(conn: psycopg.Connection[Any], run_id: int) -> None:
+    execute(conn, sql.SQL(
+        "UPDATE pgstage.runs SET status = 'running', attempts = attempts + 1, finished_at = NULL, message = NULL,"
+        " host = %s, pid = %s WHERE run_id = %s"), (socket.gethostname(), os.getpid(), run_id), label="ledger: reopen")
+
+
+def discard_unmerged(conn: psycopg.Connection[Any], run_id: int) -> None:
+    """Forget what an interrupted attempt staged but did not merge: its batches and their rejects."""
+    with conn.transaction():
+        execute(conn, sql.SQL(
+            "DELETE FROM pgstage.rejects r WHERE r.run_id = %(run)s AND NOT EXISTS (SELECT 1 FROM pgstage.batches b"
+            " WHERE b.run_id = r.run_id AND b.file = r.file AND b.batch_no = r.batch_no AND b.status = 'merged')"),
+            {"run": run_id}, label="ledger: discard rejects")
+        execute(conn, sql.SQL("DELETE FROM pgstage.batches WHERE run_id = %s AND status <> 'merged'"), (run_id,),
+                label="ledger: discard batches")
+
+
+def start_point(conn: psycopg.Connection[Any], run_id: int, source: SourceFile) -> StartPoint:
+    """Where to resume a file: after its last merged batch of the same bytes, else at its start."""
+    row = execute(conn, sql.SQL(
+        "SELECT max(batch_no), max(byte_end) FILTER (WHERE sha256 = %(sha)s),"
+        " max(record_end) FILTER (WHERE sha256 = %(sha)s), bool_and(sha256 = %(sha)s)"
+        " FROM pgstage.batches WHERE run_id = %(run)s AND file = %(file)s AND status = 'merged'"),
+        {"run": run_id, "file": source.name, "sha": source.sha256}, label="ledger: start point").fetchone()
+    if row is None or row[0] is None:
+        return StartPoint()
+    last_batch, byte_end, record_end, same_bytes = row
+    if not same_bytes:  # the file changed since the interrupted attempt: load the new bytes whole
+        return StartPoint(batch_no=last_batch + 1)
+    return StartPoint(byte_offset=int(byte_end), record=int(record_end) + 1, batch_no=int(last_batch) + 1)
+
+
+def record_batch(conn: psycopg.Connection[Any], run_id: int, batch: StagedBatch, counts: Counts, status: str) -> None:
+    execute(conn, sql.SQL(
+        "INSERT INTO pgstage.batches (run_id, file, sha256, batch_no, byte_start, byte_end, record_start, record_end,"
+        " status, counts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (run_id, file, batch_no) DO UPDATE SET status = EXCLUDED.status, counts = EXCLUDED.counts,"
+        " committed_at = clock_timestamp()"),
+        (run_id, batch.source.name, batch.source.sha256, batch.batch_no, batch.byte_start, batch.byte_end,
+         batch.record_start, batch.record_end, status, json.dumps(counts.as_dict())), label="ledger: batch")
+
+
+def batch_counts(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Counts]:
+    """Counts per file, summed over the run's batches (merged and validated) — the run's truth."""
+    rows = execute(conn, sql.SQL("SELECT file, counts FROM pgstage.batches WHERE run_id = %s ORDER BY file, batch_no"),
+                   (run_id,), label="ledger: batch counts").fetchall()
+    totals: dict[str, Counts] = {}
+    for file, counts in rows:
+        totals[file] = totals.get(file, Counts()) + Counts(**counts)
+    return totals
+
+
+def orphan_tables(conn: psycopg.Connection[Any], run_id: int | None = None) -> list[str]:
+    """Staging tables of runs that are not running (killed attempts), or of one run."""
+    rows = execute(conn, sql.SQL(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'pgstage' AND c.relkind = 'r' AND c.relname ~ '^_(stg|chk)_[0-9]+_'"
+        " AND (%(run)s::bigint IS NULL OR split_part(c.relname, '_', 3)::bigint = %(run)s)"
+        " AND NOT EXISTS (SELECT 1 FROM pgstage.runs r WHERE r.run_id = split_part(c.relname, '_', 3)::bigint"
+        "   AND r.status = 'running' AND %(run)s::bigint IS NULL)"),
+        {"run": run_id}, label="ledger: orphans").fetchall()
+    return [r[0] for r in rows]
 
 
 def fail_run(conn: psycopg.Connection[Any], run_id: int, message: str) -> None:
@@ -115,10 +213,10 @@ def rejects_by_rule(conn: psycopg.Connection[Any], run_id: int) -> dict[str, int
 
 def list_runs(conn: psycopg.Connection[Any], limit: int = 20, pipeline: str | None = None) -> list[dict[str, Any]]:
     rows = execute(conn, sql.SQL(
-        "SELECT run_id, pipeline, partition, status, started_at, finished_at, counts FROM pgstage.runs"
+        "SELECT run_id, pipeline, partition, status, started_at, finished_at, counts, attempts FROM pgstage.runs"
         " WHERE %(pipeline)s::text IS NULL OR pipeline = %(pipeline)s ORDER BY run_id DESC LIMIT %(limit)s"),
         {"pipeline": pipeline, "limit": limit}, label="ledger: runs").fetchall()
-    keys = ("run_id", "pipeline", "partition", "status", "started_at", "finished_at", "counts")
+    keys = ("run_id", "pipeline", "partition", "status", "started_at", "finished_at", "counts", "attempts")
     return [dict(zip(keys, row)) for row in rows]
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import codecs
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from pgstage import faults
 from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, to_csv
 from pgstage.pipeline.extract import CsvReader, Header, SourceFile
-from pgstage.spec import Spec
+from pgstage.spec import SourceSection, Spec
 
 LEDGER_SCHEMA = "pgstage"
 
@@ -37,13 +39,17 @@ def pg_encoding(name: str) -> str:
 
 
 @dataclass
-class StagedFile:
-    """A file in its staging table: how many records it had and which ones COPY refused."""
+class StagedBatch:
+    """One batch of a file in its staging table: where it lies in the file, what COPY refused."""
 
     source: SourceFile
+    batch_no: int
     table: str
     header: Header
     field_of: dict[str, int]                  # source field name -> staging column position
+    byte_start: int
+    byte_end: int
+    record_start: int                         # record number of the batch's first record
     read: int = 0
     quarantined: list[Quarantined] = field(default_factory=list)
     ignored_fields: tuple[str, ...] = ()
@@ -52,8 +58,21 @@ class StagedFile:
     def ident(self) -> sql.Identifier:
         return sql.Identifier(LEDGER_SCHEMA, self.table)
 
+    @property
+    def record_end(self) -> int:
+        return self.record_start + self.read - 1
+
     def column(self, source_field: str) -> sql.Identifier:
         return sql.Identifier(f"f{self.field_of[source_field] + 1}")
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where staging of a file begins: the start, or just after its last merged batch."""
+
+    byte_offset: int | None = None
+    record: int = 1
+    batch_no: int = 0
 
 
 def match_header(spec: Spec, header: Header, file: str) -> tuple[dict[str, int], tuple[str, ...]]:
@@ -96,43 +115,72 @@ def drop(conn: psycopg.Connection[Any], table: str) -> None:
             label="stage: drop sequence")
 
 
-def stage_file(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, table: str) -> StagedFile:
-    """COPY one file into a new staging table; returns what was read and what was quarantined."""
-    options = spec.source
-    with CsvReader(source.path, options) as reader:
+def header_of(spec: Spec, source: SourceFile) -> tuple[Header, dict[str, int], tuple[str, ...]]:
+    """Read a file's header and map it to the spec (raises HeaderMismatch before anything is written)."""
+    with CsvReader(source.path, spec.source) as reader:
         field_of, ignored = match_header(spec, reader.header, source.name)
-        staged = StagedFile(source, table, reader.header, field_of, ignored_fields=ignored)
+        return reader.header, field_of, ignored
+
+
+def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, table_prefix: str,
+                  start: StartPoint, batch_rows: int) -> Iterator[StagedBatch]:
+    """COPY a file, from `start`, into one staging table per batch of about batch_rows records."""
+    options = spec.source
+    with CsvReader(source.path, options, start=start.byte_offset) as reader:
+        field_of, ignored = match_header(spec, reader.header, source.name)
         n_fields = len(reader.header.fields)
-        _create(conn, table, n_fields)
         names = sql.SQL(", ").join(sql.Identifier(f"f{i + 1}") for i in range(n_fields))
-        copy_raw = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
-            staged.ident, names, sql.Literal(options.delimiter), sql.Literal(options.quote),
-            sql.Literal(pg_encoding(options.encoding)))
-        copy_numbered = sql.SQL("COPY {} (_rec, {}) FROM STDIN (FORMAT csv, ENCODING 'UTF8')").format(staged.ident, names)
-        seq = f"{LEDGER_SCHEMA}.{table}_rec"
-        record = 1
-        for window in reader.windows():
-            execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(sql.Literal(seq), sql.Literal(record)),
-                    label="stage: number")
-            try:
-                loaded = _copy(conn, copy_raw, window)
-            except psycopg.errors.DataError:
-                found = isolate(window, first_record=record, n_fields=n_fields, encoding=options.encoding,
-                                delimiter=options.delimiter, quote=options.quote)
-                refused = _copy_rows(conn, copy_numbered, found.good_rows)
-                staged.quarantined.extend(sorted([*found.bad, *refused], key=lambda q: q.record))
-                loaded = len(found.good_rows) + len(found.bad)
-            except psycopg.Error as exc:
-                raise wrap(exc, f"stage: copy {source.name}") from exc
-            record += loaded
-        staged.read = record - 1
-    return staged
+        record, batch_no = start.record, start.batch_no
+        batch: StagedBatch | None = None
+        while True:
+            remaining = batch_rows - (batch.read if batch else 0)
+            window = reader.next_window(max_lines=remaining)
+            if window is None:
+                break
+            if batch is None:
+                table = f"{table_prefix}_{batch_no}"
+                _create(conn, table, n_fields)
+                batch = StagedBatch(source, batch_no, table, reader.header, field_of, window.offset, window.end, record,
+                                    ignored_fields=ignored)
+            consumed = _copy_window(conn, batch, names, window.data, record, n_fields, options)
+            record += consumed
+            batch.read += consumed
+            batch.byte_end = window.end
+            faults.hit("stage.window")
+            if batch.read >= batch_rows:
+                yield batch
+                batch, batch_no = None, batch_no + 1
+        if batch is not None:
+            yield batch
+
+
+def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, names: sql.Composable, data: bytes, record: int,
+                 n_fields: int, options: SourceSection) -> int:
+    """COPY one window; on refusal isolate its broken records. Returns how many records it held."""
+    copy_raw = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
+        batch.ident, names, sql.Literal(options.delimiter), sql.Literal(options.quote),
+        sql.Literal(pg_encoding(options.encoding)))
+    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
+        sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
+    try:
+        return _copy(conn, copy_raw, data)
+    except psycopg.errors.DataError:
+        pass
+    except psycopg.Error as exc:
+        raise wrap(exc, f"stage: copy {batch.source.name}") from exc
+    found = isolate(data, first_record=record, n_fields=n_fields, encoding=options.encoding,
+                    delimiter=options.delimiter, quote=options.quote)
+    copy_numbered = sql.SQL("COPY {} (_rec, {}) FROM STDIN (FORMAT csv, ENCODING 'UTF8')").format(batch.ident, names)
+    refused = _copy_rows(conn, copy_numbered, found.good_rows)
+    batch.quarantined.extend(sorted([*found.bad, *refused], key=lambda q: q.record))
+    return len(found.good_rows) + len(found.bad)
 
 
 def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -> int:
     with conn.cursor() as cursor:
         with cursor.copy(statement) as copy:
             copy.write(data)
+            faults.hit("stage.copy")
         return cursor.rowcount
 
 

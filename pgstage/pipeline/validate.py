@@ -17,7 +17,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import transform
-from pgstage.pipeline.stage import LEDGER_SCHEMA, StagedFile
+from pgstage.pipeline.stage import LEDGER_SCHEMA, StagedBatch
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import ColumnSpec, Spec
 
@@ -26,13 +26,18 @@ from pgstage.spec import ColumnSpec, Spec
 class Checked:
     """A validated batch: its table of typed values, and how many records were rejected by rules."""
 
-    staged: StagedFile
+    staged: StagedBatch
     table: str
     rejected_by_rules: int
 
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(LEDGER_SCHEMA, self.table)
+
+    @property
+    def staged_rejected(self) -> int:
+        """Records rejected in this batch: quarantined by staging or failing a rule."""
+        return len(self.staged.quarantined) + self.rejected_by_rules
 
 
 def _reason(column: str, rule: str, message: sql.Composable) -> sql.Composable:
@@ -71,7 +76,7 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> l
     return rules
 
 
-def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedFile, table: str) -> sql.Composed:
+def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str) -> sql.Composed:
     """CREATE the checked table for one staged file (pure: returns SQL, runs nothing)."""
     keys = set(spec.pipeline.key)
     columns = {name: c for name, c in spec.columns.items() if c.from_ is not None}
@@ -109,28 +114,32 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedFile, ta
         sql.Identifier(LEDGER_SCHEMA, table), sql.SQL(", ").join([rec, *outputs]), reasons_expr, l4)
 
 
-def build_rejects(staged: StagedFile, checked_table: str) -> sql.Composed:
+def build_rejects(staged: StagedBatch, checked_table: str) -> sql.Composed:
     """INSERT the rule rejects of a checked table into pgstage.rejects, raw values from staging."""
     names = sql.SQL(", ").join(sql.Literal(f) for f in staged.header.fields)
     values = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(f"f{i + 1}")) for i in range(len(staged.header.fields)))
     return sql.SQL(
-        "INSERT INTO pgstage.rejects (run_id, file, record, raw, reasons)"
-        " SELECT %(run_id)s, %(file)s, c._rec, jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[]), to_jsonb(c._reasons)"
+        "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
+        " SELECT %(run_id)s, %(file)s, %(batch_no)s, c._rec, jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[]), to_jsonb(c._reasons)"
         " FROM {} c JOIN {} s USING (_rec) WHERE cardinality(c._reasons) > 0").format(
         names, values, sql.Identifier(LEDGER_SCHEMA, checked_table), staged.ident)
 
 
-def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedFile, table: str,
+def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
           run_id: int) -> Checked:
-    """Run the validation pass and record its rejects (with the file's quarantined records)."""
+    """Run the validation pass and record its rejects (with the batch's quarantined records).
+
+    The caller wraps this and the batch's ledger row in one transaction, so a crash never
+    leaves rejects without their batch (or the reverse).
+    """
     execute(conn, build_check(spec, types, staged, table), label=f"validate {staged.source.name}")
-    rejected = execute(conn, build_rejects(staged, table), {"run_id": run_id, "file": staged.source.name},
-                       label="validate: rejects").rowcount
+    params = {"run_id": run_id, "file": staged.source.name, "batch_no": staged.batch_no}
+    rejected = execute(conn, build_rejects(staged, table), params, label="validate: rejects").rowcount
     if staged.quarantined:
         with conn.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO pgstage.rejects (run_id, file, record, raw, reasons)"
-                " VALUES (%s, %s, %s, jsonb_build_object('_record', %s::text),"
+                "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
+                " VALUES (%s, %s, %s, %s, jsonb_build_object('_record', %s::text),"
                 " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))",
-                [(run_id, staged.source.name, q.record, q.raw, q.reason) for q in staged.quarantined])
+                [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined])
     return Checked(staged, table, rejected)

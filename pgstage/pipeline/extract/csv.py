@@ -63,17 +63,44 @@ def record_cut(buf: bytes | bytearray, quote: bytes, *, first: bool = False) -> 
     return pos + 1
 
 
-class CsvReader:
-    """Reads one CSV file: its header once, then record-aligned windows of raw bytes."""
+@dataclass(frozen=True)
+class Window:
+    """Record-aligned bytes and where they start in the (decompressed) stream."""
 
-    def __init__(self, path: Path, options: SourceSection) -> None:
+    offset: int
+    end: int          # stream offset just past the window's last byte in the file
+    data: bytes
+
+
+def _nth_newline(buf: bytes | bytearray, n: int) -> int:
+    """Offset just past the n-th newline, or -1. Only used to cap a window at a batch's size."""
+    pos = -1
+    for _ in range(n):
+        pos = buf.find(b"\n", pos + 1)
+        if pos < 0:
+            return -1
+    return pos + 1
+
+
+class CsvReader:
+    """Reads one CSV file: its header once, then record-aligned windows of raw bytes.
+
+    `start` resumes at a byte offset recorded in the ledger (always a record boundary);
+    plain files seek there, compressed ones are read and discarded up to it.
+    """
+
+    def __init__(self, path: Path, options: SourceSection, *, start: int | None = None) -> None:
         self.path = path
         self.options = options
         self.quote = options.quote.encode("ascii")
         self._stream: BinaryIO = open_bytes(path)
         self._pending = bytearray()
+        self._offset = 0            # stream offset of _pending[0]
         self._eof = False
         self.header = self._read_header()
+        self.data_start = self._offset
+        if start is not None and start > self._offset:
+            self._skip_to(start)
 
     def close(self) -> None:
         self._stream.close()
@@ -83,6 +110,21 @@ class CsvReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _skip_to(self, offset: int) -> None:
+        self._pending.clear()
+        self._eof = False
+        if self._stream.seekable() and not hasattr(self._stream, "fileobj"):
+            self._stream.seek(offset)
+        else:
+            remaining = offset - self._offset - len(self._pending)
+            while remaining > 0:
+                chunk = self._stream.read(min(remaining, WINDOW_BYTES))
+                if not chunk:
+                    raise SourceError(f"{self.path} is shorter than the checkpoint at byte {offset}",
+                                      hint="the file changed since the interrupted run; load it with --force")
+                remaining -= len(chunk)
+        self._offset = offset
 
     def _fill(self, minimum: int) -> None:
         while not self._eof and len(self._pending) < minimum:
@@ -94,10 +136,16 @@ class CsvReader:
                 self._eof = True
             self._pending += chunk
 
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        self._offset += n
+        return data
+
     def _read_header(self) -> Header:
         self._fill(WINDOW_BYTES)
         if self._pending.startswith(BOM):
-            del self._pending[: len(BOM)]
+            self._take(len(BOM))
         if not self._pending.strip():
             raise SourceError(f"{self.path} is empty: no header and no records",
                               location=Location(file=str(self.path)),
@@ -118,27 +166,36 @@ class CsvReader:
         fields = tuple(rows[0]) if rows else ()
         if not self.options.header:
             return Header(tuple(str(i + 1) for i in range(len(fields))))
-        del self._pending[: len(first)]
+        self._take(len(first))
         return Header(fields)
 
-    def windows(self) -> Iterator[bytes]:
-        """Record-aligned byte windows of about WINDOW_BYTES, in file order."""
+    def windows(self, max_lines: int | None = None) -> Iterator[Window]:
+        """Record-aligned windows of about WINDOW_BYTES (and at most max_lines lines), in order."""
+        while (window := self.next_window(max_lines)) is not None:
+            yield window
+
+    def next_window(self, max_lines: int | None = None) -> Window | None:
+        """The next record-aligned window, or None at the end of the file."""
         while True:
             self._fill(WINDOW_BYTES)
             if not self._pending:
-                return
-            cut = record_cut(self._pending, self.quote)
+                return None
+            cut = -1
+            if max_lines is not None and self._pending.count(b"\n") > max_lines:
+                capped = _nth_newline(self._pending, max_lines)
+                cut = record_cut(self._pending[:capped], self.quote)
+            if cut < 0:
+                cut = record_cut(self._pending, self.quote)
             while cut < 0 and not self._eof and len(self._pending) < MAX_WINDOW_BYTES:
                 self._fill(len(self._pending) + WINDOW_BYTES)
                 cut = record_cut(self._pending, self.quote)
             if cut < 0:
-                if self._eof or len(self._pending) >= MAX_WINDOW_BYTES:
-                    # No record boundary left: an unterminated quote runs to here. Hand it all
-                    # over; COPY fails on it and the quarantine isolates the broken record.
-                    cut = len(self._pending)
-            window = bytes(self._pending[:cut])
-            del self._pending[:cut]
+                # No record boundary left: an unterminated quote runs to here. Hand it all
+                # over; COPY fails on it and the quarantine isolates the broken record.
+                cut = len(self._pending)
+            offset = self._offset
+            window = self._take(cut)
             if self._eof and not self._pending:
                 window = window.rstrip(b"\r\n")  # blank lines at the end are not records
             if window.strip(b"\r\n"):
-                yield window if window.endswith(b"\n") else window + b"\n"
+                return Window(offset, self._offset, window if window.endswith(b"\n") else window + b"\n")

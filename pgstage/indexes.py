@@ -1,0 +1,87 @@
+"""Crash-safe drop and rebuild of a target's secondary indexes around a large merge.
+
+Writing a row into a heap with N indexes costs N index insertions; building an index once
+after the load is a sort, far cheaper for large loads. The danger is a crash between the
+drop and the rebuild, leaving the table without its indexes. So each definition is written
+to `pgstage.index_rebuilds` in the same transaction as its DROP, and removed in the same
+transaction as its CREATE: whatever instant the process dies, the ledger names exactly the
+indexes to rebuild, and the next run on the target (or `pgstage repair`) rebuilds them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage import faults
+from pgstage.db import execute
+from pgstage.spec import Spec
+
+REBUILD_MAINTENANCE_WORK_MEM = "512MB"
+AUTO_MIN_ROWS = 50_000
+AUTO_FRACTION = 0.25
+
+
+def secondary_indexes(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, str]]:
+    """(name, CREATE INDEX statement) of the target's valid, non-unique, non-constraint indexes."""
+    schema, table = spec.target
+    rows = execute(conn, sql.SQL(
+        "SELECT ic.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " WHERE n.nspname = %s AND c.relname = %s AND NOT i.indisunique AND NOT i.indisprimary AND i.indisvalid"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY 1"),
+        (schema, table), label="indexes: list").fetchall()
+    return [(name, definition) for name, definition in rows]
+
+
+def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int) -> bool:
+    """`rebuild` always; `auto` when the load is large in itself and against the target's size."""
+    strategy = spec.load.index_strategy
+    if strategy == "keep" or incoming_rows == 0:
+        return False
+    if strategy == "rebuild":
+        return True
+    row = execute(conn, sql.SQL("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)"),
+                  (".".join(spec.target),), label="indexes: size").fetchone()
+    existing = int(row[0]) if row else 0
+    return incoming_rows >= AUTO_MIN_ROWS and incoming_rows >= AUTO_FRACTION * existing
+
+
+def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int) -> list[str]:
+    """Drop the secondary indexes, each after its definition is safely in the ledger."""
+    schema, _ = spec.target
+    dropped = []
+    for name, definition in secondary_indexes(conn, spec):
+        with conn.transaction():
+            execute(conn, sql.SQL(
+                "INSERT INTO pgstage.index_rebuilds (target, index_name, definition, run_id) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (target, index_name) DO NOTHING"),
+                (spec.pipeline.target, name, definition, run_id), label="indexes: remember")
+            execute(conn, sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)), label="indexes: drop")
+        dropped.append(name)
+    return dropped
+
+
+def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
+    """Recreate every index the ledger says is missing on the target; safe to call at any time."""
+    rows = execute(conn, sql.SQL("SELECT index_name, definition FROM pgstage.index_rebuilds WHERE target = %s"
+                                 " ORDER BY index_name"), (spec.pipeline.target,), label="indexes: pending").fetchall()
+    schema, _ = spec.target
+    rebuilt = []
+    for name, definition in rows:
+        with conn.transaction():
+            execute(conn, sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
+                sql.Literal(REBUILD_MAINTENANCE_WORK_MEM)), label="indexes: memory")
+            exists = execute(conn, sql.SQL("SELECT to_regclass(%s)"), (f'"{schema}"."{name}"',),
+                             label="indexes: exists").fetchone()
+            if not (exists and exists[0]):
+                # The definition text comes from pg_get_indexdef, PostgreSQL's own rendering.
+                execute(conn, sql.SQL(definition), label=f"indexes: rebuild {name}")  # type: ignore[arg-type]
+            faults.hit("index.rebuild")
+            execute(conn, sql.SQL("DELETE FROM pgstage.index_rebuilds WHERE target = %s AND index_name = %s"),
+                    (spec.pipeline.target, name), label="indexes: done")
+        rebuilt.append(name)
+    return rebuilt
