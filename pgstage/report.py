@@ -25,13 +25,12 @@ class Counts:
     def __post_init__(self) -> None:
         if self.read != self.rejected + self.valid:
             raise AccountingError(f"read {self.read} != rejected {self.rejected} + valid {self.valid}")
-        merged = self.duplicate + self.inserted + self.updated + self.unchanged + self.stale
-        if self.valid != merged and merged:
-            raise AccountingError(f"valid {self.valid} != duplicate + inserted + updated + unchanged + stale = {merged}")
 
-    def balanced(self) -> bool:
-        """True when the valid rows are all accounted for by the merge (not the case before a merge ran)."""
-        return self.valid == self.duplicate + self.inserted + self.updated + self.unchanged + self.stale
+    def check_merged(self) -> None:
+        """The second identity, which holds once every valid row has been merged (a succeeded run)."""
+        merged = self.duplicate + self.inserted + self.updated + self.unchanged + self.stale
+        if self.valid != merged:
+            raise AccountingError(f"valid {self.valid} != duplicate + inserted + updated + unchanged + stale = {merged}")
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(**{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__})
@@ -60,6 +59,11 @@ class RunReport:
     target: str = ""
     files: tuple[FileReport, ...] = ()
     message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status == "succeeded":
+            for counts in (self.counts, *(f.counts for f in self.files)):
+                counts.check_merged()
 
     def as_dict(self) -> dict[str, Any]:
         """The `--json` document (SPEC §6 keys, plus files)."""

@@ -24,7 +24,7 @@ import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pgstage import faults, indexes, target
-from pgstage.db import connect, resolve_url
+from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
 from pgstage.pipeline import ledger, merge, stage, transform, validate
@@ -69,9 +69,12 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     try:
         for attempt in retrying:
             with attempt:
-                with connect(url) as conn:
-                    state["connected"] = 1
-                    return _run_once(conn, spec, files, day.isoformat() if day else None, force, started, state)
+                try:
+                    with connect(url) as conn:
+                        state["connected"] = 1
+                        return _run_once(conn, spec, files, day.isoformat() if day else None, force, started, state)
+                except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
+                    raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
         if "run_id" in state:
             _mark_failed(url, state["run_id"], f"gave up after {spec.load.max_retries} retries: {exc}")

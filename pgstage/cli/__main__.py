@@ -1,0 +1,5 @@
+"""`python -m pgstage.cli`: the same as the `pgstage` console script."""
+
+from pgstage.cli import main
+
+main()
