@@ -76,8 +76,14 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
 
 
 def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]) -> None:
-    """Create the target (and its schema) if missing; add absent audit columns to an existing one."""
+    """Create the target (and its schema) if missing; add absent audit columns to an existing one.
+
+    Runs inside the caller's transaction, serialized per target: two partitions of a pipeline
+    loading at once would otherwise race to create the same schema and table.
+    """
     target = ident(spec)
+    execute(conn, sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"),
+            (f"pgstage:target:{spec.pipeline.target}",), label="target: lock")
     if check(conn, spec, types):
         found = existing_columns(conn, spec) or {}
         for name, kind in AUDIT_COLUMNS.items():

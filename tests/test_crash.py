@@ -208,13 +208,17 @@ def test_second_run_of_same_partition_exits_4_other_partitions_run(tmp_path: Pat
     (folder / "data").mkdir(parents=True)
     spec = SPEC.format(batch=BATCH, retries=0).replace('"data/*.csv"', '"data/{date}.csv"')
     (folder / "spec.toml").write_text(textwrap.dedent(spec))
-    for day in ("2024-01-01", "2024-01-02"):
+    for day in ("2024-01-01", "2024-01-02"):  # the same keys: the second merge meets the first's rows
         write_csv(folder / "data" / f"{day}.csv", scenario(3)[1])
-    both_inside = threading.Barrier(2, timeout=30)
+    both_inside = threading.Barrier(3, timeout=30)  # two partitions and this test
     release = threading.Event()
 
+    held: set[str] = set()
+
     def hold(point: str) -> None:
-        if point == "validate.after" and threading.current_thread().name.startswith("day"):
+        name = threading.current_thread().name
+        if point == "validate.after" and name.startswith("day") and name not in held:
+            held.add(name)
             try:
                 both_inside.wait()
             except threading.BrokenBarrierError:

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
+from pgstage.errors import DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
 from pgstage.pipeline.validate import Checked
@@ -84,7 +85,15 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Ide
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
           run_id: int) -> MergeCounts:
-    row = execute(conn, build_merge(spec, types, checked.ident), {"run_id": run_id},
-                  label=f"merge {checked.staged.source.name}").fetchone()
+    try:
+        row = execute(conn, build_merge(spec, types, checked.ident), {"run_id": run_id},
+                      label=f"merge {checked.staged.source.name}").fetchone()
+    except DatabaseError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            # Another load inserted some of these keys after this batch was classified: the
+            # batch is rolled back and retried, and then sees those rows as existing.
+            raise TransientDatabaseError(f"a concurrent load wrote keys of {checked.staged.source.name}: {exc.message}",
+                                         hint="retried automatically") from exc
+        raise
     assert row is not None
     return MergeCounts(*row)

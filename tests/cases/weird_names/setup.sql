@@ -1,0 +1,2 @@
+CREATE TABLE x (i integer);
+INSERT INTO x VALUES (42);
