@@ -100,6 +100,7 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
     with pipeline_lock(conn, spec.pipeline.name, part):
         indexes.rebuild(conn, spec)          # repair what a killed run may have left dropped
         _drop_tables(conn, ledger.orphan_tables(conn))
+        _drop_tables(conn, ledger.finished_duplicate_tables(conn))
         run_id = ledger.resumable_run(conn, spec.pipeline.name, part)
         if run_id is not None:
             ledger.reopen_run(conn, run_id)
@@ -118,7 +119,7 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
             ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files))
             return report
         try:
-            return _load(conn, spec, types, todo, skipped, run_id, part, started)
+            return _load(conn, spec, types, files, todo, skipped, run_id, part, started)
         except BaseException as exc:
             if not conn.closed and not isinstance(exc, (RejectLimitExceeded, Transient)):
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -130,16 +131,21 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
                 _drop_tables(conn, ledger.orphan_tables(conn, run_id))
 
 
-def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType], todo: list[SourceFile],
-          skipped: tuple[FileReport, ...], run_id: int, part: str | None, started: float) -> RunReport:
+def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType], files: list[SourceFile],
+          todo: list[SourceFile], skipped: tuple[FileReport, ...], run_id: int, part: str | None,
+          started: float) -> RunReport:
     # Phase 1: stage and validate every remaining batch; each batch's rejects and checkpoint commit together.
     pending: list[tuple[validate.Checked, bool]] = []     # (batch, is the last batch of its file)
     ignored: dict[str, tuple[str, ...]] = {}
-    for file_no, source in enumerate(todo):
+    duplicates = f"_dup_{run_id}"
+    for source in todo:
+        file_no = files.index(source)   # stable across attempts, unlike the position in todo
         _, _, ignored[source.name] = stage.header_of(spec, source)
         start = ledger.start_point(conn, run_id, source)
-        batches = stage.stage_batches(conn, spec, source, table_prefix=f"_stg_{run_id}_{file_no}", start=start,
-                                      batch_rows=spec.load.batch_rows)
+        if start.changed:
+            _drop_tables(conn, [duplicates])
+        batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=f"_stg_{run_id}_{file_no}",
+                                      start=start, batch_rows=spec.load.batch_rows)
         file_checked = []
         for batch in batches:
             with conn.transaction():
@@ -172,9 +178,15 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
     incoming = sum(c.staged.read - c.staged_rejected for c, _ in pending)
     if indexes.should_rebuild(conn, spec, incoming):
         indexes.drop_for_load(conn, spec, run_id)
+    # A key repeated across batches: only the run's winning row is merged. The losers are kept
+    # in a logged table until the run succeeds, so a resumed run decides exactly as before.
+    beaten = duplicates if ledger.table_exists(conn, duplicates) else None
+    if beaten is None and len(pending) > 1:
+        beaten = duplicates
+        merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
     for checked, last_of_file in pending:
         with conn.transaction():
-            m = merge.merge(conn, spec, types, checked, run_id)
+            m = merge.merge(conn, spec, types, checked, run_id, beaten)
             pre = _pre_merge(checked)
             counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
                             inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale)
@@ -184,6 +196,8 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
             faults.hit("merge.commit")
         faults.hit("merge.after")
         _drop_tables(conn, [checked.staged.table, checked.table])
+    if beaten:
+        _drop_tables(conn, [beaten])
     indexes.rebuild(conn, spec)
 
     per_file = ledger.batch_counts(conn, run_id)

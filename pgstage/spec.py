@@ -54,13 +54,28 @@ class SourceSection(_Model):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        import codecs
-
         try:
-            codecs.lookup(value)
+            pg_encoding(value)
         except LookupError:
-            raise ValueError(f"unknown encoding {value!r} (try utf-8, latin-1, cp1252)") from None
+            raise ValueError(f"encoding {value!r} is not one pgstage can stream into PostgreSQL;"
+                             f" use one of {', '.join(sorted(set(PG_ENCODINGS)))}") from None
         return value
+
+
+# Python codec name -> the name COPY's ENCODING option takes. A BOM is skipped before COPY,
+# so utf-8-sig is plain UTF8 there.
+PG_ENCODINGS = {
+    "utf-8": "UTF8", "utf-8-sig": "UTF8", "iso8859-1": "LATIN1", "cp1252": "WIN1252", "iso8859-15": "LATIN9",
+    "cp1251": "WIN1251", "cp1250": "WIN1250", "ascii": "SQL_ASCII", "shift_jis": "SJIS", "euc_jp": "EUC_JP",
+    "gbk": "GBK", "big5": "BIG5", "koi8-r": "KOI8R", "iso8859-2": "LATIN2",
+}
+
+
+def pg_encoding(name: str) -> str:
+    """COPY's name for a Python encoding name; LookupError when PostgreSQL cannot read it."""
+    import codecs
+
+    return PG_ENCODINGS[codecs.lookup(name).name]
 
 
 Scalar = str | int | float | bool

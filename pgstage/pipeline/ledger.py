@@ -147,7 +147,7 @@ def start_point(conn: psycopg.Connection[Any], run_id: int, source: SourceFile) 
         return StartPoint()
     last_batch, byte_end, record_end, same_bytes = row
     if not same_bytes:  # the file changed since the interrupted attempt: load the new bytes whole
-        return StartPoint(batch_no=last_batch + 1)
+        return StartPoint(batch_no=last_batch + 1, changed=True)
     return StartPoint(byte_offset=int(byte_end), record=int(record_end) + 1, batch_no=int(last_batch) + 1)
 
 
@@ -181,6 +181,22 @@ def orphan_tables(conn: psycopg.Connection[Any], run_id: int | None = None) -> l
         "   AND r.status = 'running' AND %(run)s::bigint IS NULL)"),
         {"run": run_id}, label="ledger: orphans").fetchall()
     return [r[0] for r in rows]
+
+
+def finished_duplicate_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """Cross-batch duplicate tables (`_dup_<run>`) of runs that will never be resumed."""
+    rows = execute(conn, sql.SQL(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'pgstage' AND c.relkind = 'r' AND c.relname ~ '^_dup_[0-9]+$'"
+        " AND NOT EXISTS (SELECT 1 FROM pgstage.runs r WHERE r.run_id = split_part(c.relname, '_', 3)::bigint"
+        "   AND r.status IN ('running', 'failed'))"), label="ledger: finished duplicates").fetchall()
+    return [r[0] for r in rows]
+
+
+def table_exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    row = execute(conn, sql.SQL("SELECT to_regclass(%s) IS NOT NULL"), (f'pgstage."{table}"',),
+                  label="ledger: exists").fetchone()
+    return bool(row and row[0])
 
 
 def fail_run(conn: psycopg.Connection[Any], run_id: int, message: str) -> None:

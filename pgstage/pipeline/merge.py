@@ -17,6 +17,7 @@ from pgstage.db import execute
 from pgstage.errors import DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
+from pgstage.pipeline.stage import LEDGER_SCHEMA
 from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
 
@@ -41,8 +42,48 @@ def _stale_condition(spec: Spec) -> sql.Composable | None:
     return None
 
 
-def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Identifier) -> sql.Composed:
+def _rank_order(spec: Spec, *tiebreak: sql.Composable) -> list[sql.Composable]:
+    """Which row of a key wins: the greatest version (NULL loses), then the latest position."""
+    order: list[sql.Composable] = []
+    version = spec.pipeline.version
+    if version and spec.columns[version].const is None:  # a const version ranks nothing
+        order.append(sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(version)))
+    order += [sql.SQL("{} DESC").format(t) for t in tiebreak]
+    return order
+
+
+def build_beaten(spec: Spec, checked: list[Checked], table: str) -> sql.Composed:
+    """CREATE a table of the valid rows that lose to another row of the run with the same key.
+
+    Each batch is deduplicated on its own by DISTINCT ON; this makes the dedup hold across
+    the batches and files of a run, so a key repeated in a later batch is a duplicate, not an
+    update of a row merged a moment earlier.
+    """
+    keys = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
+    picked = [*keys]
+    version = spec.pipeline.version
+    if version and spec.columns[version].const is None and version not in spec.pipeline.key:
+        picked.append(sql.Identifier(version))
+    union = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} AS _file, {} AS _batch, _rec{} FROM {} WHERE cardinality(_reasons) = 0").format(
+            sql.Literal(c.staged.file_no), sql.Literal(c.staged.batch_no),
+            sql.SQL("").join(sql.SQL(", {}").format(p) for p in picked), c.ident)
+        for c in checked)
+    partition = sql.SQL(", ").join(keys) if keys else sql.SQL("true")
+    order = sql.SQL(", ").join(_rank_order(spec, sql.Identifier("_file"), sql.Identifier("_batch"), sql.Identifier("_rec")))
+    return sql.SQL(
+        "CREATE TABLE {} AS SELECT _file, _batch, _rec FROM ("
+        " SELECT _file, _batch, _rec, row_number() OVER (PARTITION BY {} ORDER BY {}) AS _rank FROM ({}) u"
+        ") r WHERE _rank > 1").format(sql.Identifier(LEDGER_SCHEMA, table), partition, order, union)
+
+
+def find_beaten(conn: psycopg.Connection[Any], spec: Spec, checked: list[Checked], table: str) -> None:
+    execute(conn, build_beaten(spec, checked, table), label="merge: cross-batch duplicates")
+
+
+def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None = None) -> sql.Composed:
     """The single merge statement of one batch (pure: returns SQL, runs nothing)."""
+    checked_table = checked.ident
     names = list(spec.columns)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     picks = sql.SQL(", ").join(
@@ -51,10 +92,11 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Ide
         for n, c in spec.columns.items())
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     key_list = sql.SQL(", ").join(keys)
-    order: list[sql.Composable] = list(keys)
-    if spec.pipeline.version:
-        order.append(sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(spec.pipeline.version)))
-    order.append(sql.SQL("_rec DESC"))
+    order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
+    not_beaten: sql.Composable = sql.SQL("")
+    if beaten:
+        not_beaten = sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {} x WHERE x._file = {} AND x._batch = {} AND x._rec = c._rec)").format(
+            sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no), sql.Literal(checked.staged.batch_no))
     join = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys)
     stale = _stale_condition(spec)
     stale_case = sql.SQL("WHEN {} THEN 's' ").format(stale) if stale is not None else sql.SQL("")
@@ -66,7 +108,7 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Ide
     return sql.SQL(
         "WITH src AS ("
         " SELECT DISTINCT ON ({key_list}) {cols}, md5(ROW({cols})::text)::uuid AS _row_hash"
-        " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE cardinality(c._reasons) = 0) b"
+        " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE cardinality(c._reasons) = 0{not_beaten}) b"
         " ORDER BY {order}"
         "), cls AS ("
         " SELECT s.*, CASE WHEN t.{key0} IS NULL THEN 'i' WHEN t._row_hash = s._row_hash THEN 'u' {stale}ELSE 'w' END AS _act"
@@ -79,14 +121,14 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked_table: sql.Ide
         ")"
         " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd),"
         " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's') FROM cls"
-    ).format(key_list=key_list, cols=cols, picks=picks, checked=checked_table, order=sql.SQL(", ").join(order),
+    ).format(key_list=key_list, cols=cols, picks=picks, checked=checked_table, not_beaten=not_beaten, order=sql.SQL(", ").join(order),
              key0=keys[0], stale=stale_case, target=target, join=join, sets=sets, update_join=update_join)
 
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
-          run_id: int) -> MergeCounts:
+          run_id: int, beaten: str | None = None) -> MergeCounts:
     try:
-        row = execute(conn, build_merge(spec, types, checked.ident), {"run_id": run_id},
+        row = execute(conn, build_merge(spec, types, checked, beaten), {"run_id": run_id},
                       label=f"merge {checked.staged.source.name}").fetchone()
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):

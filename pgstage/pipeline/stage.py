@@ -7,7 +7,6 @@ a sequence reset at each window's first record. A window COPY refuses is isolate
 
 from __future__ import annotations
 
-import codecs
 import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,30 +18,18 @@ from psycopg import sql
 from pgstage import faults
 from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
-from pgstage.pipeline._quarantine import Quarantined, isolate, to_csv
+from pgstage.pipeline._quarantine import Quarantined, isolate, numbered, printable
 from pgstage.pipeline.extract import CsvReader, Header, SourceFile
-from pgstage.spec import SourceSection, Spec
+from pgstage.spec import SourceSection, Spec, pg_encoding
 
 LEDGER_SCHEMA = "pgstage"
-
-# Python codec name -> PostgreSQL client encoding name, for COPY's ENCODING option.
-_PG_ENCODINGS = {
-    "utf-8": "UTF8", "iso8859-1": "LATIN1", "cp1252": "WIN1252", "iso8859-15": "LATIN9",
-    "cp1251": "WIN1251", "cp1250": "WIN1250", "ascii": "SQL_ASCII", "shift_jis": "SJIS",
-    "euc_jp": "EUC_JP", "gbk": "GBK", "big5": "BIG5", "koi8-r": "KOI8R", "iso8859-2": "LATIN2",
-}
-
-
-def pg_encoding(name: str) -> str:
-    python_name = codecs.lookup(name).name
-    return _PG_ENCODINGS.get(python_name, python_name.upper().replace("-", ""))
-
 
 @dataclass
 class StagedBatch:
     """One batch of a file in its staging table: where it lies in the file, what COPY refused."""
 
     source: SourceFile
+    file_no: int                              # position of the file in the run (later files win ties)
     batch_no: int
     table: str
     header: Header
@@ -73,6 +60,7 @@ class StartPoint:
     byte_offset: int | None = None
     record: int = 1
     batch_no: int = 0
+    changed: bool = False     # the file's bytes differ from those of the merged batches
 
 
 def match_header(spec: Spec, header: Header, file: str) -> tuple[dict[str, int], tuple[str, ...]]:
@@ -93,10 +81,10 @@ def match_header(spec: Spec, header: Header, file: str) -> tuple[dict[str, int],
         unused = [f for f in header.fields if f not in needed]
         raise HeaderMismatch(
             "the header does not match the spec: " + "; ".join(problems),
-            location=Location(file=file, record=0),
+            location=Location(file=file, line=1),
             hint=(f"fields in the file that the spec does not use: {', '.join(map(repr, unused))}" if unused
                   else "fix the columns' `from` names in the spec or the file's header"))
-    ignored = tuple(f for f in header.fields if f not in positions)
+    ignored = tuple(dict.fromkeys(f for f in header.fields if f not in positions))
     return positions, ignored
 
 
@@ -122,7 +110,7 @@ def header_of(spec: Spec, source: SourceFile) -> tuple[Header, dict[str, int], t
         return reader.header, field_of, ignored
 
 
-def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, table_prefix: str,
+def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
                   start: StartPoint, batch_rows: int) -> Iterator[StagedBatch]:
     """COPY a file, from `start`, into one staging table per batch of about batch_rows records."""
     options = spec.source
@@ -140,7 +128,7 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
             if batch is None:
                 table = f"{table_prefix}_{batch_no}"
                 _create(conn, table, n_fields)
-                batch = StagedBatch(source, batch_no, table, reader.header, field_of, window.offset, window.end, record,
+                batch = StagedBatch(source, file_no, batch_no, table, reader.header, field_of, window.offset, window.end, record,
                                     ignored_fields=ignored)
             consumed = _copy_window(conn, batch, names, window.data, record, n_fields, options)
             record += consumed
@@ -154,26 +142,34 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
             yield batch
 
 
+# What COPY says about a record it cannot read at all (as opposed to a failure of the load).
+_UNREADABLE = (psycopg.errors.BadCopyFileFormat, psycopg.errors.CharacterNotInRepertoire,
+               psycopg.errors.UntranslatableCharacter)
+
+
+def _copy_statement(batch: StagedBatch, names: sql.Composable, options: SourceSection, *, numbered: bool) -> sql.Composed:
+    columns = sql.SQL("_rec, {}").format(names) if numbered else names
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
+        batch.ident, columns, sql.Literal(options.delimiter), sql.Literal(options.quote),
+        sql.Literal(pg_encoding(options.encoding)))
+
+
 def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, names: sql.Composable, data: bytes, record: int,
                  n_fields: int, options: SourceSection) -> int:
     """COPY one window; on refusal isolate its broken records. Returns how many records it held."""
-    copy_raw = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
-        batch.ident, names, sql.Literal(options.delimiter), sql.Literal(options.quote),
-        sql.Literal(pg_encoding(options.encoding)))
     execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
         sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
     try:
-        return _copy(conn, copy_raw, data)
-    except psycopg.errors.DataError:
+        return _copy(conn, _copy_statement(batch, names, options, numbered=False), data)
+    except _UNREADABLE:
         pass
     except psycopg.Error as exc:
         raise wrap(exc, f"stage: copy {batch.source.name}") from exc
     found = isolate(data, first_record=record, n_fields=n_fields, encoding=options.encoding,
                     delimiter=options.delimiter, quote=options.quote)
-    copy_numbered = sql.SQL("COPY {} (_rec, {}) FROM STDIN (FORMAT csv, ENCODING 'UTF8')").format(batch.ident, names)
-    refused = _copy_rows(conn, copy_numbered, found.good_rows)
+    refused = _copy_records(conn, _copy_statement(batch, names, options, numbered=True), found.good, options)
     batch.quarantined.extend(sorted([*found.bad, *refused], key=lambda q: q.record))
-    return len(found.good_rows) + len(found.bad)
+    return len(found.good) + len(found.bad)
 
 
 def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -> int:
@@ -184,18 +180,20 @@ def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -
         return cursor.rowcount
 
 
-def _copy_rows(conn: psycopg.Connection[Any], statement: sql.Composed, rows: list[list[str]]) -> list[Quarantined]:
-    """COPY rows the csv module accepted; should PostgreSQL still refuse some, bisect down to them."""
-    if not rows:
+def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, records: list[tuple[int, str]],
+                  options: SourceSection) -> list[Quarantined]:
+    """COPY records the csv module accepted; should PostgreSQL still refuse some, bisect down to them."""
+    if not records:
         return []
     try:
-        _copy(conn, statement, to_csv(rows))
+        _copy(conn, statement, numbered(records, delimiter=options.delimiter, encoding=options.encoding))
         return []
-    except psycopg.errors.DataError as exc:
-        if len(rows) == 1:
-            reason = exc.diag.message_primary or str(exc)
-            return [Quarantined(int(rows[0][0]), ",".join(rows[0][1:]), reason)]
+    except _UNREADABLE as exc:
+        if len(records) == 1:
+            number, raw = records[0]
+            return [Quarantined(number, printable(raw), exc.diag.message_primary or str(exc))]
     except psycopg.Error as exc:
         raise wrap(exc, "stage: copy") from exc
-    middle = len(rows) // 2
-    return _copy_rows(conn, statement, rows[:middle]) + _copy_rows(conn, statement, rows[middle:])
+    middle = len(records) // 2
+    return (_copy_records(conn, statement, records[:middle], options)
+            + _copy_records(conn, statement, records[middle:], options))

@@ -114,9 +114,19 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
         sql.Identifier(LEDGER_SCHEMA, table), sql.SQL(", ").join([rec, *outputs]), reasons_expr, l4)
 
 
+def raw_keys(fields: tuple[str, ...]) -> list[str]:
+    """JSON keys for a record's raw values: the header names, made unique (`note`, `note#2`)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in fields:
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
 def build_rejects(staged: StagedBatch, checked_table: str) -> sql.Composed:
     """INSERT the rule rejects of a checked table into pgstage.rejects, raw values from staging."""
-    names = sql.SQL(", ").join(sql.Literal(f) for f in staged.header.fields)
+    names = sql.SQL(", ").join(sql.Literal(f) for f in raw_keys(staged.header.fields))
     values = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(f"f{i + 1}")) for i in range(len(staged.header.fields)))
     return sql.SQL(
         "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"

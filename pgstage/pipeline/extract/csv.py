@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from pgstage.errors import HeaderMismatch, Location, SourceError
 from pgstage.pipeline.extract.files import open_bytes
-from pgstage.spec import SourceSection
+from pgstage.spec import SourceSection, pg_encoding
 
 WINDOW_BYTES = 4 << 20
 MAX_WINDOW_BYTES = 256 << 20
@@ -131,7 +131,9 @@ class CsvReader:
             try:
                 chunk = self._stream.read(WINDOW_BYTES)
             except (OSError, EOFError) as exc:
-                raise SourceError(f"cannot read {self.path}: {exc}", hint="is the file truncated or not really gzip?") from None
+                raise SourceError(f"cannot read past byte {self._offset + len(self._pending)}: {exc}",
+                                  location=Location(file=str(self.path)),
+                                  hint="the file looks truncated or corrupt; fetch it again") from None
             if not chunk:
                 self._eof = True
             self._pending += chunk
@@ -144,10 +146,10 @@ class CsvReader:
 
     def _read_header(self) -> Header:
         self._fill(WINDOW_BYTES)
-        if self._pending.startswith(BOM):
+        if self._pending.startswith(BOM) and pg_encoding(self.options.encoding) == "UTF8":
             self._take(len(BOM))
         if not self._pending.strip():
-            raise SourceError(f"{self.path} is empty: no header and no records",
+            raise SourceError("the file is empty: no header and no records",
                               location=Location(file=str(self.path)),
                               hint="an empty export usually means the export failed upstream; check the source")
         cut = record_cut(self._pending, self.quote, first=True)
@@ -159,11 +161,12 @@ class CsvReader:
             text = first.decode(self.options.encoding)
         except UnicodeDecodeError as exc:
             raise HeaderMismatch(f"the first record is not valid {self.options.encoding}: {exc.reason} at byte {exc.start}",
-                                 location=Location(file=str(self.path), record=0),
+                                 location=Location(file=str(self.path), line=1),
                                  hint="set source.encoding to the file's encoding (latin-1, cp1252, ...)") from None
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=self.options.delimiter,
                                quotechar=self.options.quote))
-        fields = tuple(rows[0]) if rows else ()
+        # PostgreSQL text cannot hold NUL: such a name is kept visibly escaped (it can't be a `from` anyway).
+        fields = tuple(f.replace("\x00", "\\x00") for f in rows[0]) if rows else ()
         if not self.options.header:
             return Header(tuple(str(i + 1) for i in range(len(fields))))
         self._take(len(first))
