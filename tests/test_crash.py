@@ -202,7 +202,7 @@ def test_second_run_of_same_partition_exits_4_other_partitions_run(tmp_path: Pat
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "p"
     (folder / "data").mkdir(parents=True)
-    spec = SPEC.format(batch=BATCH, retries=0).replace('"data/*.csv"', '"data/{date}.csv"')
+    spec = SPEC.format(batch=BATCH, retries=3).replace('"data/*.csv"', '"data/{date}.csv"')
     (folder / "spec.toml").write_text(textwrap.dedent(spec))
     for day in ("2024-01-01", "2024-01-02"):  # the same keys: the second merge meets the first's rows
         write_csv(folder / "data" / f"{day}.csv", scenario(3)[1])
