@@ -22,4 +22,5 @@ def run_details(run_id: int, *, db: str | None = None, samples: int = 10) -> tup
         run = ledger.get_run(conn, run_id)
         if run is None:
             raise UsageError(f"there is no run {run_id} in this database", hint="`pgstage runs` lists the runs")
+        run["batches"] = ledger.run_batches(conn, run_id)
         return run, ledger.sample_rejects(conn, run_id, samples)

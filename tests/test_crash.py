@@ -256,3 +256,22 @@ def test_changed_file_under_old_name_is_reloaded(tmp_path: Path, db_url: str, sq
     assert again.status == "succeeded" and again.counts.read == len(changed)
     expected, _ = oracle("upsert_if_newer", [base + delta + changed])
     assert {r[0]: tuple(r) for r in sql("SELECT id, v, amount, note FROM app.items")} == expected
+
+
+def test_repair_command_rebuilds_what_a_killed_rebuild_left(tmp_path: Path, db_url: str, sql) -> None:
+    from typer.testing import CliRunner
+
+    from pgstage.cli import app
+
+    folder, _, _ = _prepare(tmp_path, db_url)
+    code = child_run(folder, db_url, "index.rebuild:1")  # dies inside the rebuild's transaction
+    assert code == -signal.SIGKILL
+    assert sql("SELECT to_regclass('app.items_note')") == [(None,)]
+    assert sql("SELECT index_name FROM pgstage.index_rebuilds") == [("items_note",)]
+    result = CliRunner().invoke(app, ["repair", str(folder / "spec.toml"), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert "rebuilt 1 index(es) (items_note)" in result.output
+    assert sql("SELECT indexname FROM pg_indexes WHERE schemaname = 'app' ORDER BY 1") == [("items_note",), ("items_pkey",)]
+    assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
+    show = CliRunner().invoke(app, ["show", "2", "--db", db_url])
+    assert "attempts: 1" in show.output and "batches: 6" in show.output

@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("run")(run_commands.run_command)
+app.command("repair")(run_commands.repair_command)
 app.command("runs")(runs_commands.runs_command)
 app.command("show")(runs_commands.show_command)
 app.command("demo")(demo_commands.demo_command)

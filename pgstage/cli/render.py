@@ -63,7 +63,8 @@ def run_details(run: dict[str, Any], samples: list[dict[str, Any]]) -> None:
     console.print(f"[bold]run {run['run_id']}[/] {run['pipeline']}" + (f" partition {run['partition']}" if run["partition"] else "")
                   + f" → {run['target']}: [bold]{run['status']}[/]")
     console.print(f"started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC on {run['host']} (pid {run['pid']})"
-                  + (f", finished {run['finished_at']:%H:%M:%S}" if run["finished_at"] else ""))
+                  + (f", finished {run['finished_at']:%H:%M:%S}" if run["finished_at"] else "")
+                  + f"; attempts: {run.get('attempts', 1)}")
     if run.get("message"):
         console.print(f"message: {run['message']}")
     counts = run.get("counts") or {}
@@ -72,6 +73,11 @@ def run_details(run: dict[str, Any], samples: list[dict[str, Any]]) -> None:
     for f in run.get("files") or []:
         rows = f.get("rows") or {}
         console.print(f"  {f['path']}: {f['status']}, read {rows.get('read', 0):,}, rejected {rows.get('rejected', 0):,}")
+    batches = run.get("batches") or []
+    if len(batches) > 1:
+        console.print(f"batches: {len(batches)}, " + ", ".join(
+            f"{b['batch_no']}: records {b['record_start']:,}-{b['record_end']:,} {b['status']}" for b in batches[:12])
+            + (" …" if len(batches) > 12 else ""))
     if run.get("rejects_by_rule"):
         console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in run["rejects_by_rule"].items()))
     if samples:

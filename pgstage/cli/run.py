@@ -9,6 +9,7 @@ import typer
 
 from pgstage.cli import render
 from pgstage.cli._errors import exits
+from pgstage.repair import repair
 from pgstage.run import RejectLimitReport, run
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="PostgreSQL URL (default: PGSTAGE_DATABASE_URL, else the embedded server)", show_default=False)]
@@ -31,3 +32,15 @@ def run_command(
                 render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
             raise
         render.print_json(report.as_dict()) if as_json else render.report(report)
+
+
+def repair_command(
+    spec: Annotated[Path, typer.Argument(help="The pipeline spec whose target to repair.", show_default=False)],
+    db: DbOption = None,
+) -> None:
+    """Rebuild indexes a killed run left dropped and remove leftover staging tables (every run does this too)."""
+    with exits():
+        result = repair(spec, db=db)
+        render.console.print(f"{result.target}: rebuilt {len(result.rebuilt_indexes)} index(es)"
+                             + (f" ({', '.join(result.rebuilt_indexes)})" if result.rebuilt_indexes else "")
+                             + f", dropped {len(result.dropped_tables)} leftover staging table(s)")

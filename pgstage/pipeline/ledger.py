@@ -244,6 +244,13 @@ def get_run(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any] | None
     return {d.name: v for d, v in zip(cursor.description or [], row)}
 
 
+def run_batches(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
+    cursor = execute(conn, sql.SQL(
+        "SELECT file, batch_no, record_start, record_end, byte_start, byte_end, status, counts, committed_at"
+        " FROM pgstage.batches WHERE run_id = %s ORDER BY file, batch_no"), (run_id,), label="ledger: batches")
+    return [{d.name: v for d, v in zip(cursor.description or [], row)} for row in cursor.fetchall()]
+
+
 def sample_rejects(conn: psycopg.Connection[Any], run_id: int, limit: int = 5) -> list[dict[str, Any]]:
     rows = execute(conn, sql.SQL("SELECT file, record, reasons, raw FROM pgstage.rejects WHERE run_id = %s"
                                  " ORDER BY file, record LIMIT %s"), (run_id, limit), label="ledger: sample").fetchall()
