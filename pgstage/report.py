@@ -59,6 +59,9 @@ class RunReport:
     target: str = ""
     files: tuple[FileReport, ...] = ()
     message: str | None = None
+    dry_run: bool = False
+    merge_sql: str | None = None        # dry runs: the merge statement of the first batch
+    sample_rejects: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.status == "succeeded":
@@ -79,4 +82,7 @@ class RunReport:
             "files": [{"path": f.path, "status": f.status, "rows": f.counts.as_dict(),
                        "ignored_fields": list(f.ignored_fields)} for f in self.files],
             "message": self.message,
+            "dry_run": self.dry_run,
+            **({"merge_sql": self.merge_sql} if self.merge_sql else {}),
+            **({"sample_rejects": list(self.sample_rejects)} if self.sample_rejects else {}),
         }

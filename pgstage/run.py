@@ -15,7 +15,7 @@ batches' counts in the ledger, so they balance across crashes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url, wrap
-from pgstage.errors import (ConnectionFailed, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
+from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
 from pgstage.pipeline import ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
-from pgstage.safety import apply_timeouts, pipeline_lock
+from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.spec import Spec, load_spec
 
 
@@ -51,12 +51,16 @@ def parse_partition(value: str | date | None) -> date | None:
 
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
-        base_dir: Path | None = None, force: bool = False) -> RunReport:
-    """Load one (pipeline, partition) and return its report; raises PgstageError subclasses."""
+        base_dir: Path | None = None, force: bool = False, dry_run: bool = False) -> RunReport:
+    """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
+
+    With dry_run, stage and validate as usual, then predict the merge's counts by a read-only
+    comparison with the target, which is neither created nor written.
+    """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
     base = base_dir or (spec.path.parent if spec.path else Path.cwd())
-    files = resolve_files(spec.source.path, base, day)
+    files = resolve_files(spec.source.path, base, day, allow_missing=spec.source.allow_missing)
     url = resolve_url(db)
     started = time.perf_counter()
     state: dict[str, int] = {}
@@ -72,7 +76,8 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
                 try:
                     with connect(url) as conn:
                         state["connected"] = 1
-                        return _run_once(conn, spec, files, day.isoformat() if day else None, force, started, state)
+                        return _run_once(conn, spec, files, day.isoformat() if day else None, force, started, state,
+                                         dry_run)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
@@ -92,16 +97,18 @@ def _mark_failed(url: str, run_id: int, message: str) -> None:
 
 
 def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile], part: str | None, force: bool,
-              started: float, state: dict[str, int]) -> RunReport:
+              started: float, state: dict[str, int], dry_run: bool = False) -> RunReport:
     ledger.ensure(conn)
-    apply_timeouts(conn, spec.load)
+    apply_session_settings(conn, spec.load)
     types = transform.resolve_types(conn, spec)
     target.check(conn, spec, types)
+    validate.check_references(conn, spec)
     with pipeline_lock(conn, spec.pipeline.name, part):
-        indexes.rebuild(conn, spec)          # repair what a killed run may have left dropped
+        if not dry_run:
+            indexes.rebuild(conn, spec)      # repair what a killed run may have left dropped
         _drop_tables(conn, ledger.orphan_tables(conn))
         _drop_tables(conn, ledger.finished_duplicate_tables(conn))
-        run_id = ledger.resumable_run(conn, spec.pipeline.name, part)
+        run_id = None if dry_run else ledger.resumable_run(conn, spec.pipeline.name, part)
         if run_id is not None:
             ledger.reopen_run(conn, run_id)
             ledger.discard_unmerged(conn, run_id)
@@ -110,16 +117,18 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
         skipped = tuple(FileReport(f.name, "skipped") for f in files if f not in todo)
         if run_id is None:
             run_id = ledger.start_run(conn, spec.pipeline.name, part, spec.pipeline.target,
-                                      str(spec.path) if spec.path else None)
+                                      str(spec.path) if spec.path else None, dry_run=dry_run)
         state["run_id"] = run_id
         if not todo and not ledger.batch_counts(conn, run_id):
+            why = ("every file was loaded before (use --force to load again)" if files else
+                   f"no source file matches {spec.source.path!r}" + (f" for partition {part}" if part else "")
+                   + " (source.allow_missing = true)")
             report = RunReport(run_id, spec.pipeline.name, part, "skipped", Counts(), {},
-                               time.perf_counter() - started, spec.pipeline.target, skipped,
-                               "every file was loaded before (use --force to load again)")
-            ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files))
+                               time.perf_counter() - started, spec.pipeline.target, skipped, why)
+            ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files), why)
             return report
         try:
-            return _load(conn, spec, types, files, todo, skipped, run_id, part, started)
+            return _load(conn, spec, types, files, todo, skipped, run_id, part, started, dry_run)
         except BaseException as exc:
             if not conn.closed and not isinstance(exc, (RejectLimitExceeded, Transient)):
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -133,14 +142,19 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
 
 def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType], files: list[SourceFile],
           todo: list[SourceFile], skipped: tuple[FileReport, ...], run_id: int, part: str | None,
-          started: float) -> RunReport:
+          started: float, dry_run: bool = False) -> RunReport:
     # Phase 1: stage and validate every remaining batch; each batch's rejects and checkpoint commit together.
     pending: list[tuple[validate.Checked, bool]] = []     # (batch, is the last batch of its file)
     ignored: dict[str, tuple[str, ...]] = {}
+    context = validate.Context(transform.case_collation(conn), target.existing_columns(conn, spec) is not None)
     duplicates = f"_dup_{run_id}"
     for source in todo:
         file_no = files.index(source)   # stable across attempts, unlike the position in todo
         _, _, ignored[source.name] = stage.header_of(spec, source)
+        if ignored[source.name] and spec.source.on_new_fields == "fail":
+            raise HeaderMismatch(f"fields the spec does not know: {', '.join(map(repr, ignored[source.name]))}",
+                                 location=Location(file=source.name, line=1),
+                                 hint="add them to [columns], or set source.on_new_fields = \"ignore\"")
         start = ledger.start_point(conn, run_id, source)
         if start.changed:
             _drop_tables(conn, [duplicates])
@@ -149,28 +163,38 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
         file_checked = []
         for batch in batches:
             with conn.transaction():
-                checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{file_no}_{batch.batch_no}", run_id)
+                checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{file_no}_{batch.batch_no}", run_id,
+                                         context)
                 ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated")
             file_checked.append(checked)
             faults.hit("validate.after")
         pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]
-        if not file_checked:  # header-only, or every batch merged before the interruption
+        if not file_checked and not dry_run:  # header-only, or every batch merged before the interruption
             with conn.transaction():
                 ledger.record_file(conn, spec.pipeline.name, source, run_id)
 
     per_file = ledger.batch_counts(conn, run_id)
     totals = sum(per_file.values(), Counts())
     by_rule = ledger.rejects_by_rule(conn, run_id)
-    limit = spec.load.max_reject_ratio
-    if totals.read and totals.rejected / totals.read > limit:
+    limit, most = spec.load.max_reject_ratio, spec.load.max_rejects
+    over_ratio = bool(totals.read) and totals.rejected / totals.read > limit
+    if over_ratio or (most is not None and totals.rejected > most):
         report = _report(spec, run_id, part, "rejected_threshold", per_file, ignored, skipped, by_rule, started)
-        message = (f"{totals.rejected} of {totals.read} records rejected ({totals.rejected / totals.read:.1%}),"
-                   f" above max_reject_ratio {limit:g}: nothing was merged")
+        share = f"{totals.rejected} of {totals.read} records rejected ({totals.rejected / max(totals.read, 1):.1%})"
+        message = (share + (f", above max_reject_ratio {limit:g}" if over_ratio else f", above max_rejects {most}")
+                   + (": nothing was merged" if not dry_run else ": a real run would merge nothing (dry run)"))
         ledger.finish_run(conn, run_id, "rejected_threshold", report.counts, by_rule, _file_rows(report.files), message)
         top = ", ".join(f"{rule} ({n})" for rule, n in list(by_rule.items())[:3])
-        raise RejectLimitReport(message + (f"; top rules: {top}" if top else ""),
+        samples = "; ".join(f"record {r['record']}: " + ", ".join(f"{x.get('column') or 'record'}.{x['rule']}"
+                                                                 for x in r["reasons"])
+                            for r in ledger.sample_rejects(conn, run_id, 3))
+        raise RejectLimitReport(message + (f"; top rules: {top}" if top else "") + (f"; e.g. {samples}" if samples else ""),
                                 hint=f"see `pgstage show {run_id}` for sample rejects; fix the source or raise"
                                      " load.max_reject_ratio", report=report)
+
+    if dry_run:
+        return _predict(conn, spec, types, pending, per_file, ignored, skipped, by_rule, run_id, part, started,
+                        context.target_exists)
 
     # Phase 2: merge batch by batch; the merge and its checkpoint commit together.
     with conn.transaction():
@@ -199,10 +223,40 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
     if beaten:
         _drop_tables(conn, [beaten])
     indexes.rebuild(conn, spec)
+    with conn.transaction():
+        merge.resolve_rejects(conn, spec, types, run_id)
 
     per_file = ledger.batch_counts(conn, run_id)
     report = _report(spec, run_id, part, "succeeded", per_file, ignored, skipped, by_rule, started)
     ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files))
+    return report
+
+
+def _predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType],
+             pending: list[tuple[validate.Checked, bool]], per_file: dict[str, Counts],
+             ignored: dict[str, tuple[str, ...]], skipped: tuple[FileReport, ...], by_rule: dict[str, int],
+             run_id: int, part: str | None, started: float, target_exists: bool) -> RunReport:
+    """The dry run's phase 2: the merge's counts forecast read-only, and the SQL it would run."""
+    beaten = None
+    if len(pending) > 1:
+        beaten = f"_dup_{run_id}"
+        merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
+    predicted: dict[str, Counts] = {}
+    for checked, _ in pending:
+        m = merge.predict(conn, spec, types, checked, beaten, target_exists)
+        pre = _pre_merge(checked)
+        counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
+                        inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale)
+        name = checked.staged.source.name
+        predicted[name] = predicted.get(name, Counts()) + counts
+    merge_sql = (merge.build_merge(spec, types, pending[0][0], run_id, beaten).as_string(conn) if pending else None)
+    if beaten:
+        _drop_tables(conn, [beaten])
+    report = _report(spec, run_id, part, "succeeded", {**per_file, **predicted}, ignored, skipped, by_rule, started)
+    report = replace(report, dry_run=True, merge_sql=merge_sql,
+                     sample_rejects=tuple(ledger.sample_rejects(conn, run_id, 5)),
+                     message="dry run: nothing was written to the target; the counts are a forecast")
+    ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files), report.message)
     return report
 
 

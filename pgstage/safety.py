@@ -38,8 +38,16 @@ def pipeline_lock(conn: psycopg.Connection[Any], pipeline: str, partition: str |
             execute(conn, sql.SQL("SELECT pg_advisory_unlock(hashtextextended(%s, 0))"), (key,), label="unlock")
 
 
-def apply_timeouts(conn: psycopg.Connection[Any], load: LoadSection) -> None:
-    """Never wait long for a lock, never hold one idle: a load must not stall production traffic."""
-    for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"):
-        execute(conn, sql.SQL("SELECT set_config(%s, %s, false)"), (name, getattr(load, name).replace(" ", "")),
-                label=f"safety: {name}")
+def apply_session_settings(conn: psycopg.Connection[Any], load: LoadSection) -> None:
+    """Bounded waits and enough sort memory for the load's own session.
+
+    Never wait long for a lock, never hold one idle: a load must not stall production traffic.
+    `work_mem` lets the dedup sort and the classification join of a batch stay in memory
+    instead of spilling to disk; JIT is off because compiling the large validation
+    expressions costs more than it saves on batches of this size.
+    """
+    settings = {name: getattr(load, name).replace(" ", "") for name in
+                ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout", "work_mem")}
+    settings["jit"] = "off"
+    for name, value in settings.items():
+        execute(conn, sql.SQL("SELECT set_config(%s, %s, false)"), (name, value), label=f"session: {name}")

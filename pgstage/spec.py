@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pgstage.errors import SpecError
 
@@ -42,14 +42,29 @@ class PipelineSection(_Model):
         return value
 
 
+SourceKind = Literal["csv", "jsonl", "parquet"]
+CSV_ONLY = ("delimiter", "quote", "encoding", "header")
+
+
 class SourceSection(_Model):
-    kind: Literal["csv"] = "csv"
+    kind: SourceKind = "csv"
     path: str
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote: str = Field(default='"', min_length=1, max_length=1)
     encoding: str = "utf-8"
     header: bool = True
     null: tuple[str, ...] = ()
+    allow_missing: bool = False
+    on_new_fields: Literal["ignore", "fail"] = "ignore"
+
+    @field_validator(*CSV_ONLY)
+    @classmethod
+    def _csv_only(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refused rather than ignored: a delimiter given for JSON Lines is a spec that says something untrue."""
+        kind = info.data.get("kind", "csv")
+        if kind != "csv":
+            raise ValueError(f"applies to CSV only; a {kind} source has no {info.field_name} (remove the key)")
+        return value
 
     @field_validator("encoding")
     @classmethod
@@ -96,6 +111,18 @@ class ColumnSpec(_Model):
     max: float | None = None
     regex: str | None = None
     in_: tuple[str, ...] | None = Field(default=None, alias="in")
+    references: str | None = None
+    unique: bool = False
+
+    @field_validator("references")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        if value is not None:
+            ref = parse_reference(value)
+            if len(ref.columns) != 1:
+                raise ValueError("a column references ONE column, e.g. \"sales.customers(id)\";"
+                                 " use a [references] entry for several")
+        return value
 
     @model_validator(mode="after")
     def _one_origin(self) -> "ColumnSpec":
@@ -122,19 +149,58 @@ _DURATION = r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$"
 
 
 class LoadSection(_Model):
-    batch_rows: int = Field(default=500_000, gt=0)
+    batch_rows: int = Field(default=1_000_000, gt=0)
     max_reject_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     index_strategy: Literal["keep", "rebuild", "auto"] = "auto"
     lock_timeout: str = Field(default="10s", pattern=_DURATION)
     statement_timeout: str = Field(default="0", pattern=_DURATION)
     idle_in_transaction_session_timeout: str = Field(default="10min", pattern=_DURATION)
     max_retries: int = Field(default=5, ge=0, le=50)
+    max_rejects: int | None = Field(default=None, ge=0)
+    work_mem: str = Field(default="256MB", pattern=r"^\s*\d+\s*(kB|MB|GB)\s*$")
+
+
+class CompositeReference(_Model):
+    """`[references] name = { cols = ["a", "b"], to = "schema.table(x, y)" }`."""
+
+    cols: tuple[str, ...] = Field(min_length=1)
+    to: str
+
+    @model_validator(mode="after")
+    def _arity(self) -> "CompositeReference":
+        if len(parse_reference(self.to).columns) != len(self.cols):
+            raise ValueError(f"cols names {len(self.cols)} column(s) but `to` names {len(parse_reference(self.to).columns)}")
+        return self
+
+
+class Reference(BaseModel):
+    """A referenced table and its columns, split once."""
+
+    model_config = ConfigDict(frozen=True)
+    schema_: str
+    table: str
+    columns: tuple[str, ...]
+
+
+_REFERENCE = re.compile(r"^\s*(?:([A-Za-z_][A-Za-z0-9_$]*)\.)?([A-Za-z_][A-Za-z0-9_$]*)\s*\(([^()]*)\)\s*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+def parse_reference(text: str) -> Reference:
+    """`schema.table(col, ...)` → Reference; a bare table is in `public`."""
+    found = _REFERENCE.match(text)
+    columns = tuple(c.strip() for c in found.group(3).split(",")) if found else ()
+    if not found or not columns or not all(_IDENT.match(c) for c in columns):
+        raise ValueError(f"{text!r} is not schema.table(column, ...)")
+    return Reference(schema_=found.group(1) or "public", table=found.group(2), columns=columns)
 
 
 class Spec(_Model):
     pipeline: PipelineSection
     source: SourceSection
     columns: dict[str, ColumnSpec] = Field(min_length=1)
+    checks: dict[str, str] = Field(default_factory=dict)
+    references: dict[str, CompositeReference] = Field(default_factory=dict)
     load: LoadSection = LoadSection()
     path: Path | None = Field(default=None, exclude=True)
 
@@ -187,6 +253,11 @@ def _raw_cross_checks(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]
     for key in keys:
         if isinstance(key, str) and key not in columns:
             found.append((("pipeline", "key"), f"{key!r} is not a column{_did_you_mean(key, names)}"))
+    raw_refs = data.get("references")
+    for ref_name, ref in (raw_refs.items() if isinstance(raw_refs, dict) else []):
+        for col in (ref.get("cols") or []) if isinstance(ref, dict) else []:
+            if isinstance(col, str) and col not in columns:
+                found.append((("references", str(ref_name)), f"{col!r} is not a column{_did_you_mean(col, names)}"))
     version = pipeline.get("version")
     if pipeline.get("strategy") == "upsert_if_newer" and version is None:
         found.append((("pipeline", "version"), "upsert_if_newer needs a version column (e.g. updated_at)"))
@@ -264,6 +335,14 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
             problems.append(f"{name}:{_line_of(text, loc)}: {dotted}: {_describe(error)}")
     for loc, message in _raw_cross_checks(data):
         problems.append(f"{name}:{_line_of(text, loc)}: {'.'.join(loc)}: {message}")
+    if spec is not None and spec.checks:
+        from pgstage.checks import compile_check
+
+        for check_name, expression in spec.checks.items():
+            try:
+                compile_check(check_name, expression, {c: col.pg_type for c, col in spec.columns.items()})
+            except SpecError as exc:
+                problems.append(f"{name}:{_line_of(text, ('checks', check_name))}: {exc.message}")
     if problems or spec is None:
         raise SpecError(f"{name}: {len(problems)} problem(s) in the pipeline spec", problems=tuple(problems),
                         hint="see docs/spec.md for every field")

@@ -1,7 +1,8 @@
 """The target table: created from the spec when missing, checked against it when present.
 
 Audit columns (SPEC §3): `_loaded_at` first load, `_updated_at` last change, `_run_id` the
-run that last changed the row, `_row_hash` for change detection.
+run that last changed the row. Change detection compares the typed values themselves, so no
+`_row_hash` is stored (an older target that has one keeps it, untouched).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ AUDIT_COLUMNS = {
     "_loaded_at": "timestamp with time zone",
     "_updated_at": "timestamp with time zone",
     "_run_id": "bigint",
-    "_row_hash": "uuid",
 }
 _AUDIT_DEFAULTS = {"_loaded_at": "now()", "_updated_at": "now()"}
 

@@ -6,6 +6,8 @@ import typer
 
 from pgstage.cli import db as db_commands
 from pgstage.cli import demo as demo_commands
+from pgstage.cli import init as init_commands
+from pgstage.cli import rejects as rejects_commands
 from pgstage.cli import run as run_commands
 from pgstage.cli import runs as runs_commands
 
@@ -21,6 +23,8 @@ app.command("repair")(run_commands.repair_command)
 app.command("runs")(runs_commands.runs_command)
 app.command("show")(runs_commands.show_command)
 app.command("demo")(demo_commands.demo_command)
+app.command("init")(init_commands.init_command)
+app.command("rejects")(rejects_commands.rejects_command)
 app.add_typer(db_commands.app, name="db")
 
 

@@ -7,7 +7,9 @@ import shutil
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pgstage.report import RunReport
 
@@ -31,18 +33,24 @@ def report(rep: RunReport) -> None:
     for key in COUNT_KEYS:
         table.add_column(key, justify="right")
     for f in rep.files:
-        table.add_row(f.path, f.status, *(f"{getattr(f.counts, k):,}" for k in COUNT_KEYS))
+        table.add_row(Text(f.path), f.status, *(f"{getattr(f.counts, k):,}" for k in COUNT_KEYS))
     if len(rep.files) > 1:
         table.add_row("[bold]total[/]", "", *(f"[bold]{getattr(rep.counts, k):,}[/]" for k in COUNT_KEYS))
     console.print(table)
     if rep.rejects_by_rule:
         rules = ", ".join(f"{rule} {n:,}" for rule, n in rep.rejects_by_rule.items())
-        console.print(f"rejects by rule: {rules}")
+        console.print(f"rejects by rule: {rules}", markup=False)
     ignored = sorted({name for f in rep.files for name in f.ignored_fields})
     if ignored:
-        console.print(f"source fields not used by the spec: {', '.join(ignored)}")
-    console.print(f"[{colour}]{rep.status}[/] into {rep.target} in {rep.duration_s:.2f}s"
-                  + (f" — {rep.message}" if rep.message else ""))
+        console.print(f"source fields not used by the spec: {', '.join(ignored)}", markup=False)
+    for sample in rep.sample_rejects:
+        reasons = "; ".join(f"{r.get('column') or 'record'}.{r['rule']}: {r['message']}" for r in sample["reasons"])
+        console.print(f"  reject {sample['file']} record {sample['record']}: {reasons}", markup=False)
+    if rep.dry_run and rep.merge_sql:
+        console.print("the merge statement a real run would execute (first batch):", markup=False)
+        console.print(rep.merge_sql, markup=False, soft_wrap=True)
+    console.print(f"[{colour}]{'forecast' if rep.dry_run else rep.status}[/] into {escape(rep.target)} in {rep.duration_s:.2f}s"
+                  + (f" — {escape(rep.message)}" if rep.message else ""))
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
@@ -53,38 +61,39 @@ def runs_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         counts = r.get("counts") or {}
         seconds = (r["finished_at"] - r["started_at"]).total_seconds() if r.get("finished_at") else None
-        table.add_row(str(r["run_id"]), r["pipeline"], r["partition"] or "", r["status"],
+        table.add_row(str(r["run_id"]), Text(r["pipeline"]), r["partition"] or "", r["status"],
                       f"{r['started_at']:%Y-%m-%d %H:%M:%S}", f"{seconds:.2f}" if seconds is not None else "",
                       *(f"{counts.get(k, 0):,}" for k in ("read", "rejected", "inserted", "updated")))
     console.print(table)
 
 
 def run_details(run: dict[str, Any], samples: list[dict[str, Any]]) -> None:
-    console.print(f"[bold]run {run['run_id']}[/] {run['pipeline']}" + (f" partition {run['partition']}" if run["partition"] else "")
-                  + f" → {run['target']}: [bold]{run['status']}[/]")
+    console.print(f"[bold]run {run['run_id']}[/] {escape(run['pipeline'])}"
+                  + (f" partition {run['partition']}" if run["partition"] else "")
+                  + f" → {escape(run['target'])}: [bold]{run['status']}[/]")
     console.print(f"started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC on {run['host']} (pid {run['pid']})"
                   + (f", finished {run['finished_at']:%H:%M:%S}" if run["finished_at"] else "")
-                  + f"; attempts: {run.get('attempts', 1)}")
+                  + f"; attempts: {run.get('attempts', 1)}", markup=False)
     if run.get("message"):
-        console.print(f"message: {run['message']}")
+        console.print(f"message: {run['message']}", markup=False)
     counts = run.get("counts") or {}
     if counts:
-        console.print("rows: " + ", ".join(f"{k} {counts.get(k, 0):,}" for k in (*COUNT_KEYS, "deleted")))
+        console.print("rows: " + ", ".join(f"{k} {counts.get(k, 0):,}" for k in (*COUNT_KEYS, "deleted")), markup=False)
     for f in run.get("files") or []:
         rows = f.get("rows") or {}
-        console.print(f"  {f['path']}: {f['status']}, read {rows.get('read', 0):,}, rejected {rows.get('rejected', 0):,}")
+        console.print(f"  {f['path']}: {f['status']}, read {rows.get('read', 0):,}, rejected {rows.get('rejected', 0):,}", markup=False)
     batches = run.get("batches") or []
     if len(batches) > 1:
         console.print(f"batches: {len(batches)}, " + ", ".join(
             f"{b['batch_no']}: records {b['record_start']:,}-{b['record_end']:,} {b['status']}" for b in batches[:12])
-            + (" …" if len(batches) > 12 else ""))
+            + (" …" if len(batches) > 12 else ""), markup=False)
     if run.get("rejects_by_rule"):
-        console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in run["rejects_by_rule"].items()))
+        console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in run["rejects_by_rule"].items()), markup=False)
     if samples:
         table = Table(title="sample rejects", title_justify="left", show_edge=False)
         for name in ("file", "record", "reasons"):
             table.add_column(name)
         for s in samples:
             reasons = "; ".join(f"{r.get('column') or 'record'}.{r['rule']}: {r['message']}" for r in s["reasons"])
-            table.add_row(s["file"], str(s["record"]), reasons)
+            table.add_row(Text(s["file"]), str(s["record"]), Text(reasons))
         console.print(table)

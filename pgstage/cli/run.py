@@ -20,13 +20,14 @@ def run_command(
     spec: Annotated[Path, typer.Argument(help="The pipeline spec (TOML).", show_default=False)],
     partition: Annotated[Optional[str], typer.Option("--partition", help="Day to load (YYYY-MM-DD); fills {date} in source.path.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Load files even if these exact bytes were loaded before.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Stage and validate, forecast the merge, write nothing to the target.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Stage, validate, deduplicate and merge a source into its target; print the run's counts."""
     with exits():
         try:
-            report = run(spec, partition=partition, db=db, force=force)
+            report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
         except RejectLimitReport as exc:
             if exc.report is not None:
                 render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)

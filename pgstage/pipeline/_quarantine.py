@@ -4,7 +4,8 @@ This is the only place Python looks at rows, and only in windows where COPY fail
 csv module (C code) finds the record boundaries and counts fields; records it finds broken
 are quarantined with a reason. The others are sent to COPY again as their ORIGINAL bytes,
 each prefixed with its record number, so PostgreSQL's parser alone decides every value —
-a value never depends on whether a neighbour was broken.
+a value never depends on whether a neighbour was broken. JSON Lines windows are sorted
+set-based in SQL (stage.py); only lines no text column can hold are split out here.
 """
 
 from __future__ import annotations
@@ -100,3 +101,33 @@ def _problem(raw: str, fields: list[str], n_fields: int, encoding: str, quote: s
     if len(fields) != n_fields:
         return f"expected {n_fields} fields, found {len(fields)}"
     return None
+
+
+def json_lines(window: bytes, *, first_record: int) -> tuple[list[tuple[int, str]], list[Quarantined]]:
+    """The lines of a JSON Lines window that COPY could not even take as text, split by Python.
+
+    Returns (line number, text) for PostgreSQL's JSON parser to judge, and the lines no text
+    column can hold (bad UTF-8, NUL) quarantined. Blank lines keep their number, but are not
+    records. Only windows COPY refused come here.
+    """
+    texts: list[tuple[int, str]] = []
+    bad: list[Quarantined] = []
+    lines = window.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, first_record):
+        line = line.removesuffix(b"\r")
+        if not line.strip(b" \t\r"):
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raw = printable(line.decode("utf-8", "surrogateescape"))
+            bad.append(Quarantined(number, raw, f"invalid byte 0x{line[exc.start]:02x} for encoding UTF8 at byte"
+                                                f" {exc.start + 1} (JSON Lines are UTF-8)"))
+            continue
+        if "\x00" in text:
+            bad.append(Quarantined(number, printable(text), "contains a NUL byte, which PostgreSQL text cannot hold"))
+            continue
+        texts.append((number, text))
+    return texts, bad

@@ -76,7 +76,11 @@ _DDL = [
         run_id     bigint NOT NULL,
         dropped_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (target, index_name))""",
+    # Ledgers made by earlier versions of pgstage gain the newer columns.
     "ALTER TABLE pgstage.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1",
+    "ALTER TABLE pgstage.rejects ADD COLUMN IF NOT EXISTS batch_no integer NOT NULL DEFAULT 0",
+    "ALTER TABLE pgstage.runs ADD COLUMN IF NOT EXISTS dry_run boolean NOT NULL DEFAULT false",
+    "ALTER TABLE pgstage.rejects ADD COLUMN IF NOT EXISTS resolved_by bigint",
 ]
 
 
@@ -90,11 +94,12 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
 
 
 def start_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, target: str,
-              spec_path: str | None) -> int:
+              spec_path: str | None, *, dry_run: bool = False) -> int:
     row = execute(conn, sql.SQL(
-        "INSERT INTO pgstage.runs (pipeline, partition, target, spec_path, status, host, pid)"
-        " VALUES (%s, %s, %s, %s, 'running', %s, %s) RETURNING run_id"),
-        (pipeline, partition, target, spec_path, socket.gethostname(), os.getpid()), label="ledger: start").fetchone()
+        "INSERT INTO pgstage.runs (pipeline, partition, target, spec_path, status, host, pid, dry_run)"
+        " VALUES (%s, %s, %s, %s, 'running', %s, %s, %s) RETURNING run_id"),
+        (pipeline, partition, target, spec_path, socket.gethostname(), os.getpid(), dry_run),
+        label="ledger: start").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -115,7 +120,7 @@ def resumable_run(conn: psycopg.Connection[Any], pipeline: str, partition: str |
     """
     row = execute(conn, sql.SQL(
         "SELECT run_id, status FROM pgstage.runs WHERE pipeline = %s AND partition IS NOT DISTINCT FROM %s"
-        " ORDER BY run_id DESC LIMIT 1"), (pipeline, partition), label="ledger: resumable").fetchone()
+        " AND NOT dry_run ORDER BY run_id DESC LIMIT 1"), (pipeline, partition), label="ledger: resumable").fetchone()
     return int(row[0]) if row and row[1] in ("running", "failed") else None
 
 
@@ -229,10 +234,10 @@ def rejects_by_rule(conn: psycopg.Connection[Any], run_id: int) -> dict[str, int
 
 def list_runs(conn: psycopg.Connection[Any], limit: int = 20, pipeline: str | None = None) -> list[dict[str, Any]]:
     rows = execute(conn, sql.SQL(
-        "SELECT run_id, pipeline, partition, status, started_at, finished_at, counts, attempts FROM pgstage.runs"
+        "SELECT run_id, pipeline, partition, status, started_at, finished_at, counts, attempts, dry_run FROM pgstage.runs"
         " WHERE %(pipeline)s::text IS NULL OR pipeline = %(pipeline)s ORDER BY run_id DESC LIMIT %(limit)s"),
         {"pipeline": pipeline, "limit": limit}, label="ledger: runs").fetchall()
-    keys = ("run_id", "pipeline", "partition", "status", "started_at", "finished_at", "counts", "attempts")
+    keys = ("run_id", "pipeline", "partition", "status", "started_at", "finished_at", "counts", "attempts", "dry_run")
     return [dict(zip(keys, row)) for row in rows]
 
 

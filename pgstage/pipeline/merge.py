@@ -65,7 +65,7 @@ def build_beaten(spec: Spec, checked: list[Checked], table: str) -> sql.Composed
     if version and spec.columns[version].const is None and version not in spec.pipeline.key:
         picked.append(sql.Identifier(version))
     union = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {} AS _file, {} AS _batch, _rec{} FROM {} WHERE cardinality(_reasons) = 0").format(
+        sql.SQL("SELECT {} AS _file, {} AS _batch, _rec{} FROM {} WHERE _reasons IS NULL").format(
             sql.Literal(c.staged.file_no), sql.Literal(c.staged.batch_no),
             sql.SQL("").join(sql.SQL(", {}").format(p) for p in picked), c.ident)
         for c in checked)
@@ -81,9 +81,12 @@ def find_beaten(conn: psycopg.Connection[Any], spec: Spec, checked: list[Checked
     execute(conn, build_beaten(spec, checked, table), label="merge: cross-batch duplicates")
 
 
-def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None = None) -> sql.Composed:
-    """The single merge statement of one batch (pure: returns SQL, runs nothing)."""
-    checked_table = checked.ident
+def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
+              target_exists: bool = True) -> sql.Composed:
+    """`WITH src AS (deduplicated valid rows), cls AS (each with its action)`: shared by merge and dry run.
+
+    Actions: i insert, w write (update), u unchanged, s stale.
+    """
     names = list(spec.columns)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     picks = sql.SQL(", ").join(
@@ -91,44 +94,84 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, beat
         else sql.SQL("c.{}").format(sql.Identifier(n))
         for n, c in spec.columns.items())
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
-    key_list = sql.SQL(", ").join(keys)
     order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
     not_beaten: sql.Composable = sql.SQL("")
     if beaten:
-        not_beaten = sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {} x WHERE x._file = {} AND x._batch = {} AND x._rec = c._rec)").format(
-            sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no), sql.Literal(checked.staged.batch_no))
-    join = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys)
+        not_beaten = sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {} x"
+                             " WHERE x._file = {} AND x._batch = {} AND x._rec = c._rec)").format(
+            sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no),
+            sql.Literal(checked.staged.batch_no))
+    src = sql.SQL(
+        "WITH src AS (SELECT DISTINCT ON ({keys}) {cols}"
+        " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE c._reasons IS NULL{not_beaten}) b ORDER BY {order})"
+    ).format(keys=sql.SQL(", ").join(keys), cols=cols, picks=picks, checked=checked.ident, not_beaten=not_beaten,
+             order=sql.SQL(", ").join(order))
+    if not target_exists:  # a dry run before the first load: everything would be inserted
+        return sql.SQL("{}, cls AS (SELECT s.*, 'i' AS _act FROM src s)").format(src)
+    non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
+    # Unchanged: every non-key column equal, NULLs included. Comparing the typed values directly
+    # is exact (no hash collisions) and far cheaper than hashing each row's text.
+    same: sql.Composable = sql.SQL("true")
+    if non_key:
+        same = sql.SQL("(t.{}) IS NOT DISTINCT FROM (s.{})").format(
+            sql.SQL(", t.").join(non_key), sql.SQL(", s.").join(non_key))
     stale = _stale_condition(spec)
-    stale_case = sql.SQL("WHEN {} THEN 's' ").format(stale) if stale is not None else sql.SQL("")
-    target = sql.Identifier(*spec.target)
+    return sql.SQL(
+        "{src}, cls AS (SELECT s.*, CASE WHEN t.{key0} IS NULL THEN 'i' WHEN {same} THEN 'u' {stale}ELSE 'w' END AS _act"
+        " FROM src s LEFT JOIN {target} t ON {join})"
+    ).format(src=src, key0=keys[0], same=same,
+             stale=sql.SQL("WHEN {} THEN 's' ").format(stale) if stale is not None else sql.SQL(""),
+             target=sql.Identifier(*spec.target),
+             join=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys))
+
+
+def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
+                beaten: str | None = None) -> sql.Composed:
+    """The single merge statement of one batch (pure: returns SQL, runs nothing).
+
+    It takes no parameters (the run id is a literal): spec values in it may hold a `%`.
+    """
+    names = list(spec.columns)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    keys = [sql.Identifier(k) for k in spec.pipeline.key]
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
-                               sql.SQL("_updated_at = now(), _run_id = %(run_id)s, _row_hash = cls._row_hash")])
-    update_join = sql.SQL(" AND ").join(sql.SQL("t.{0} = cls.{0}").format(k) for k in keys)
+                               sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
     return sql.SQL(
-        "WITH src AS ("
-        " SELECT DISTINCT ON ({key_list}) {cols}, md5(ROW({cols})::text)::uuid AS _row_hash"
-        " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE cardinality(c._reasons) = 0{not_beaten}) b"
-        " ORDER BY {order}"
-        "), cls AS ("
-        " SELECT s.*, CASE WHEN t.{key0} IS NULL THEN 'i' WHEN t._row_hash = s._row_hash THEN 'u' {stale}ELSE 'w' END AS _act"
-        " FROM src s LEFT JOIN {target} t ON {join}"
-        "), ins AS ("
-        " INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id, _row_hash)"
-        " SELECT {cols}, now(), now(), %(run_id)s, _row_hash FROM cls WHERE _act = 'i' RETURNING 1"
+        "{classify}, ins AS ("
+        " INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id)"
+        " SELECT {cols}, now(), now(), {run_id} FROM cls WHERE _act = 'i' RETURNING 1"
         "), upd AS ("
         " UPDATE {target} t SET {sets} FROM cls WHERE cls._act = 'w' AND {update_join} RETURNING 1"
         ")"
         " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd),"
         " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's') FROM cls"
-    ).format(key_list=key_list, cols=cols, picks=picks, checked=checked_table, not_beaten=not_beaten, order=sql.SQL(", ").join(order),
-             key0=keys[0], stale=stale_case, target=target, join=join, sets=sets, update_join=update_join)
+    ).format(classify=_classify(spec, types, checked, beaten), target=sql.Identifier(*spec.target), cols=cols,
+             run_id=sql.Literal(run_id), sets=sets,
+             update_join=sql.SQL(" AND ").join(sql.SQL("t.{0} = cls.{0}").format(k) for k in keys))
+
+
+def build_prediction(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
+                     target_exists: bool) -> sql.Composed:
+    """What `build_merge` would count, computed read-only: the dry run's forecast."""
+    return sql.SQL(
+        "{} SELECT count(*), count(*) FILTER (WHERE _act = 'i'), count(*) FILTER (WHERE _act = 'w'),"
+        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's') FROM cls"
+    ).format(_classify(spec, types, checked, beaten, target_exists))
+
+
+def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+            beaten: str | None, target_exists: bool) -> MergeCounts:
+    row = execute(conn, build_prediction(spec, types, checked, beaten, target_exists),
+                  label=f"dry run: predict {checked.staged.source.name}").fetchone()
+    assert row is not None
+    return MergeCounts(*row)
 
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
           run_id: int, beaten: str | None = None) -> MergeCounts:
     try:
-        row = execute(conn, build_merge(spec, types, checked, beaten), {"run_id": run_id},
+        row = execute(conn, build_merge(spec, types, checked, run_id, beaten),
                       label=f"merge {checked.staged.source.name}").fetchone()
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
@@ -139,3 +182,32 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         raise
     assert row is not None
     return MergeCounts(*row)
+
+
+def _key_from_raw(spec: Spec, types: dict[str, ColumnType], name: str) -> sql.Composable:
+    """A key column's typed value recomputed from a reject's raw JSON, NULL when it is not valid."""
+    column = spec.columns[name]
+    if column.const is not None:
+        return transform.const(column, types[name])
+    path = column.from_.split(".") if spec.source.kind == "jsonl" and column.from_ else [column.from_ or ""]
+    raw = sql.SQL("(j.raw #>> {})").format(sql.Literal(path))
+    n = transform.normalize(transform.clean(raw, column, spec.source.null), column)
+    p = transform.parsed(n, column)
+    return sql.SQL("CASE WHEN {} THEN {} END").format(transform.valid(n, p, column, types[name]),
+                                                     transform.cast(n, p, column, types[name]))
+
+
+def build_resolve(spec: Spec, types: dict[str, ColumnType], run_id: int) -> sql.Composed:
+    """Mark earlier rejects of the pipeline resolved when this run wrote a row with their key."""
+    keys = [sql.Identifier(k) for k in spec.pipeline.key]
+    from_raw = sql.SQL(", ").join(_key_from_raw(spec, types, k) for k in spec.pipeline.key)
+    return sql.SQL(
+        "UPDATE pgstage.rejects j SET resolved_by = {run} FROM pgstage.runs r"
+        " WHERE r.run_id = j.run_id AND r.pipeline = {pipeline} AND NOT r.dry_run AND j.run_id <> {run}"
+        " AND j.resolved_by IS NULL AND ({from_raw}) IN (SELECT {keys} FROM {target} WHERE _run_id = {run})"
+    ).format(run=sql.Literal(run_id), pipeline=sql.Literal(spec.pipeline.name), from_raw=from_raw,
+             keys=sql.SQL(", ").join(keys), target=sql.Identifier(*spec.target))
+
+
+def resolve_rejects(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], run_id: int) -> int:
+    return execute(conn, build_resolve(spec, types, run_id), label="merge: resolve earlier rejects").rowcount

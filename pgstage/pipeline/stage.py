@@ -1,13 +1,21 @@
-"""Stage: COPY each file into an UNLOGGED, unindexed, all-text table with record numbers.
+"""Stage: COPY each file into an UNLOGGED, unindexed table with record numbers.
 
 Happy path: record-aligned byte windows go to COPY untouched; the record number comes from
-a sequence reset at each window's first record. A window COPY refuses is isolated by
-`_quarantine` and only its broken records are kept aside; the rest of it still loads.
+a sequence reset at each window's first record. A window COPY refuses is isolated and only
+its broken records are kept aside; the rest of it still loads.
+
+The table's shape follows the source kind:
+- CSV and Parquet: one `text` column per field (`f1`, `f2`, ...). Parquet windows are CSV
+  written by Arrow, so both share the COPY and the quarantine.
+- JSON Lines: one `jsonb` column `doc`; COPY hands each line to PostgreSQL's JSON parser
+  whole (quote and delimiter are control bytes JSON never holds unescaped), so every line is
+  parsed exactly once, in C. A field is `doc ->> 'name'` or `doc #>> '{path,to,field}'`.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +26,50 @@ from psycopg import sql
 from pgstage import faults
 from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
-from pgstage.pipeline._quarantine import Quarantined, isolate, numbered, printable
-from pgstage.pipeline.extract import CsvReader, Header, SourceFile
-from pgstage.spec import SourceSection, Spec, pg_encoding
+from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
+from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile
+from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
+from pgstage.spec import Spec, pg_encoding
 
 LEDGER_SCHEMA = "pgstage"
+Reader = CsvReader | JsonlReader | ParquetReader
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How the CSV bytes given to COPY are written."""
+
+    delimiter: str
+    quote: str
+    encoding: str
+
+
+ARROW_CSV = CsvDialect(",", '"', "utf-8")   # what pyarrow.csv.write_csv writes
+
+
+def raw_names(fields: tuple[str, ...]) -> list[str]:
+    """JSON keys for a record's raw values: the field names, made unique (`note`, `note#2`)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in fields:
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
+def json_field(name: str) -> sql.Composable:
+    """A JSON Lines field as text: a top-level key, or a dotted path into nested objects (and arrays).
+
+    A key that itself contains dots (`"log.level"`, as ECS logs write) wins over the path.
+    JSON null, a missing key and a path through null are all SQL NULL.
+    """
+    doc = sql.Identifier("doc")
+    key = sql.SQL("({} ->> {})").format(doc, sql.Literal(name))
+    if "." not in name:
+        return key
+    path = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(p) for p in name.split(".")))
+    return sql.SQL("COALESCE({}, {} #>> {})").format(key, doc, path)
+
 
 @dataclass
 class StagedBatch:
@@ -32,14 +79,16 @@ class StagedBatch:
     file_no: int                              # position of the file in the run (later files win ties)
     batch_no: int
     table: str
-    header: Header
+    header: Header                            # the staged fields (none for JSON Lines)
     field_of: dict[str, int]                  # source field name -> staging column position
-    byte_start: int
+    byte_start: int                           # stream offset (Parquet: row index) of the first record
     byte_end: int
     record_start: int                         # record number of the batch's first record
     read: int = 0
     quarantined: list[Quarantined] = field(default_factory=list)
     ignored_fields: tuple[str, ...] = ()
+    kind: str = "csv"
+    spanned: int = 0                          # record numbers used: `read` plus JSON Lines' blank lines
 
     @property
     def ident(self) -> sql.Identifier:
@@ -47,10 +96,22 @@ class StagedBatch:
 
     @property
     def record_end(self) -> int:
-        return self.record_start + self.read - 1
+        return self.record_start + max(self.spanned, self.read) - 1
 
-    def column(self, source_field: str) -> sql.Identifier:
+    def column(self, source_field: str) -> sql.Composable:
+        """The SQL expression (text) of a source field in the staging table."""
+        if self.kind == "jsonl":
+            return json_field(source_field)
         return sql.Identifier(f"f{self.field_of[source_field] + 1}")
+
+    def raw_record(self, alias: sql.Identifier) -> sql.Composable:
+        """The record as jsonb for pgstage.rejects: JSON Lines' whole object, else {field: text}."""
+        if self.kind == "jsonl":
+            return sql.SQL("{}.doc").format(alias)
+        names = sql.SQL(", ").join(sql.Literal(f) for f in raw_names(self.header.fields))
+        values = sql.SQL(", ").join(sql.SQL("{}.{}").format(alias, sql.Identifier(f"f{i + 1}"))
+                                    for i in range(len(self.header.fields)))
+        return sql.SQL("jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])").format(names, values)
 
 
 @dataclass(frozen=True)
@@ -88,10 +149,39 @@ def match_header(spec: Spec, header: Header, file: str) -> tuple[dict[str, int],
     return positions, ignored
 
 
-def _create(conn: psycopg.Connection[Any], table: str, n_fields: int) -> None:
+def _open(spec: Spec, source: SourceFile, start: int | None = None) -> Reader:
+    if spec.source.kind == "jsonl":
+        return JsonlReader(source.path, start=start, member=source.member)
+    if spec.source.kind == "parquet":
+        return ParquetReader(source.path, start=start, member=source.member)
+    return CsvReader(source.path, spec.source, start=start, member=source.member)
+
+
+def _layout(spec: Spec, source: SourceFile, reader: Reader) -> tuple[Header, dict[str, int], tuple[str, ...]]:
+    """The staged fields, their positions and the file's unused fields.
+
+    CSV stages every field (COPY cannot skip any); Parquet only those the spec reads; JSON
+    Lines keeps each line whole.
+    """
+    if isinstance(reader, JsonlReader):
+        return Header(()), {}, ()
+    field_of, ignored = match_header(spec, reader.header, source.name)
+    if isinstance(reader, ParquetReader):
+        staged = tuple(field_of)
+        reader.select(staged)
+        return Header(staged), {name: i for i, name in enumerate(staged)}, ignored
+    return reader.header, field_of, ignored
+
+
+def header_of(spec: Spec, source: SourceFile) -> tuple[Header, dict[str, int], tuple[str, ...]]:
+    """Read a file's header and map it to the spec (raises HeaderMismatch before anything is written)."""
+    with _open(spec, source) as reader:
+        return _layout(spec, source, reader)
+
+
+def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) -> None:
     ident = sql.Identifier(LEDGER_SCHEMA, table)
     seq = sql.Identifier(LEDGER_SCHEMA, f"{table}_rec")
-    columns = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{i + 1}")) for i in range(n_fields))
     execute(conn, sql.SQL("CREATE SEQUENCE {} ").format(seq), label="stage: sequence")
     execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
         ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
@@ -103,21 +193,19 @@ def drop(conn: psycopg.Connection[Any], table: str) -> None:
             label="stage: drop sequence")
 
 
-def header_of(spec: Spec, source: SourceFile) -> tuple[Header, dict[str, int], tuple[str, ...]]:
-    """Read a file's header and map it to the spec (raises HeaderMismatch before anything is written)."""
-    with CsvReader(source.path, spec.source) as reader:
-        field_of, ignored = match_header(spec, reader.header, source.name)
-        return reader.header, field_of, ignored
-
-
 def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
                   start: StartPoint, batch_rows: int) -> Iterator[StagedBatch]:
     """COPY a file, from `start`, into one staging table per batch of about batch_rows records."""
-    options = spec.source
-    with CsvReader(source.path, options, start=start.byte_offset) as reader:
-        field_of, ignored = match_header(spec, reader.header, source.name)
-        n_fields = len(reader.header.fields)
-        names = sql.SQL(", ").join(sql.Identifier(f"f{i + 1}") for i in range(n_fields))
+    kind = spec.source.kind
+    with _open(spec, source, start.byte_offset) as reader:
+        header, field_of, ignored = _layout(spec, source, reader)
+        if kind == "jsonl":
+            columns: sql.Composable = sql.SQL("doc jsonb")
+        else:
+            columns = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{i + 1}"))
+                                         for i in range(len(header.fields)))
+        dialect = (ARROW_CSV if kind == "parquet" else
+                   CsvDialect(spec.source.delimiter, spec.source.quote, spec.source.encoding))
         record, batch_no = start.record, start.batch_no
         batch: StagedBatch | None = None
         while True:
@@ -127,47 +215,61 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
                 break
             if batch is None:
                 table = f"{table_prefix}_{batch_no}"
-                _create(conn, table, n_fields)
-                batch = StagedBatch(source, file_no, batch_no, table, reader.header, field_of, window.offset, window.end, record,
-                                    ignored_fields=ignored)
-            consumed = _copy_window(conn, batch, names, window.data, record, n_fields, options)
-            record += consumed
-            batch.read += consumed
+                _create(conn, table, columns)
+                batch = StagedBatch(source, file_no, batch_no, table, header, field_of, window.offset, window.end, record,
+                                    ignored_fields=ignored, kind=kind)
+            if kind == "jsonl":
+                read, spanned = _copy_json_window(conn, batch, window.data, record)
+            else:
+                read = spanned = _copy_window(conn, batch, window.data, record, dialect)
+            record += spanned
+            batch.read += read
+            batch.spanned += spanned
             batch.byte_end = window.end
             faults.hit("stage.window")
             if batch.read >= batch_rows:
+                _finish(conn, batch)
                 yield batch
                 batch, batch_no = None, batch_no + 1
         if batch is not None:
+            _finish(conn, batch)
             yield batch
 
+
+# --- CSV (and Parquet, written as CSV) ---------------------------------------------------------------
 
 # What COPY says about a record it cannot read at all (as opposed to a failure of the load).
 _UNREADABLE = (psycopg.errors.BadCopyFileFormat, psycopg.errors.CharacterNotInRepertoire,
                psycopg.errors.UntranslatableCharacter)
 
 
-def _copy_statement(batch: StagedBatch, names: sql.Composable, options: SourceSection, *, numbered: bool) -> sql.Composed:
+def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) -> sql.Composed:
+    names = sql.SQL(", ").join(sql.Identifier(f"f{i + 1}") for i in range(len(batch.header.fields)))
     columns = sql.SQL("_rec, {}").format(names) if numbered else names
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
-        batch.ident, columns, sql.Literal(options.delimiter), sql.Literal(options.quote),
-        sql.Literal(pg_encoding(options.encoding)))
+        batch.ident, columns, sql.Literal(dialect.delimiter), sql.Literal(dialect.quote),
+        sql.Literal(pg_encoding(dialect.encoding)))
 
 
-def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, names: sql.Composable, data: bytes, record: int,
-                 n_fields: int, options: SourceSection) -> int:
-    """COPY one window; on refusal isolate its broken records. Returns how many records it held."""
+def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int) -> None:
+    """The next row COPY inserts gets record number `record`."""
     execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
         sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
+
+
+def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes, record: int,
+                 dialect: CsvDialect) -> int:
+    """COPY one window; on refusal isolate its broken records. Returns how many records it held."""
+    _number_from(conn, batch, record)
     try:
-        return _copy(conn, _copy_statement(batch, names, options, numbered=False), data)
+        return _copy(conn, _copy_statement(batch, dialect, numbered=False), data)
     except _UNREADABLE:
         pass
     except psycopg.Error as exc:
         raise wrap(exc, f"stage: copy {batch.source.name}") from exc
-    found = isolate(data, first_record=record, n_fields=n_fields, encoding=options.encoding,
-                    delimiter=options.delimiter, quote=options.quote)
-    refused = _copy_records(conn, _copy_statement(batch, names, options, numbered=True), found.good, options)
+    found = isolate(data, first_record=record, n_fields=len(batch.header.fields), encoding=dialect.encoding,
+                    delimiter=dialect.delimiter, quote=dialect.quote)
+    refused = _copy_records(conn, _copy_statement(batch, dialect, numbered=True), found.good, dialect)
     batch.quarantined.extend(sorted([*found.bad, *refused], key=lambda q: q.record))
     return len(found.good) + len(found.bad)
 
@@ -181,12 +283,12 @@ def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -
 
 
 def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, records: list[tuple[int, str]],
-                  options: SourceSection) -> list[Quarantined]:
+                  dialect: CsvDialect) -> list[Quarantined]:
     """COPY records the csv module accepted; should PostgreSQL still refuse some, bisect down to them."""
     if not records:
         return []
     try:
-        _copy(conn, statement, numbered(records, delimiter=options.delimiter, encoding=options.encoding))
+        _copy(conn, statement, numbered(records, delimiter=dialect.delimiter, encoding=dialect.encoding))
         return []
     except _UNREADABLE as exc:
         if len(records) == 1:
@@ -195,5 +297,101 @@ def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, record
     except psycopg.Error as exc:
         raise wrap(exc, "stage: copy") from exc
     middle = len(records) // 2
-    return (_copy_records(conn, statement, records[:middle], options)
-            + _copy_records(conn, statement, records[middle:], options))
+    return (_copy_records(conn, statement, records[:middle], dialect)
+            + _copy_records(conn, statement, records[middle:], dialect))
+
+
+# --- JSON Lines -------------------------------------------------------------------------------------
+
+# A line `\.` alone ends COPY's data in CSV mode before PostgreSQL 18, silently dropping the rest.
+_END_OF_DATA = re.compile(rb"(?m)^\\\.\r?$")
+_LINES = "pgstage_json_lines"   # a temporary table, one per session, for windows COPY refused
+
+
+def _json_copy(target: sql.Composable, column: str) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, QUOTE {}, DELIMITER {}, ENCODING 'UTF8')").format(
+        target, sql.Identifier(column), sql.Literal(COPY_QUOTE), sql.Literal(COPY_DELIMITER))
+
+
+def _copy_json_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes, record: int) -> tuple[int, int]:
+    """COPY a window of lines into `doc`; returns (records read, record numbers used).
+
+    A blank line keeps its number (record numbers are line numbers) but is not a record: COPY
+    reads it as NULL and its WHERE drops it. Any line PostgreSQL refuses sends the window to
+    `_isolate_json`.
+    """
+    lines = data.count(b"\n")
+    _number_from(conn, batch, record)
+    if not (b"\\." in data and _END_OF_DATA.search(data)):
+        statement = sql.SQL("{} WHERE doc IS NOT NULL").format(_json_copy(batch.ident, "doc"))
+        try:
+            return _copy(conn, statement, data), lines
+        except psycopg.errors.DataError:
+            pass
+        except psycopg.Error as exc:
+            raise wrap(exc, f"stage: copy {batch.source.name}") from exc
+    return _isolate_json(conn, batch, data, record), lines
+
+
+def _isolate_json(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes, record: int) -> int:
+    """Load the parseable lines of a refused window and quarantine the others; returns the records read.
+
+    Set-based where it can be: the lines go to a text table as they are, and PostgreSQL
+    itself sorts them (`pg_input_is_valid`) and words the reasons (`pg_input_error_info`).
+    Only when even that COPY fails (bad UTF-8, NUL, stray control bytes) does Python split
+    the window into lines.
+    """
+    lines = sql.Identifier(_LINES)
+    execute(conn, sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (n bigserial, line text)").format(lines),
+            label="stage: json lines table")
+    execute(conn, sql.SQL("TRUNCATE {} RESTART IDENTITY").format(lines), label="stage: json lines reset")
+    undecodable: list[Quarantined] = []
+    if not _copy_lines(conn, lines, data):
+        texts, undecodable = json_lines(data, first_record=record)
+        try:
+            with conn.cursor() as cursor:
+                with cursor.copy(sql.SQL("COPY {} (n, line) FROM STDIN").format(lines)) as copy:
+                    for number, text in texts:
+                        copy.write_row((number - record + 1, text))
+        except psycopg.Error as exc:
+            raise wrap(exc, f"stage: copy {batch.source.name}") from exc
+    params = {"first": record}
+    loaded = execute(conn, sql.SQL(
+        "INSERT INTO {} (_rec, doc) SELECT %(first)s + n - 1, line::jsonb FROM {}"
+        " WHERE pg_input_is_valid(line, 'jsonb')").format(batch.ident, lines), params,
+        label="stage: json lines load").rowcount
+    broken = execute(conn, sql.SQL(
+        "SELECT %(first)s + n - 1, line, e.message, e.detail FROM {} CROSS JOIN LATERAL pg_input_error_info(line, 'jsonb') e"
+        " WHERE btrim(line, E' \\t\\r') <> '' AND NOT pg_input_is_valid(line, 'jsonb') ORDER BY n").format(lines),
+        params, label="stage: json lines refused").fetchall()
+    refused = [Quarantined(int(n), printable(line), f"{message}: {detail}" if detail else message)
+               for n, line, message, detail in broken]
+    batch.quarantined.extend(sorted([*undecodable, *refused], key=lambda q: q.record))
+    return loaded + len(undecodable) + len(refused)
+
+
+def _copy_lines(conn: psycopg.Connection[Any], lines: sql.Identifier, data: bytes) -> bool:
+    """COPY a window's lines as text, numbered from 1; False (and nothing copied) when COPY refuses it."""
+    if b"\\." in data and _END_OF_DATA.search(data):
+        return False
+    try:
+        _copy(conn, _json_copy(lines, "line"), data)
+        return True
+    except psycopg.errors.DataError:
+        execute(conn, sql.SQL("TRUNCATE {} RESTART IDENTITY").format(lines), label="stage: json lines reset")
+        return False
+    except psycopg.Error as exc:
+        raise wrap(exc, "stage: copy lines") from exc
+
+
+def _finish(conn: psycopg.Connection[Any], batch: StagedBatch) -> None:
+    """Last staging step of a batch: a JSON Lines line must hold an object, not an array or a scalar."""
+    if batch.kind != "jsonl":
+        return
+    rows = execute(conn, sql.SQL(
+        "DELETE FROM {} WHERE jsonb_typeof(doc) <> 'object' RETURNING _rec, doc::text, jsonb_typeof(doc)").format(
+        batch.ident), label="stage: json non-objects").fetchall()
+    if rows:
+        batch.quarantined.extend(
+            Quarantined(int(rec), printable(text), f"the line holds a JSON {kind}, not an object") for rec, text, kind in rows)
+        batch.quarantined.sort(key=lambda q: q.record)

@@ -3,7 +3,7 @@
 The pass is a stack of subqueries, each fenced with OFFSET 0 so PostgreSQL cannot inline a
 level into the next and evaluate an expression twice: clean → normalize → parse → cast →
 reasons. Its result, the `checked` table, holds the typed target values and a `_reasons`
-array per record; an empty array means valid. Rejects and the merge both read it, so no
+array per record, NULL when the record is valid. Rejects and the merge both read it, so no
 rule is ever evaluated twice.
 """
 
@@ -19,7 +19,9 @@ from pgstage.db import execute
 from pgstage.pipeline import transform
 from pgstage.pipeline.stage import LEDGER_SCHEMA, StagedBatch
 from pgstage.pipeline.transform import ColumnType
-from pgstage.spec import ColumnSpec, Spec
+from pgstage.checks import compile_check
+from pgstage.errors import SpecError
+from pgstage.spec import ColumnSpec, Reference, Spec, parse_reference
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,26 @@ class Checked:
         return len(self.staged.quarantined) + self.rejected_by_rules
 
 
-def _reason(column: str, rule: str, message: sql.Composable) -> sql.Composable:
+def _reason(column: str | None, rule: str, message: sql.Composable) -> sql.Composable:
     return sql.SQL("jsonb_build_object('column', {}, 'rule', {}, 'message', {})").format(
         sql.Literal(column), sql.Literal(rule), message)
 
 
-def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> list[sql.Composable]:
-    """One `CASE WHEN failed THEN reason END` per rule, over level-4 columns n_, ok_, v_."""
-    n, ok, v = (sql.Identifier(f"{p}_{name}") for p in ("n", "ok", "v"))
-    rules: list[sql.Composable] = []
+@dataclass(frozen=True)
+class Rule:
+    """A rule of one column: the SQL that is true when a row fails it, and the reason to record then."""
+
+    condition: sql.Composable
+    reason: sql.Composable
+
+
+def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> list[Rule]:
+    """The column's rules, over the columns _n_ (normalized text), _ok_ (valid input) and the typed value."""
+    n, ok, v = sql.Identifier(f"_n_{name}"), sql.Identifier(f"_ok_{name}"), sql.Identifier(name)
+    rules: list[Rule] = []
 
     def rule(condition: sql.Composable, rule_name: str, message: sql.Composable) -> None:
-        rules.append(sql.SQL("CASE WHEN {} THEN {} END").format(condition, _reason(name, rule_name, message)))
+        rules.append(Rule(condition, _reason(name, rule_name, message)))
 
     rule(sql.SQL("NOT {}").format(ok), "type", transform.type_message(n, column, kind))
     if required:
@@ -76,42 +86,153 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> l
     return rules
 
 
-def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str) -> sql.Composed:
-    """CREATE the checked table for one staged file (pure: returns SQL, runs nothing)."""
+def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
+                context: "Context | None" = None) -> sql.Composed:
+    """CREATE the checked table for one staged batch (pure: returns SQL, runs nothing).
+
+    Levels, each a subquery fenced with OFFSET 0 so no expression is inlined twice:
+    l1 clean → l2 normalize → l3 validity (and `format` parses) → l4 typed values →
+    l5 one boolean per rule → the reasons, built only for rows where some rule failed.
+    """
+    context = context or Context()
     keys = set(spec.pipeline.key)
     columns = {name: c for name, c in spec.columns.items() if c.from_ is not None}
-    ids = {name: {p: sql.Identifier(f"{p}_{name}") for p in ("t", "n", "p", "ok", "v")} for name in columns}
+    # Internal names start with "_", which spec column names may not: no collision possible.
+    ids = {name: {p: sql.Identifier(f"_{p}_{name}") for p in ("t", "n", "p", "ok", "v")} for name in columns}
     rec = sql.Identifier("_rec")
 
-    def level(items: list[sql.Composable], source: sql.Composable) -> sql.Composable:
-        return sql.SQL("(SELECT {} FROM {} OFFSET 0)").format(sql.SQL(", ").join([rec, *items]), source)
+    def level(items: list[sql.Composable], source: sql.Composable, alias: str) -> sql.Composable:
+        return sql.SQL("(SELECT {} FROM {} OFFSET 0) {}").format(
+            sql.SQL(", ").join([rec, *items]), source, sql.Identifier(alias))
 
-    l1 = level([sql.SQL("{} AS {}").format(transform.clean(staged.column(c.from_ or ""), c, spec.source.null), ids[n]["t"])
-                for n, c in columns.items()], staged.ident)
-    l2 = level([sql.SQL("{} AS {}").format(transform.normalize(ids[n]["t"], c), ids[n]["n"]) for n, c in columns.items()],
-               sql.SQL("{} l1").format(l1))
+    def named(expr: sql.Composable, name: str, part: str) -> sql.Composable:
+        return sql.SQL("{} AS {}").format(expr, ids[name][part])
+
+    l1 = level([named(transform.clean(staged.column(c.from_ or ""), c, spec.source.null), n, "t")
+                for n, c in columns.items()], staged.ident, "l1")
+    l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
     l3_items: list[sql.Composable] = []
     for n, c in columns.items():
-        l3_items.append(ids[n]["n"])
         p = transform.parsed(ids[n]["n"], c)
-        l3_items.append(sql.SQL("{} AS {}").format(p if p is not None else sql.SQL("NULL::timestamptz"), ids[n]["p"]))
-    l3 = level(l3_items, sql.SQL("{} l2").format(l2))
+        if p is None:
+            l3_items += [ids[n]["n"], named(transform.valid(ids[n]["n"], None, c, types[n]), n, "ok")]
+        else:  # a `format` column: parse once here, judge and cast from the parsed value in l4
+            l3_items += [ids[n]["n"], named(p, n, "p")]
+    l3 = level(l3_items, l2, "l3")
     l4_items: list[sql.Composable] = []
     for n, c in columns.items():
         p_ref = ids[n]["p"] if c.format else None
-        ok = transform.valid(ids[n]["n"], p_ref, c, types[n])
-        l4_items += [ids[n]["n"], sql.SQL("{} AS {}").format(ok, ids[n]["ok"]),
-                     sql.SQL("CASE WHEN {} THEN {} END AS {}").format(
-                         ok, transform.cast(ids[n]["n"], p_ref, c, types[n]), ids[n]["v"])]
-    l4 = level(l4_items, sql.SQL("{} l3").format(l3))
-    reasons: list[sql.Composable] = []
-    for n, c in columns.items():
-        reasons += _rules(n, c, types[n], required=c.required or n in keys)
-    reasons_expr = (sql.SQL("array_remove(ARRAY[{}]::jsonb[], NULL)").format(sql.SQL(", ").join(reasons))
-                    if reasons else sql.SQL("'{}'::jsonb[]"))
-    outputs = [sql.SQL("{} AS {}").format(ids[n]["v"], sql.Identifier(n)) for n in columns]
-    return sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {}, {} AS _reasons FROM {} l4").format(
-        sql.Identifier(LEDGER_SCHEMA, table), sql.SQL(", ").join([rec, *outputs]), reasons_expr, l4)
+        ok: sql.Composable = ids[n]["ok"]
+        if p_ref is not None:
+            ok = transform.valid(ids[n]["n"], p_ref, c, types[n])
+        l4_items += [ids[n]["n"], named(ok, n, "ok"),
+                     named(sql.SQL("CASE WHEN {} THEN {} END").format(ok, transform.cast(ids[n]["n"], p_ref, c, types[n])),
+                           n, "v")]
+    l4 = level(l4_items, l3, "l4")
+    # l5: the typed values under their target names (consts too), for checks and table rules.
+    l5_items: list[sql.Composable] = [*(ids[n]["n"] for n in columns), *(ids[n]["ok"] for n in columns)]
+    for name, column in spec.columns.items():
+        value = ids[name]["v"] if column.from_ is not None else transform.const(column, types[name])
+        l5_items.append(sql.SQL("{} AS {}").format(value, sql.Identifier(name)))
+    l5 = level(l5_items, l4, "l5")
+    rules: list[Rule] = [rule for n, c in columns.items() for rule in _rules(n, c, types[n], required=c.required or n in keys)]
+    rules += table_rules(spec, types, context)
+    failed = [sql.Identifier(f"_failed_{i}") for i in range(len(rules))]
+    names = [sql.Identifier(n) for n in spec.columns]
+    l6_items: list[sql.Composable] = [*(ids[n]["n"] for n in columns), *names,
+                                      *(sql.SQL("{} AS {}").format(r.condition, f) for r, f in zip(rules, failed))]
+    l6 = level(l6_items, l5, "l6")
+    reasons: sql.Composable
+    if rules:
+        reasons = sql.SQL("CASE WHEN {} THEN array_remove(ARRAY[{}]::jsonb[], NULL) END").format(
+            sql.SQL(" OR ").join(failed),
+            sql.SQL(", ").join(sql.SQL("CASE WHEN {} THEN {} END").format(f, r.reason) for r, f in zip(rules, failed)))
+    else:
+        reasons = sql.SQL("NULL::jsonb[]")
+    outputs: list[sql.Composable] = [rec, *(sql.Identifier(n) for n in columns)]
+    return sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {}, {} AS _reasons FROM {}").format(
+        sql.Identifier(LEDGER_SCHEMA, table), sql.SQL(", ").join(outputs), reasons, l6)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the validation pass needs to know about the database, found once per run."""
+
+    collation: str | None = None
+    target_exists: bool = False
+
+
+def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> list[Rule]:
+    """Rules over whole rows and other tables: references, uniqueness, custom checks.
+
+    References and target lookups are `IN (subquery)` so that PostgreSQL hashes the other
+    table once per batch instead of probing it per row.
+    """
+    rules: list[Rule] = []
+    for name, column in spec.columns.items():
+        if column.references:
+            ref = parse_reference(column.references)
+            rules.append(_reference_rule(name, [name], ref))
+    for ref_name, composite in spec.references.items():
+        rules.append(_reference_rule(ref_name, list(composite.cols), parse_reference(composite.to)))
+    for name, column in spec.columns.items():
+        if column.unique:
+            rules.append(_unique_rule(spec, name, context))
+    for check_name, expression in spec.checks.items():
+        compiled = compile_check(check_name, expression, {n: types[n].name for n in spec.columns})
+        rules.append(Rule(sql.SQL("NOT coalesce(({}), true)").format(compiled),
+                          _reason(None, check_name, sql.Literal(f"check failed: {expression}"))))
+    return rules
+
+
+def _reference_rule(label: str, cols: list[str], ref: Reference) -> Rule:
+    mine = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+    theirs = sql.SQL(", ").join(sql.Identifier(c) for c in ref.columns)
+    present = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in cols)
+    target = f"{ref.schema_}.{ref.table}({', '.join(ref.columns)})"
+    values = sql.SQL(" || ', ' || ").join(sql.SQL("quote_literal({})").format(sql.Identifier(c)) for c in cols)
+    condition = sql.SQL("{} AND NOT coalesce(({}) IN (SELECT {} FROM {}), false)").format(
+        present, mine, theirs, sql.Identifier(ref.schema_, ref.table))
+    column = cols[0] if len(cols) == 1 else None
+    return Rule(condition, _reason(column, "references" if column else label, sql.SQL("{} || {}").format(
+        values, sql.Literal(f" is not in {target}"))))
+
+
+def _unique_rule(spec: Spec, name: str, context: Context) -> Rule:
+    """The value repeats under another key within the batch, or exists in the target under another key."""
+    col = sql.Identifier(name)
+    key_text = sql.SQL(" || chr(31) || ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in spec.pipeline.key)
+    window = sql.SQL("(min({k}) OVER (PARTITION BY {c}) IS DISTINCT FROM max({k}) OVER (PARTITION BY {c}))").format(
+        k=key_text, c=col)
+    condition: sql.Composable = sql.SQL("{} IS NOT NULL AND {}").format(col, window)
+    if context.target_exists:
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in spec.pipeline.key)
+        target = sql.Identifier(*spec.target)
+        condition = sql.SQL("{} IS NOT NULL AND ({} OR (coalesce({} IN (SELECT {} FROM {}), false)"
+                            " AND NOT coalesce(({}, {}) IN (SELECT {}, {} FROM {}), false)))").format(
+            col, window, col, col, target, col, keys, col, keys, target)
+    return Rule(condition, _reason(name, "unique", sql.SQL("quote_literal({}) || {}").format(
+        col, sql.Literal(" is not unique: another key has it in this load or in the target"))))
+
+
+def check_references(conn: psycopg.Connection[Any], spec: Spec) -> None:
+    """Every referenced table and column must exist before anything is staged (exit 2)."""
+    problems = []
+    refs = [(f"columns.{n}.references", parse_reference(c.references)) for n, c in spec.columns.items() if c.references]
+    refs += [(f"references.{n}", parse_reference(r.to)) for n, r in spec.references.items()]
+    for where, ref in refs:
+        found = execute(conn, sql.SQL(
+            "SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)"
+            " AND a.attnum > 0 AND NOT a.attisdropped"), (f'"{ref.schema_}"."{ref.table}"',),
+            label="validate: references").fetchone()
+        existing = (found[0] if found else None) or []
+        if not existing:
+            problems.append(f"{where}: table {ref.schema_}.{ref.table} does not exist")
+        else:
+            problems += [f"{where}: {ref.schema_}.{ref.table} has no column {c!r}" for c in ref.columns if c not in existing]
+    if problems:
+        raise SpecError(f"{spec.path or 'spec'}: referenced tables do not match", problems=tuple(problems),
+                        hint="create the referenced table first, or fix the reference")
 
 
 def raw_keys(fields: tuple[str, ...]) -> list[str]:
@@ -124,27 +245,29 @@ def raw_keys(fields: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def build_rejects(staged: StagedBatch, checked_table: str) -> sql.Composed:
-    """INSERT the rule rejects of a checked table into pgstage.rejects, raw values from staging."""
-    names = sql.SQL(", ").join(sql.Literal(f) for f in raw_keys(staged.header.fields))
-    values = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(f"f{i + 1}")) for i in range(len(staged.header.fields)))
+def build_rejects(staged: StagedBatch, checked_table: str, run_id: int) -> sql.Composed:
+    """INSERT the rule rejects of a checked table into pgstage.rejects, raw values from staging.
+
+    Everything is a literal and the statement runs without parameters: header names may hold
+    a `%`, which psycopg would otherwise read as a placeholder.
+    """
     return sql.SQL(
         "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
-        " SELECT %(run_id)s, %(file)s, %(batch_no)s, c._rec, jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[]), to_jsonb(c._reasons)"
-        " FROM {} c JOIN {} s USING (_rec) WHERE cardinality(c._reasons) > 0").format(
-        names, values, sql.Identifier(LEDGER_SCHEMA, checked_table), staged.ident)
+        " SELECT {}, {}, {}, c._rec, {}, to_jsonb(c._reasons)"
+        " FROM {} c JOIN {} s USING (_rec) WHERE c._reasons IS NOT NULL").format(
+        sql.Literal(run_id), sql.Literal(staged.source.name), sql.Literal(staged.batch_no),
+        staged.raw_record(sql.Identifier("s")), sql.Identifier(LEDGER_SCHEMA, checked_table), staged.ident)
 
 
 def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
-          run_id: int) -> Checked:
+          run_id: int, context: Context | None = None) -> Checked:
     """Run the validation pass and record its rejects (with the batch's quarantined records).
 
     The caller wraps this and the batch's ledger row in one transaction, so a crash never
     leaves rejects without their batch (or the reverse).
     """
-    execute(conn, build_check(spec, types, staged, table), label=f"validate {staged.source.name}")
-    params = {"run_id": run_id, "file": staged.source.name, "batch_no": staged.batch_no}
-    rejected = execute(conn, build_rejects(staged, table), params, label="validate: rejects").rowcount
+    execute(conn, build_check(spec, types, staged, table, context), label=f"validate {staged.source.name}")
+    rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount
     if staged.quarantined:
         with conn.cursor() as cursor:
             cursor.executemany(

@@ -2,5 +2,7 @@
 
 from pgstage.pipeline.extract.files import SourceFile, resolve_files
 from pgstage.pipeline.extract.csv import CsvReader, Header, Window
+from pgstage.pipeline.extract.jsonl import JsonlReader
+from pgstage.pipeline.extract.parquet import ParquetReader
 
-__all__ = ["CsvReader", "Header", "SourceFile", "Window", "resolve_files"]
+__all__ = ["CsvReader", "Header", "JsonlReader", "ParquetReader", "SourceFile", "Window", "resolve_files"]

@@ -1,36 +1,44 @@
-"""Which files a run reads ({date} from the partition, globs in a stable order), and their fingerprints."""
+"""Which files a run reads ({date} from the partition, globs and zip members in a stable order), and their fingerprints."""
 
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import BinaryIO
 
 from pgstage.errors import SourceError, UsageError
+from pgstage.pipeline.extract.compression import member_fingerprint, sniff, zip_members
 
-GZIP_MAGIC = b"\x1f\x8b"
 _HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of a run; `sha256` and `size` fingerprint its bytes as stored (compressed or not)."""
+    """One file of a run; `sha256` and `size` fingerprint its bytes as stored (compressed or not).
+
+    A zip archive contributes one SourceFile per member, named `archive.zip!member.csv`, so
+    each member has its own fingerprint, record numbers and checkpoints.
+    """
 
     path: Path
     size: int
     sha256: str
+    member: str | None = None
 
     @property
     def name(self) -> str:
-        return str(self.path)
+        return f"{self.path}!{self.member}" if self.member is not None else str(self.path)
 
 
-def resolve_files(pattern: str, base_dir: Path, partition: date | None) -> list[SourceFile]:
-    """Expand `{date}` and globs relative to base_dir; fail clearly when nothing matches."""
+def resolve_files(pattern: str, base_dir: Path, partition: date | None, *,
+                  allow_missing: bool = False) -> list[SourceFile]:
+    """Expand `{date}` and globs relative to base_dir, then zip archives into their members.
+
+    Nothing matching is an error, unless `allow_missing`: then the list is empty and the run
+    is skipped (a partner who sends no file on a holiday).
+    """
     if "{date}" in pattern:
         if partition is None:
             raise UsageError(f"source.path {pattern!r} contains {{date}}",
@@ -41,10 +49,20 @@ def resolve_files(pattern: str, base_dir: Path, partition: date | None) -> list[
         paths = sorted(Path(p) for p in glob.glob(full) if Path(p).is_file())
     else:
         paths = [Path(full)] if Path(full).is_file() else []
-    if not paths:
-        raise SourceError(f"no source file matches {full}",
-                          hint="check source.path (relative paths start at the spec's directory) and --partition")
-    return [fingerprint(p) for p in paths]
+    if not paths and not allow_missing:
+        day = f" for partition {partition.isoformat()}" if partition else ""
+        raise SourceError(f"no source file matches {full}{day}",
+                          hint="check source.path (relative paths start at the spec's directory) and --partition;"
+                               " if a missing file is normal, set source.allow_missing = true to skip the run")
+    files: list[SourceFile] = []
+    for path in paths:
+        if sniff(path) == "zip":
+            for info in zip_members(path):
+                size, sha256 = member_fingerprint(path, info)
+                files.append(SourceFile(path=path, size=size, sha256=sha256, member=info.filename))
+        else:
+            files.append(fingerprint(path))
+    return files
 
 
 def fingerprint(path: Path) -> SourceFile:
@@ -57,13 +75,3 @@ def fingerprint(path: Path) -> SourceFile:
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
     return SourceFile(path=path, size=path.stat().st_size, sha256=digest.hexdigest())
-
-
-def open_bytes(path: Path) -> BinaryIO:
-    """Open a file for streaming, decompressing gzip when its first bytes say so."""
-    handle = path.open("rb")
-    magic = handle.read(2)
-    handle.seek(0)
-    if magic == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
-    return handle

@@ -1,0 +1,1 @@
+"""pgstage benchmark suite: `python -m benchmarks --help`."""

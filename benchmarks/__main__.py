@@ -1,0 +1,146 @@
+"""`python -m benchmarks`: time pgstage against hand-written loads and print one table.
+
+Medians over --repeat rounds (the machine is noisy: read the ratios, not the absolute
+seconds); every raw timing goes to the JSON file. Exit 2 when a load fails or its counts do
+not balance, 1 when a result differs from what the generated data says it must be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks import data, scenarios, server
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+BASELINES = ("naive", "bare_sql", "bare_sql_incremental")
+# scenario -> [(measurement it is compared with, how the table names it)]
+RATIOS: dict[str, list[tuple[str, str]]] = {
+    "initial": [("naive", "naive"), ("bare_sql", "bare_sql")],
+    "incremental": [("bare_sql_incremental", "bare_sql incremental")],
+    "noop": [("initial", "pgstage initial")],
+    "forced_noop": [("initial", "pgstage initial")],
+    "dirty": [("initial", "pgstage initial")],
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the clean file (default 1,000,000)")
+    parser.add_argument("--scenario", action="append", choices=scenarios.SCENARIOS,
+                        help="run only this scenario (repeatable; default: all)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians (default 3)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"raw results (default {DEFAULT_JSON})")
+    parser.add_argument("--db", help="server URL (needs CREATE DATABASE); default: a throwaway embedded server")
+    parser.add_argument("--trace", action="store_true", help="keep pgstage's PGSTAGE_TRACE_SQL output in the JSON")
+    args = parser.parse_args(argv)
+    if args.rows < 1000 or args.repeat < 1:
+        parser.error("--rows must be >= 1000 and --repeat >= 1")
+    return args
+
+
+def summarize(raw: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per measurement (and one more per extra baseline): medians, throughput, peak RSS, ratios."""
+    median = {name: statistics.median(r["seconds"] for r in runs) for name, runs in raw.items()}
+    out = []
+    for name in (*BASELINES, *scenarios.SCENARIOS):
+        if name not in raw:
+            continue
+        runs = raw[name]
+        rows = runs[0]["rows"]
+        base = {"scenario": name, "seconds": median[name],
+                "seconds_all": [r["seconds"] for r in runs],
+                "rows": rows, "rows_per_s": None if name == "noop" else rows / median[name],
+                "peak_rss_mb": max(r["maxrss_kb"] for r in runs) / 1024, "ratio": None, "vs": None}
+        compared = [(ref, label) for ref, label in RATIOS.get(name, []) if ref in median]
+        if not compared:
+            out.append(base)
+        for i, (ref, label) in enumerate(compared):
+            out.append({**base, "ratio": median[name] / median[ref], "vs": label, "continued": i > 0})
+    return out
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    lines = [f"{'scenario':<22} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12} {'ratio':>8}  vs",
+             "-" * 80]
+    for row in summary:
+        if row.get("continued"):
+            lines.append(f"{'':<22} {'':>9} {'':>11} {'':>12} {row['ratio']:>7.2f}x  {row['vs']}")
+            continue
+        rate = f"{row['rows_per_s']:,.0f}" if row["rows_per_s"] else "-"
+        ratio = f"{row['ratio']:>7.2f}x" if row["ratio"] is not None else f"{'-':>8}"
+        lines.append(f"{row['scenario']:<22} {row['seconds']:>9.2f} {rate:>11} {row['peak_rss_mb']:>12.0f} "
+                     f"{ratio}  {row['vs'] or ''}")
+    return "\n".join(lines)
+
+
+def counts_table(raw: dict[str, list[dict[str, Any]]]) -> str:
+    keys = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale")
+    lines = [f"{'pgstage counts (last round)':<28}" + "".join(f"{k:>10}" for k in keys) + "  status"]
+    for name in scenarios.SCENARIOS:
+        if name in raw:
+            r = raw[name][-1]
+            lines.append(f"{name:<28}" + "".join(f"{r['counts'][k]:>10,}" for k in keys) + f"  {r['status']}")
+            if r.get("rejects_by_rule"):
+                lines.append(f"{'':<28}rejects by rule: {json.dumps(r['rejects_by_rule'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    selected = set(args.scenario or scenarios.SCENARIOS)
+    started = time.perf_counter()
+    t = time.perf_counter()
+    variants = ["clean"] + (["incremental"] if "incremental" in selected else []) + (["dirty"] if "dirty" in selected else [])
+    files = {v: data.dataset(v, args.rows) for v in variants}
+    print(f"data ready in {time.perf_counter() - t:.1f}s: " + ", ".join(
+        f"{v} {d.rows:,} rows {d.size_bytes / 2**20:.0f} MB" for v, d in files.items()), file=sys.stderr)
+
+    with (contextlib.nullcontext(args.db) if args.db else server.embedded()) as url:
+        facts = server.facts(url)
+        print(f"machine: {facts['cores_usable']} cores ({facts['cores_logical']} logical), {facts['memory_gb']} GB RAM, "
+              f"load {facts['load_avg_1m']}, {facts['platform']}, Python {facts['python']}")
+        print(f"PostgreSQL {facts['postgresql']} ({'--db' if args.db else 'embedded, initdb defaults'}): "
+              + ", ".join(f"{k}={v}" for k, v in facts["settings"].items()))
+        print(f"rows: {args.rows:,}, repeat: {args.repeat}, scenarios: {', '.join(s for s in scenarios.SCENARIOS if s in selected)}",
+              flush=True)
+        with tempfile.TemporaryDirectory(prefix="pgstage-bench-specs-") as work:
+            bench = scenarios.Bench(url, Path(work), args.rows, trace=args.trace)
+            try:
+                for rep in range(args.repeat):
+                    print(f"round {rep + 1}/{args.repeat}", file=sys.stderr, flush=True)
+                    scenarios.run_repeat(bench, selected, rep)
+            except scenarios.BenchmarkFailure as exc:
+                print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+                return 2
+
+    summary = summarize(bench.raw)
+    print()
+    print(table(summary))
+    print()
+    print(counts_table(bench.raw))
+    for warning in bench.warnings:
+        print(f"WARNING: {warning}")
+    elapsed = time.perf_counter() - started
+    print(f"\ntotal {elapsed:.0f}s; raw timings in {args.json}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "args": {"rows": args.rows, "repeat": args.repeat, "scenarios": sorted(selected), "db": bool(args.db)},
+        "machine": facts, "files": {v: {"path": str(d.path), "rows": d.rows, "bytes": d.size_bytes}
+                                    for v, d in files.items()},
+        "summary": summary, "raw": bench.raw, "checksums": bench.checksums, "warnings": bench.warnings,
+        "elapsed_s": elapsed}, indent=2) + "\n", encoding="utf-8")
+    return 1 if bench.warnings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

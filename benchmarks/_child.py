@@ -1,0 +1,51 @@
+"""One timed load in a fresh process: `python -m benchmarks._child '<job json>'`.
+
+A separate process per measurement gives each load its own peak RSS (ru_maxrss never goes
+down, so it cannot be measured twice in one process) and keeps pgstage's imports, caches
+and connections from leaking between measurements. The clock starts after the imports.
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
+    import pgstage
+
+    started = time.perf_counter()
+    report = pgstage.run(job["spec"], db=job["db"], force=job.get("force", False))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "status": report.status, "counts": report.counts.as_dict(),
+            "duration_s": report.duration_s, "rejects_by_rule": dict(report.rejects_by_rule),
+            "files": [{"path": f.path, "status": f.status, "counts": f.counts.as_dict()} for f in report.files]}
+
+
+def _baseline(job: dict[str, Any]) -> dict[str, Any]:
+    import psycopg
+
+    from benchmarks import baselines
+
+    load = {"naive": baselines.load_naive, "bare_sql": baselines.load_bare_sql}[job["kind"]]
+    started = time.perf_counter()
+    with psycopg.connect(job["db"], autocommit=True) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        counts = load(conn, Path(job["file"]))
+    return {"seconds": time.perf_counter() - started, "status": "succeeded", "counts": counts}
+
+
+def main(argv: list[str]) -> None:
+    job = json.loads(argv[1])
+    result = _pgstage(job) if job["kind"] == "pgstage" else _baseline(job)
+    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
