@@ -55,7 +55,7 @@ class SourceSection(_Model):
     header: bool = True
     null: tuple[str, ...] = ()
     allow_missing: bool = False
-    on_new_fields: Literal["ignore", "fail"] = "ignore"
+    on_new_fields: Literal["ignore", "fail", "keep_raw"] = "ignore"
 
     @field_validator(*CSV_ONLY)
     @classmethod
@@ -157,6 +157,7 @@ class LoadSection(_Model):
     idle_in_transaction_session_timeout: str = Field(default="10min", pattern=_DURATION)
     max_retries: int = Field(default=5, ge=0, le=50)
     max_rejects: int | None = Field(default=None, ge=0)
+    raw_column: str | None = Field(default=None, pattern=r"^[^\x00]{1,63}$")
     work_mem: str = Field(default="256MB", pattern=r"^\s*\d+\s*(kB|MB|GB)\s*$")
 
 
@@ -209,6 +210,11 @@ class Spec(_Model):
         bad = [n for n in self.columns if not _NAME.match(n) or n.startswith("_")]
         if bad:
             raise ValueError(f"column names are 1-63 characters and may not start with '_' (reserved): {bad}")
+        raw = self.load.raw_column
+        if raw is not None and (raw in self.columns or raw in ("_loaded_at", "_updated_at", "_run_id")):
+            raise ValueError(f"load.raw_column {raw!r} is already a column")
+        if self.source.on_new_fields == "keep_raw" and raw is None:
+            raise ValueError("source.on_new_fields = \"keep_raw\" needs load.raw_column, the JSONB column that keeps them")
         return self
 
     @property

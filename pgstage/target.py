@@ -63,6 +63,9 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             problems.append(f"column {name!r} is missing (spec type {kind.name})")
         elif found[name] != kind.name:
             problems.append(f"column {name!r}: spec says {kind.name}, table has {found[name]}")
+    raw = spec.load.raw_column
+    if raw and raw in found and found[raw] != "jsonb":
+        problems.append(f"raw column {raw!r} is {found[raw]}, expected jsonb")
     for name, kind_name in AUDIT_COLUMNS.items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
@@ -86,7 +89,8 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
             (f"pgstage:target:{spec.pipeline.target}",), label="target: lock")
     if check(conn, spec, types):
         found = existing_columns(conn, spec) or {}
-        for name, kind in AUDIT_COLUMNS.items():
+        extra = {**AUDIT_COLUMNS, **({spec.load.raw_column: "jsonb"} if spec.load.raw_column else {})}
+        for name, kind in extra.items():
             if name not in found:
                 execute(conn, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                     target, sql.Identifier(name), sql.SQL(kind)), label="target: audit column")
@@ -96,6 +100,8 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     keys = set(spec.pipeline.key)
     columns = [sql.SQL("{} {}{}").format(sql.Identifier(n), t.cast, sql.SQL(" NOT NULL") if n in keys else sql.SQL(""))
                for n, t in types.items()]
+    if spec.load.raw_column:
+        columns.append(sql.SQL("{} jsonb").format(sql.Identifier(spec.load.raw_column)))
     columns += [sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(k),
                                           sql.SQL(f" NOT NULL DEFAULT {_AUDIT_DEFAULTS[n]}") if n in _AUDIT_DEFAULTS else sql.SQL(""))
                 for n, k in AUDIT_COLUMNS.items()]

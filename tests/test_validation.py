@@ -205,3 +205,23 @@ def test_a_fixed_row_resolves_its_earlier_reject(loader: Loader, sql) -> None:
     assert sql("SELECT record, resolved_by FROM pgstage.rejects ORDER BY record") == [
         (2, second.run_id), (3, None)]
     assert_identity(second)
+
+
+def test_raw_column_keeps_the_whole_record_unknown_fields_included(loader: Loader, sql) -> None:
+    setup_refs(sql)
+    loader.spec(SPEC.format(unique="false", ratio=1.0, source='on_new_fields = "keep_raw"', load='raw_column = "_raw"'))
+    loader.write("orders.csv", HEADER.replace("\n", ",utm_source\n") + "1,1,north,DE,A@x.com ,10.00,0,newsletter\n")
+    report = loader.run()
+    assert report.counts.inserted == 1 and report.files[0].ignored_fields == ("utm_source",)
+    assert sql("SELECT email, _raw FROM shop.orders") == [("a@x.com", {
+        "id": "1", "customer": "1", "region": "north", "country": "DE", "email": "A@x.com ",
+        "total": "10.00", "refunded": "0", "utm_source": "newsletter"})]
+    again = loader.run(force=True)
+    assert again.counts.unchanged == 1
+
+
+def test_keep_raw_without_a_raw_column_is_a_spec_error(loader: Loader) -> None:
+    loader.spec(SPEC.format(unique="false", ratio=1.0, source='on_new_fields = "keep_raw"', load=""))
+    with pytest.raises(SpecError) as error:
+        pgstage.load_spec(loader.root / "spec.toml")
+    assert "keep_raw" in str(error.value) and "load.raw_column" in str(error.value)

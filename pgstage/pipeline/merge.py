@@ -31,6 +31,11 @@ class MergeCounts:
     stale: int
 
 
+def target_columns(spec: Spec) -> list[str]:
+    """The target columns a merge writes: the spec's, and the raw record's if kept."""
+    return [*spec.columns, *([spec.load.raw_column] if spec.load.raw_column else [])]
+
+
 def _stale_condition(spec: Spec) -> sql.Composable | None:
     """When an existing row must not be overwritten although the incoming one differs."""
     strategy = spec.pipeline.strategy
@@ -87,12 +92,13 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
 
     Actions: i insert, w write (update), u unchanged, s stale.
     """
-    names = list(spec.columns)
+    names = target_columns(spec)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    picks = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
-        else sql.SQL("c.{}").format(sql.Identifier(n))
-        for n, c in spec.columns.items())
+    picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
+             else sql.SQL("c.{}").format(sql.Identifier(n))
+             for n, c in spec.columns.items()]
+    if spec.load.raw_column:
+        picks.append(sql.SQL("c._raw_record AS {}").format(sql.Identifier(spec.load.raw_column)))
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
     not_beaten: sql.Composable = sql.SQL("")
@@ -104,7 +110,7 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
     src = sql.SQL(
         "WITH src AS (SELECT DISTINCT ON ({keys}) {cols}"
         " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE c._reasons IS NULL{not_beaten}) b ORDER BY {order})"
-    ).format(keys=sql.SQL(", ").join(keys), cols=cols, picks=picks, checked=checked.ident, not_beaten=not_beaten,
+    ).format(keys=sql.SQL(", ").join(keys), cols=cols, picks=sql.SQL(", ").join(picks), checked=checked.ident, not_beaten=not_beaten,
              order=sql.SQL(", ").join(order))
     if not target_exists:  # a dry run before the first load: everything would be inserted
         return sql.SQL("{}, cls AS (SELECT s.*, 'i' AS _act FROM src s)").format(src)
@@ -131,7 +137,7 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
 
     It takes no parameters (the run id is a literal): spec values in it may hold a `%`.
     """
-    names = list(spec.columns)
+    names = target_columns(spec)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]

@@ -100,16 +100,23 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     # Internal names start with "_", which spec column names may not: no collision possible.
     ids = {name: {p: sql.Identifier(f"_{p}_{name}") for p in ("t", "n", "p", "ok", "v")} for name in columns}
     rec = sql.Identifier("_rec")
+    raw = sql.Identifier("_raw_record")
+    carried: list[sql.Composable] = [rec, raw] if spec.load.raw_column else [rec]
 
     def level(items: list[sql.Composable], source: sql.Composable, alias: str) -> sql.Composable:
         return sql.SQL("(SELECT {} FROM {} OFFSET 0) {}").format(
-            sql.SQL(", ").join([rec, *items]), source, sql.Identifier(alias))
+            sql.SQL(", ").join([*carried, *items]), source, sql.Identifier(alias))
 
     def named(expr: sql.Composable, name: str, part: str) -> sql.Composable:
         return sql.SQL("{} AS {}").format(expr, ids[name][part])
 
-    l1 = level([named(transform.clean(staged.column(c.from_ or ""), c, spec.source.null), n, "t")
-                for n, c in columns.items()], staged.ident, "l1")
+    l1_items: list[sql.Composable] = [named(transform.clean(staged.column(c.from_ or ""), c, spec.source.null), n, "t")
+                                      for n, c in columns.items()]
+    l1_source: sql.Composable = staged.ident
+    if spec.load.raw_column:  # the whole record, unknown fields included, kept in the target
+        l1_source = sql.SQL("(SELECT {}, {} AS {} FROM {} s) s").format(
+            sql.SQL("s.*"), staged.raw_record(sql.Identifier("s")), raw, staged.ident)
+    l1 = level(l1_items, l1_source, "l1")
     l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
     l3_items: list[sql.Composable] = []
     for n, c in columns.items():
@@ -149,7 +156,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
             sql.SQL(", ").join(sql.SQL("CASE WHEN {} THEN {} END").format(f, r.reason) for r, f in zip(rules, failed)))
     else:
         reasons = sql.SQL("NULL::jsonb[]")
-    outputs: list[sql.Composable] = [rec, *(sql.Identifier(n) for n in columns)]
+    outputs: list[sql.Composable] = [*carried, *(sql.Identifier(n) for n in columns)]
     return sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {}, {} AS _reasons FROM {}").format(
         sql.Identifier(LEDGER_SCHEMA, table), sql.SQL(", ").join(outputs), reasons, l6)
 
