@@ -26,7 +26,7 @@ from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import PgstageError, UsageError
 from pgstage.pipeline import ledger
 from pgstage.pipeline.extract import CsvReader
-from pgstage.pipeline.validate import raw_keys
+from pgstage.pipeline.stage import raw_names
 from pgstage.spec import SourceSection, load_spec
 
 ExportFormat = Literal["csv", "jsonl"]
@@ -183,7 +183,7 @@ def _header(path: Path, options: SourceSection) -> list[tuple[str, str]] | None:
             fields = reader.header.fields
     except (PgstageError, OSError):
         return None
-    return list(zip(fields, raw_keys(fields)))
+    return list(zip(fields, raw_names(fields)))
 
 
 def _ordered(row: RejectRow, fields: list[tuple[str, str]] | None) -> RejectRow:

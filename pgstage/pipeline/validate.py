@@ -242,16 +242,6 @@ def check_references(conn: psycopg.Connection[Any], spec: Spec) -> None:
                         hint="create the referenced table first, or fix the reference")
 
 
-def raw_keys(fields: tuple[str, ...]) -> list[str]:
-    """JSON keys for a record's raw values: the header names, made unique (`note`, `note#2`)."""
-    seen: dict[str, int] = {}
-    keys = []
-    for name in fields:
-        seen[name] = seen.get(name, 0) + 1
-        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return keys
-
-
 def build_rejects(staged: StagedBatch, checked_table: str, run_id: int) -> sql.Composed:
     """INSERT the rule rejects of a checked table into pgstage.rejects, raw values from staging.
 
