@@ -114,10 +114,15 @@ def main(argv: list[str]) -> int:
               flush=True)
         with tempfile.TemporaryDirectory(prefix="pgstage-bench-specs-") as work:
             bench = scenarios.Bench(url, Path(work), args.rows, trace=args.trace)
+            code = [server.code_fingerprint()]
             try:
                 for rep in range(args.repeat):
-                    print(f"round {rep + 1}/{args.repeat}", file=sys.stderr, flush=True)
+                    print(f"round {rep + 1}/{args.repeat} (pgstage source {code[-1]})", file=sys.stderr, flush=True)
                     scenarios.run_repeat(bench, selected, rep)
+                    code.append(server.code_fingerprint())
+                    if code[-1] != code[-2]:
+                        bench.warnings.append(f"the pgstage source changed during round {rep + 1} "
+                                              f"({code[-2]} -> {code[-1]}): the rounds timed different code")
             except scenarios.BenchmarkFailure as exc:
                 print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
                 return 2
@@ -135,7 +140,7 @@ def main(argv: list[str]) -> int:
     args.json.write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "args": {"rows": args.rows, "repeat": args.repeat, "scenarios": sorted(selected), "db": bool(args.db)},
-        "machine": facts, "files": {v: {"path": str(d.path), "rows": d.rows, "bytes": d.size_bytes}
+        "machine": facts, "pgstage_source": code, "files": {v: {"path": str(d.path), "rows": d.rows, "bytes": d.size_bytes}
                                     for v, d in files.items()},
         "summary": summary, "raw": bench.raw, "checksums": bench.checksums, "warnings": bench.warnings,
         "elapsed_s": elapsed}, indent=2) + "\n", encoding="utf-8")

@@ -49,7 +49,7 @@ def setup_bare_sql(conn: psycopg.Connection[Any]) -> None:
     _create_target(conn, "bigint")
 
 
-def copy_file(conn: psycopg.Connection[Any], statement: sql.Composable, path: Path) -> int:
+def copy_file(conn: psycopg.Connection[Any], statement: sql.Composed, path: Path) -> int:
     """Stream a file through COPY in 1 MB chunks; returns the rows COPY reports."""
     with conn.cursor() as cursor:
         with cursor.copy(statement) as copy, path.open("rb") as source:

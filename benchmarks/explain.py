@@ -34,10 +34,11 @@ _CHK = re.compile(r'"pgstage"\."(_chk_\d+_\d+_\d+)"')
 def statements(trace: str) -> list[tuple[str, str, float]]:
     """(label, SQL, seconds) of every statement in a PGSTAGE_TRACE_SQL stderr."""
     out: list[tuple[str, str, float]] = []
-    label, body = None, []
+    label: str | None = None
+    body: list[str] = []
     for line in trace.splitlines():
         timing = _TIMING.match(line)
-        if timing and label == timing.group(1):
+        if timing and label is not None and label == timing.group(1):
             out.append((label, "\n".join(body).rstrip().rstrip(";"), float(timing.group(2))))
             label, body = None, []
         elif line.startswith("-- ") and not timing:

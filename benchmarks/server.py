@@ -42,6 +42,17 @@ def embedded() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def code_fingerprint() -> str:
+    """sha256 of pgstage's Python sources: others edit the package, so a run must say which code it timed."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent.parent / "pgstage"
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def facts(url: str) -> dict[str, Any]:
     """Machine and server facts printed above the results and stored in the JSON."""
     import psutil

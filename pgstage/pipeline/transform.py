@@ -193,11 +193,17 @@ def const(column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     return sql.SQL("{}::{}").format(sql.Literal(text), kind.cast)
 
 
+# Numeric types whose input accepts NaN and Infinity; integers refuse them already.
+_SPECIAL_NUMBER_TYPES = ("numeric", "real", "double precision")
+
+
 def special_pattern(column: ColumnSpec, kind: ColumnType) -> str | None:
     """The special-input pattern to refuse for this column, if any."""
     if column.allow_special or column.type == MONEY_CENTS:
         return None
-    return {"D": SPECIAL_DATETIME, "N": SPECIAL_NUMBER}.get(kind.category)
+    if kind.category == "N":
+        return SPECIAL_NUMBER if kind.name.startswith(_SPECIAL_NUMBER_TYPES) else None
+    return SPECIAL_DATETIME if kind.category == "D" else None
 
 
 TRY_TO_TIMESTAMP = sql.SQL("""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +83,13 @@ class ParquetReader:
         self.rows = int(self._file.metadata.num_rows)
         self._start = min(start or 0, self.rows)
         self._fields: tuple[str, ...] = ()
-        self._batches: Iterator[Any] | None = None
-        self._pending: Any = None
-        self._row = self._start
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgstage-parquet")
+        self._chunk_iter: Iterator[tuple[int, Any, bytes]] | None = None
+        self._ahead: Future[tuple[int, Any, bytes] | None] | None = None
+        self._head: tuple[int, Any, bytes | None] | None = None
 
     def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
         self._file.close()
 
     def __enter__(self) -> "ParquetReader":
@@ -125,26 +128,53 @@ class ParquetReader:
             yield batch.slice(skip) if skip else batch
             skip = 0
 
+    def _chunks(self) -> Iterator[tuple[int, Any, bytes]]:
+        """(first row index, rows, their CSV) in slices of at most WINDOW_ROWS; runs in the worker thread."""
+        row = self._start
+        batches = self._record_batches()
+        while True:
+            try:
+                batch = next(batches, None)
+            except (self._pa.lib.ArrowException, OSError) as exc:
+                raise SourceError(f"{self.name}: cannot read rows after row {row}: {exc}",
+                                  location=Location(file=self.name, record=row + 1),
+                                  hint="the file looks truncated or corrupt; fetch it again") from None
+            if batch is None:
+                return
+            for offset in range(0, batch.num_rows, WINDOW_ROWS):
+                rows = batch.slice(offset, WINDOW_ROWS)
+                yield row, rows, self._to_csv(rows, row)
+                row += rows.num_rows
+
+    def _next_chunk(self) -> tuple[int, Any, bytes | None] | None:
+        """The converted chunk the worker prepared, and the order for the one after it.
+
+        Arrow releases the GIL while it decodes and writes CSV, so the next chunk is made
+        on the second core while COPY sends this one.
+        """
+        if self._chunk_iter is None:
+            self._chunk_iter = self._chunks()
+        if self._ahead is None:
+            self._ahead = self._worker.submit(next, self._chunk_iter, None)
+        chunk = self._ahead.result()
+        self._ahead = self._worker.submit(next, self._chunk_iter, None) if chunk is not None else None
+        return chunk
+
     def next_window(self, max_lines: int | None = None) -> Window | None:
         """CSV bytes of the next (at most max_lines) rows, or None after the last row."""
-        if self._batches is None:
-            self._batches = self._record_batches()
-        try:
-            while self._pending is None or self._pending.num_rows == 0:
-                self._pending = next(self._batches, None)
-                if self._pending is None:
-                    return None
-        except (self._pa.lib.ArrowException, OSError) as exc:
-            raise SourceError(f"{self.name}: cannot read rows after row {self._row}: {exc}",
-                              location=Location(file=self.name, record=self._row + 1),
-                              hint="the file looks truncated or corrupt; fetch it again") from None
-        n = self._pending.num_rows if max_lines is None else min(max_lines, self._pending.num_rows)
-        rows, self._pending = self._pending.slice(0, n), self._pending.slice(n)
-        start = self._row
-        self._row += n
-        return Window(start, self._row, self._to_csv(rows))
+        if self._head is None:
+            self._head = self._next_chunk()
+            if self._head is None:
+                return None
+        row, rows, data = self._head
+        if max_lines is not None and rows.num_rows > max_lines:
+            # A batch ends inside this chunk: its first rows now, the rest (converted again) next time.
+            self._head = (row + max_lines, rows.slice(max_lines), None)
+            return Window(row, row + max_lines, self._to_csv(rows.slice(0, max_lines), row))
+        self._head = None
+        return Window(row, row + rows.num_rows, data if data is not None else self._to_csv(rows, row))
 
-    def _to_csv(self, batch: Any) -> bytes:
+    def _to_csv(self, batch: Any, first_row: int) -> bytes:
         pa = self._pa
         table = pa.Table.from_batches([batch])
         while any(pa.types.is_struct(t) for t in table.schema.types):
@@ -162,14 +192,14 @@ class ParquetReader:
                     table = table.set_column(i, name, column.cast(pa.string()))
                 except pa.lib.ArrowInvalid:
                     raise SourceError(f"{self.name}: column {name!r} holds bytes that are not UTF-8 text"
-                                      f" (rows {self._row - batch.num_rows + 1}-{self._row})",
+                                      f" (rows {first_row + 1}-{first_row + batch.num_rows})",
                                       location=Location(file=self.name, column=name),
                                       hint="load a text column instead, or convert the bytes upstream (hex, base64)") from None
         out = io.BytesIO()
         try:
             self._csv.write_csv(table, out, self._csv.WriteOptions(include_header=False))
         except pa.lib.ArrowException as exc:
-            raise SourceError(f"{self.name}: rows {self._row - batch.num_rows + 1}-{self._row} cannot be written as"
+            raise SourceError(f"{self.name}: rows {first_row + 1}-{first_row + batch.num_rows} cannot be written as"
                               f" text: {exc}", location=Location(file=self.name),
                               hint="a column of this type cannot be loaded; load other fields, or convert it upstream") from None
         return out.getvalue()
