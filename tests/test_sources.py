@@ -114,6 +114,15 @@ def test_each_compression_is_recognised_by_content_not_by_name(loader, sql, fmt:
     run_and_check(loader, sql, CSV_EXPECTED)
 
 
+def test_a_plain_file_is_plain_whatever_its_name_and_first_letters(loader, sql) -> None:
+    """A `.gz` name does not make gzip, and a header starting with bzip2's "BZh" is still text."""
+    loader.spec(SPEC.format(kind="csv", path="input.csv.gz", source="", load="", ratio=0.5).replace(
+        'from = "id"', 'from = "BZh id"'))
+    loader.write("input.csv.gz", b"BZh id,name,amount\n1,apple,1.50\n")
+    assert loader.run().counts.inserted == 1
+    assert sql("SELECT id, name FROM items") == [(1, "apple")]
+
+
 def test_zstd_with_several_frames(loader, sql) -> None:
     """pzstd and `cat a.zst b.zst` write several frames: all of them are read."""
     write_spec(loader, "input.csv.zst")
@@ -551,3 +560,15 @@ def test_a_parquet_value_postgresql_cannot_hold_is_quarantined_with_its_row_numb
         "rejects": [parse(2, "NUL")],
         "target": [[1, "apple", 1.50], [3, "cherry", 3.00]],
     })
+
+
+def test_parquet_raw_column_keeps_every_field_text_can_carry(loader, sql) -> None:
+    """With load.raw_column, the fields the spec does not read are staged too, so the whole
+    record reaches the target (a list column cannot be text and stays out)."""
+    loader.spec(PARQUET_SPEC.format(path="orders.parquet", max_cents=100_000, load='raw_column = "_raw"'))
+    pq.write_table(orders_table(2).append_column("note", pa.array(["n1", None])), loader.root / "orders.parquet")
+    report = loader.run()
+    assert report.files[0].ignored_fields == ("tags", "note")
+    raw = sql("SELECT _raw FROM orders WHERE id = 1")[0][0]
+    assert raw["note"] == "n1" and raw["customer.address.city"] == "city1" and "tags" not in raw
+    assert sql("SELECT email, city FROM orders ORDER BY id") == [("u1@x.com", "city1"), ("u2@x.com", "city2")]

@@ -160,16 +160,20 @@ def _open(spec: Spec, source: SourceFile, start: int | None = None) -> Reader:
 def _layout(spec: Spec, source: SourceFile, reader: Reader) -> tuple[Header, dict[str, int], tuple[str, ...]]:
     """The staged fields, their positions and the file's unused fields.
 
-    CSV stages every field (COPY cannot skip any); Parquet only those the spec reads; JSON
-    Lines keeps each line whole.
+    CSV stages every field (COPY cannot skip any); Parquet only those the spec reads, unless
+    `load.raw_column` keeps whole records (then every field text can carry); JSON Lines keeps
+    each line whole.
     """
     if isinstance(reader, JsonlReader):
         return Header(()), {}, ()
     field_of, ignored = match_header(spec, reader.header, source.name)
     if isinstance(reader, ParquetReader):
-        staged = tuple(field_of)
+        if spec.load.raw_column:
+            staged = tuple(dict.fromkeys(f for f in reader.header.fields if f in field_of or reader.textual(f)))
+        else:
+            staged = tuple(field_of) or reader.header.fields[:1]   # a spec of constants still counts the rows
         reader.select(staged)
-        return Header(staged), {name: i for i, name in enumerate(staged)}, ignored
+        return Header(staged), {name: staged.index(name) for name in field_of}, ignored
     return reader.header, field_of, ignored
 
 

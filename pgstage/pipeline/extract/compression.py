@@ -52,8 +52,8 @@ def sniff(path: Path) -> Compression:
         raise SourceError(f"{path}: cannot read: {exc.strerror}", location=Location(file=str(path))) from None
     if magic.startswith(GZIP_MAGIC):
         return "gzip"
-    if magic.startswith(BZIP2_MAGIC):
-        return "bz2"
+    if magic.startswith(BZIP2_MAGIC) and b"1" <= magic[3:4] <= b"9":
+        return "bz2"   # "BZh" and the block size digit: a CSV header may well start with "BZh"
     if magic == ZSTD_MAGIC:
         return "zstd"
     if magic in ZIP_MAGICS:

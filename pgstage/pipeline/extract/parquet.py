@@ -98,9 +98,13 @@ class ParquetReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def textual(self, name: str) -> bool:
+        """Whether a field can be staged as text (lists, maps and unions cannot)."""
+        return not self._pa.types.is_nested(self._types[name])
+
     def select(self, fields: Sequence[str]) -> None:
         """Choose the fields to stage; refuse, all at once, those CSV cannot carry (lists, maps)."""
-        nested = [f"{name} ({self._types[name]})" for name in fields if self._pa.types.is_nested(self._types[name])]
+        nested = [f"{name} ({self._types[name]})" for name in fields if not self.textual(name)]
         if nested:
             raise SourceError(f"{self.name}: {', '.join(nested)}: list, map and union columns cannot be loaded as text",
                               location=Location(file=self.name),
