@@ -176,7 +176,8 @@ def _spec_source(spec_path: str | None) -> SourceSection | None:
 
 
 def _header(path: Path, options: SourceSection) -> list[tuple[str, str]] | None:
-    if not path.is_file():
+    """The CSV file's own field order; None (sorted keys) for other kinds or a file that is gone."""
+    if options.kind != "csv" or not path.is_file():
         return None
     try:
         with CsvReader(path, options) as reader:
