@@ -28,7 +28,7 @@ from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
 from pgstage.pipeline import ledger, merge, stage, transform, validate
-from pgstage.pipeline.extract import SourceFile, resolve_files
+from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.spec import Spec, load_spec
@@ -60,7 +60,8 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
     base = base_dir or (spec.path.parent if spec.path else Path.cwd())
-    files = resolve_files(spec.source.path, base, day, allow_missing=spec.source.allow_missing)
+    cdc = spec.source.kind == "postgres"
+    files = [] if cdc else resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing)
     url = resolve_url(db)
     started = time.perf_counter()
     state: dict[str, int] = {}
@@ -76,8 +77,9 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
                 try:
                     with connect(url) as conn:
                         state["connected"] = 1
-                        return _run_once(conn, spec, files, day.isoformat() if day else None, force, started, state,
-                                         dry_run)
+                        # A postgres source is one pseudo-file, extracted anew by every attempt.
+                        return _run_once(conn, spec, [postgres.pseudo_file(spec.source)] if cdc else files,
+                                         day.isoformat() if day else None, force, started, state, dry_run)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
@@ -158,8 +160,9 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
         start = ledger.start_point(conn, run_id, source)
         if start.changed:
             _drop_tables(conn, [duplicates])
+        since = ledger.watermark(conn, spec.pipeline.name, source.name) if spec.source.kind == "postgres" else None
         batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=f"_stg_{run_id}_{file_no}",
-                                      start=start, batch_rows=spec.load.batch_rows)
+                                      start=start, batch_rows=spec.load.batch_rows, since=since)
         file_checked = []
         for batch in batches:
             with conn.transaction():
@@ -169,7 +172,8 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
             file_checked.append(checked)
             faults.hit("validate.after")
         pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]
-        if not file_checked and not dry_run:  # header-only, or every batch merged before the interruption
+        if not file_checked and not dry_run and spec.source.kind != "postgres":
+            # header-only, or every batch merged before the interruption (no rows from a table: the watermark stays)
             with conn.transaction():
                 ledger.record_file(conn, spec.pipeline.name, source, run_id)
 
@@ -208,14 +212,21 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
     if beaten is None and len(pending) > 1:
         beaten = duplicates
         merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
+    # A postgres source's new watermark: the latest change time extracted, committed with the last merge.
+    seen = (ledger.seen_watermark(conn, [c.staged for c, _ in pending], postgres.CHANGED_AT)
+            if spec.source.kind == "postgres" else None)
     for checked, last_of_file in pending:
         with conn.transaction():
             m = merge.merge(conn, spec, types, checked, run_id, beaten)
             pre = _pre_merge(checked)
             counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
-                            inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale)
+                            inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,
+                            deleted=m.deleted)
             ledger.record_batch(conn, run_id, checked.staged, counts, "merged")
-            if last_of_file:
+            if last_of_file and spec.source.kind == "postgres":
+                if seen is not None:
+                    ledger.record_watermark(conn, spec.pipeline.name, checked.staged.source.name, seen, run_id)
+            elif last_of_file:
                 ledger.record_file(conn, spec.pipeline.name, checked.staged.source, run_id)
             faults.hit("merge.commit")
         faults.hit("merge.after")
@@ -246,7 +257,8 @@ def _predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transfo
         m = merge.predict(conn, spec, types, checked, beaten, target_exists)
         pre = _pre_merge(checked)
         counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
-                        inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale)
+                        inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,
+                        deleted=m.deleted)
         name = checked.staged.source.name
         predicted[name] = predicted.get(name, Counts()) + counts
     merge_sql = (merge.build_merge(spec, types, pending[0][0], run_id, beaten).as_string(conn) if pending else None)

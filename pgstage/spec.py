@@ -21,6 +21,7 @@ Strategy = Literal["insert_only", "upsert", "upsert_if_newer"]
 Normalizer = Literal["trim", "lower", "upper"]
 
 MONEY_CENTS = "money_cents"
+_DURATION = r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$"
 _NAME = re.compile(r"^[^\x00]{1,63}$")
 
 
@@ -42,13 +43,14 @@ class PipelineSection(_Model):
         return value
 
 
-SourceKind = Literal["csv", "jsonl", "parquet"]
+SourceKind = Literal["csv", "jsonl", "parquet", "postgres"]
 CSV_ONLY = ("delimiter", "quote", "encoding", "header")
+POSTGRES_ONLY = ("url", "table", "inserted_at", "updated_at", "deleted_at", "lookback", "on_delete", "statement_timeout")
 
 
 class SourceSection(_Model):
     kind: SourceKind = "csv"
-    path: str
+    path: str | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote: str = Field(default='"', min_length=1, max_length=1)
     encoding: str = "utf-8"
@@ -56,6 +58,50 @@ class SourceSection(_Model):
     null: tuple[str, ...] = ()
     allow_missing: bool = False
     on_new_fields: Literal["ignore", "fail", "keep_raw"] = "ignore"
+    # kind = "postgres": change data capture from a table by watermark (docs/sources/postgres.md)
+    url: str | None = Field(default=None, repr=False)   # may hold a password: kept out of every repr
+    table: str | None = None
+    inserted_at: str | None = None
+    updated_at: str | None = None
+    deleted_at: str | None = None
+    lookback: str = "5 minutes"
+    on_delete: Literal["mark", "delete"] = "mark"
+    statement_timeout: str = Field(default="1h", pattern=_DURATION)
+
+    @field_validator(*POSTGRES_ONLY)
+    @classmethod
+    def _postgres_only(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind", "csv")
+        if kind != "postgres":
+            raise ValueError(f"applies to kind = \"postgres\" only; a {kind} source has no {info.field_name}"
+                             " (remove the key)")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _schema_dot_table(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_target(value)
+        return value
+
+    @model_validator(mode="after")
+    def _where_from(self) -> "SourceSection":
+        if self.kind == "postgres":
+            missing = [k for k in ("table", "updated_at") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a postgres source needs {' and '.join(missing)}"
+                                 " (the source table and its last-change column)")
+            if self.path is not None:
+                raise ValueError("a postgres source reads `table`, not `path` (remove path)")
+            if "on_delete" in self.model_fields_set and self.deleted_at is None:
+                raise ValueError("on_delete needs deleted_at, the column that marks a row deleted")
+        elif self.path is None:
+            raise ValueError("path is missing (required): the file(s) to load")
+        return self
+
+    def table_name(self) -> tuple[str, str]:
+        """The source table of a postgres source, split once."""
+        return split_target(self.table or "")
 
     @field_validator(*CSV_ONLY)
     @classmethod
@@ -143,9 +189,6 @@ class ColumnSpec(_Model):
     def pg_type(self) -> str:
         """The PostgreSQL type of the target column (money_cents lands as bigint)."""
         return "bigint" if self.type == MONEY_CENTS else self.type
-
-
-_DURATION = r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$"
 
 
 class LoadSection(_Model):

@@ -1,7 +1,7 @@
 """The target table: created from the spec when missing, checked against it when present.
 
 Audit columns (SPEC §3): `_loaded_at` first load, `_updated_at` last change, `_run_id` the
-run that last changed the row. Change detection compares the typed values themselves, so no
+run that last changed the row; `_deleted_at` when a postgres source marks soft deletes. Change detection compares the typed values themselves, so no
 `_row_hash` is stored (an older target that has one keeps it, untouched).
 """
 
@@ -23,6 +23,13 @@ AUDIT_COLUMNS = {
     "_run_id": "bigint",
 }
 _AUDIT_DEFAULTS = {"_loaded_at": "now()", "_updated_at": "now()"}
+DELETED_AT = "_deleted_at"   # when a postgres source marks soft deletes (source.on_delete = "mark")
+
+
+def audit_columns(spec: Spec) -> dict[str, str]:
+    """The audit columns of this spec's target: `_deleted_at` too when soft deletes are marked."""
+    marks = spec.source.kind == "postgres" and spec.source.deleted_at and spec.source.on_delete == "mark"
+    return {**AUDIT_COLUMNS, **({DELETED_AT: "timestamp with time zone"} if marks else {})}
 
 
 def ident(spec: Spec) -> sql.Identifier:
@@ -66,7 +73,7 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     raw = spec.load.raw_column
     if raw and raw in found and found[raw] != "jsonb":
         problems.append(f"raw column {raw!r} is {found[raw]}, expected jsonb")
-    for name, kind_name in AUDIT_COLUMNS.items():
+    for name, kind_name in audit_columns(spec).items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
     if not problems and not _has_unique_key(conn, spec):
@@ -89,7 +96,7 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
             (f"pgstage:target:{spec.pipeline.target}",), label="target: lock")
     if check(conn, spec, types):
         found = existing_columns(conn, spec) or {}
-        extra = {**AUDIT_COLUMNS, **({spec.load.raw_column: "jsonb"} if spec.load.raw_column else {})}
+        extra = {**audit_columns(spec), **({spec.load.raw_column: "jsonb"} if spec.load.raw_column else {})}
         for name, kind in extra.items():
             if name not in found:
                 execute(conn, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
@@ -104,6 +111,6 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
         columns.append(sql.SQL("{} jsonb").format(sql.Identifier(spec.load.raw_column)))
     columns += [sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(k),
                                           sql.SQL(f" NOT NULL DEFAULT {_AUDIT_DEFAULTS[n]}") if n in _AUDIT_DEFAULTS else sql.SQL(""))
-                for n, k in AUDIT_COLUMNS.items()]
+                for n, k in audit_columns(spec).items()]
     columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in spec.pipeline.key)))
     execute(conn, sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)), label="target: create")

@@ -1,7 +1,7 @@
-"""Ledger: the `pgstage` schema in the target database records runs, files and rejects.
+"""Ledger: the `pgstage` schema in the target database records runs, files, watermarks and rejects.
 
-A file's fingerprint is written in the same transaction as its merge, so a completed file
-is skipped on the next run and a crashed one is not.
+A file's fingerprint (a postgres source's watermark) is written in the same transaction as
+its last merge, so a completed file is skipped on the next run and a crashed one is not.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -76,6 +77,13 @@ _DDL = [
         run_id     bigint NOT NULL,
         dropped_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (target, index_name))""",
+    """CREATE TABLE IF NOT EXISTS pgstage.watermarks (
+        pipeline   text NOT NULL,
+        source     text NOT NULL,
+        watermark  timestamptz NOT NULL,
+        run_id     bigint NOT NULL REFERENCES pgstage.runs,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (pipeline, source))""",
     # Ledgers made by earlier versions of pgstage gain the newer columns.
     "ALTER TABLE pgstage.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1",
     "ALTER TABLE pgstage.rejects ADD COLUMN IF NOT EXISTS batch_no integer NOT NULL DEFAULT 0",
@@ -260,3 +268,32 @@ def sample_rejects(conn: psycopg.Connection[Any], run_id: int, limit: int = 5) -
     rows = execute(conn, sql.SQL("SELECT file, record, reasons, raw FROM pgstage.rejects WHERE run_id = %s"
                                  " ORDER BY file, record LIMIT %s"), (run_id, limit), label="ledger: sample").fetchall()
     return [{"file": f, "record": r, "reasons": reasons, "raw": raw} for f, r, reasons, raw in rows]
+
+
+def watermark(conn: psycopg.Connection[Any], pipeline: str, source: str) -> datetime | None:
+    """The last committed watermark of a postgres source; None before its first successful merge."""
+    row = execute(conn, sql.SQL("SELECT watermark FROM pgstage.watermarks WHERE pipeline = %s AND source = %s"),
+                  (pipeline, source), label="ledger: watermark").fetchone()
+    return row[0] if row else None
+
+
+def build_seen_watermark(batches: list[StagedBatch], field: str) -> sql.Composed:
+    """The greatest change time among the staged rows of a run's batches (pure)."""
+    return sql.SQL("SELECT max(m) FROM ({}) w").format(sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT max({}::timestamptz) AS m FROM {}").format(b.column(field), b.ident) for b in batches))
+
+
+def seen_watermark(conn: psycopg.Connection[Any], batches: list[StagedBatch], field: str) -> datetime | None:
+    if not batches:
+        return None
+    row = execute(conn, build_seen_watermark(batches, field), label="ledger: seen watermark").fetchone()
+    return row[0] if row else None
+
+
+def record_watermark(conn: psycopg.Connection[Any], pipeline: str, source: str, value: datetime, run_id: int) -> None:
+    """Move the watermark forward (never back: a hard-deleted newest row must not make it regress)."""
+    execute(conn, sql.SQL(
+        "INSERT INTO pgstage.watermarks (pipeline, source, watermark, run_id) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (pipeline, source) DO UPDATE SET watermark = greatest(pgstage.watermarks.watermark,"
+        " EXCLUDED.watermark), run_id = EXCLUDED.run_id, updated_at = now()"),
+        (pipeline, source, value, run_id), label="ledger: watermark")

@@ -17,6 +17,7 @@ from pgstage.db import execute
 from pgstage.errors import DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
+from pgstage.pipeline.extract.postgres import DELETED_AT
 from pgstage.pipeline.stage import LEDGER_SCHEMA
 from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
@@ -29,6 +30,34 @@ class MergeCounts:
     updated: int
     unchanged: int
     stale: int
+    deleted: int = 0
+
+
+def soft_deletes(spec: Spec) -> str | None:
+    """How source deletions are applied: "mark", "delete", or None when the source reports none.
+
+    Counting (SPEC §5 stays exact): a deletion is a change of an existing row, so a mark or a
+    DELETE counts as `updated` (a mark of a new row as `inserted`), a deletion of a row the
+    target lacks (or already marked alike) as `unchanged`; `deleted` counts them beside.
+    """
+    if spec.source.kind == "postgres" and spec.source.deleted_at:
+        return spec.source.on_delete
+    return None
+
+
+def _written_columns(spec: Spec) -> list[str]:
+    """The target columns a merge compares and writes: the spec's, the raw record, `_deleted_at` when marking."""
+    return [*target_columns(spec), *(["_deleted_at"] if soft_deletes(spec) == "mark" else [])]
+
+
+def _deleted_count(spec: Spec) -> sql.Composable:
+    """`, <how many rows of cls this batch deletes or newly marks deleted>`, nothing without soft deletes."""
+    mode = soft_deletes(spec)
+    if mode == "delete":
+        return sql.SQL(", count(*) FILTER (WHERE _act = 'd')")
+    if mode == "mark":
+        return sql.SQL(", count(*) FILTER (WHERE _act IN ('i', 'w') AND _deleted_at IS NOT NULL AND NOT _was_deleted)")
+    return sql.SQL("")  # MergeCounts.deleted defaults to 0
 
 
 def target_columns(spec: Spec) -> list[str]:
@@ -92,13 +121,18 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
 
     Actions: i insert, w write (update), u unchanged, s stale.
     """
-    names = target_columns(spec)
-    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    mode = soft_deletes(spec)
+    names = _written_columns(spec)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in [*target_columns(spec), *(["_deleted_at"] if mode else [])])
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
              for n, c in spec.columns.items()]
     if spec.load.raw_column:
         picks.append(sql.SQL("c._raw_record AS {}").format(sql.Identifier(spec.load.raw_column)))
+    rows: sql.Composable = sql.SQL("{} c").format(checked.ident)
+    if mode:  # the source's deleted_at is staged beside the fields; the checked table has only typed columns
+        picks.append(sql.SQL("g.{}::timestamptz AS _deleted_at").format(checked.staged.column(DELETED_AT)))
+        rows = sql.SQL("{} c JOIN {} g ON g._rec = c._rec").format(checked.ident, checked.staged.ident)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
     not_beaten: sql.Composable = sql.SQL("")
@@ -109,11 +143,14 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
             sql.Literal(checked.staged.batch_no))
     src = sql.SQL(
         "WITH src AS (SELECT DISTINCT ON ({keys}) {cols}"
-        " FROM (SELECT c._rec, {picks} FROM {checked} c WHERE c._reasons IS NULL{not_beaten}) b ORDER BY {order})"
-    ).format(keys=sql.SQL(", ").join(keys), cols=cols, picks=sql.SQL(", ").join(picks), checked=checked.ident, not_beaten=not_beaten,
+        " FROM (SELECT c._rec, {picks} FROM {rows} WHERE c._reasons IS NULL{not_beaten}) b ORDER BY {order})"
+    ).format(keys=sql.SQL(", ").join(keys), cols=cols, picks=sql.SQL(", ").join(picks), rows=rows, not_beaten=not_beaten,
              order=sql.SQL(", ").join(order))
-    if not target_exists:  # a dry run before the first load: everything would be inserted
-        return sql.SQL("{}, cls AS (SELECT s.*, 'i' AS _act FROM src s)").format(src)
+    was_deleted = sql.SQL(", t._deleted_at IS NOT NULL AS _was_deleted") if mode == "mark" else sql.SQL("")
+    if not target_exists:  # a dry run before the first load: everything would be inserted (a deletion: nothing)
+        act = "CASE WHEN s._deleted_at IS NULL THEN 'i' ELSE 'u' END" if mode == "delete" else "'i'"
+        return sql.SQL("{}, cls AS (SELECT s.*, {} AS _act{} FROM src s)").format(
+            src, sql.SQL(act), sql.SQL(", false AS _was_deleted") if mode == "mark" else sql.SQL(""))
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
     # Unchanged: every non-key column equal, NULLs included. Comparing the typed values directly
     # is exact (no hash collisions) and far cheaper than hashing each row's text.
@@ -122,10 +159,19 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
         same = sql.SQL("(t.{}) IS NOT DISTINCT FROM (s.{})").format(
             sql.SQL(", t.").join(non_key), sql.SQL(", s.").join(non_key))
     stale = _stale_condition(spec)
+    absent = sql.SQL("t.{} IS NULL").format(keys[0])
+    deletion = sql.SQL("s._deleted_at IS NOT NULL")
+    whens: list[sql.Composable] = [sql.SQL("WHEN {} THEN 'i' ").format(absent)]
+    if mode == "delete":  # nothing to delete when the row is absent; stale when the target's row wins
+        whens = [sql.SQL("WHEN {} AND {} THEN 'u' ").format(deletion, absent), *whens]
+        if stale is not None:
+            whens.append(sql.SQL("WHEN {} AND ({}) THEN 's' ").format(deletion, stale))
+        whens.append(sql.SQL("WHEN {} THEN 'd' ").format(deletion))
+    deletions = sql.SQL("").join(whens)
     return sql.SQL(
-        "{src}, cls AS (SELECT s.*, CASE WHEN t.{key0} IS NULL THEN 'i' WHEN {same} THEN 'u' {stale}ELSE 'w' END AS _act"
+        "{src}, cls AS (SELECT s.*, CASE {deletions}WHEN {same} THEN 'u' {stale}ELSE 'w' END AS _act{was_deleted}"
         " FROM src s LEFT JOIN {target} t ON {join})"
-    ).format(src=src, key0=keys[0], same=same,
+    ).format(src=src, deletions=deletions, same=same, was_deleted=was_deleted,
              stale=sql.SQL("WHEN {} THEN 's' ").format(stale) if stale is not None else sql.SQL(""),
              target=sql.Identifier(*spec.target),
              join=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys))
@@ -137,33 +183,38 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
 
     It takes no parameters (the run id is a literal): spec values in it may hold a `%`.
     """
-    names = target_columns(spec)
+    names = _written_columns(spec)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
                                sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
+    join = sql.SQL(" AND ").join(sql.SQL("t.{0} = cls.{0}").format(k) for k in keys)
+    delete: sql.Composable = sql.SQL("")
+    if soft_deletes(spec) == "delete":
+        delete = sql.SQL(", del AS (DELETE FROM {} t USING cls WHERE cls._act = 'd' AND {} RETURNING 1)").format(
+            sql.Identifier(*spec.target), join)
     return sql.SQL(
         "{classify}, ins AS ("
         " INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id)"
         " SELECT {cols}, now(), now(), {run_id} FROM cls WHERE _act = 'i' RETURNING 1"
         "), upd AS ("
         " UPDATE {target} t SET {sets} FROM cls WHERE cls._act = 'w' AND {update_join} RETURNING 1"
-        ")"
-        " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd),"
-        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's') FROM cls"
+        "){delete}"
+        " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd){deletes},"
+        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's'){deleted} FROM cls"
     ).format(classify=_classify(spec, types, checked, beaten), target=sql.Identifier(*spec.target), cols=cols,
-             run_id=sql.Literal(run_id), sets=sets,
-             update_join=sql.SQL(" AND ").join(sql.SQL("t.{0} = cls.{0}").format(k) for k in keys))
+             run_id=sql.Literal(run_id), sets=sets, update_join=join, delete=delete, deleted=_deleted_count(spec),
+             deletes=sql.SQL(" + count(*) FILTER (WHERE _act = 'd')") if soft_deletes(spec) == "delete" else sql.SQL(""))
 
 
 def build_prediction(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
                      target_exists: bool) -> sql.Composed:
     """What `build_merge` would count, computed read-only: the dry run's forecast."""
     return sql.SQL(
-        "{} SELECT count(*), count(*) FILTER (WHERE _act = 'i'), count(*) FILTER (WHERE _act = 'w'),"
-        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's') FROM cls"
-    ).format(_classify(spec, types, checked, beaten, target_exists))
+        "{} SELECT count(*), count(*) FILTER (WHERE _act = 'i'), count(*) FILTER (WHERE _act IN ('w', 'd')),"
+        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's'){} FROM cls"
+    ).format(_classify(spec, types, checked, beaten, target_exists), _deleted_count(spec))
 
 
 def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,

@@ -18,6 +18,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -29,10 +30,11 @@ from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
 from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
+from pgstage.pipeline.extract.postgres import PostgresReader
 from pgstage.spec import Spec, pg_encoding
 
 LEDGER_SCHEMA = "pgstage"
-Reader = CsvReader | JsonlReader | ParquetReader
+Reader = CsvReader | JsonlReader | ParquetReader | PostgresReader
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class CsvDialect:
     encoding: str
 
 
-ARROW_CSV = CsvDialect(",", '"', "utf-8")   # what pyarrow.csv.write_csv writes
+ARROW_CSV = CsvDialect(",", '"', "utf-8")   # what pyarrow.csv.write_csv (and COPY TO, in UTF8) writes
 
 
 def raw_names(fields: tuple[str, ...]) -> list[str]:
@@ -149,7 +151,9 @@ def match_header(spec: Spec, header: Header, file: str) -> tuple[dict[str, int],
     return positions, ignored
 
 
-def _open(spec: Spec, source: SourceFile, start: int | None = None) -> Reader:
+def _open(spec: Spec, source: SourceFile, start: int | None = None, since: datetime | None = None) -> Reader:
+    if spec.source.kind == "postgres":  # re-extracted whole on resume: `start` does not apply
+        return PostgresReader(spec.source, since=since, name=source.name)
     if spec.source.kind == "jsonl":
         return JsonlReader(source.path, start=start, member=source.member)
     if spec.source.kind == "parquet":
@@ -167,6 +171,9 @@ def _layout(spec: Spec, source: SourceFile, reader: Reader) -> tuple[Header, dic
     if isinstance(reader, JsonlReader):
         return Header(()), {}, ()
     field_of, ignored = match_header(spec, reader.header, source.name)
+    if isinstance(reader, PostgresReader):
+        staged = reader.select(tuple(field_of))
+        return Header(staged), {name: staged.index(name) for name in staged}, ignored
     if isinstance(reader, ParquetReader):
         if spec.load.raw_column:
             staged = tuple(dict.fromkeys(f for f in reader.header.fields if f in field_of or reader.textual(f)))
@@ -198,17 +205,20 @@ def drop(conn: psycopg.Connection[Any], table: str) -> None:
 
 
 def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
-                  start: StartPoint, batch_rows: int) -> Iterator[StagedBatch]:
-    """COPY a file, from `start`, into one staging table per batch of about batch_rows records."""
+                  start: StartPoint, batch_rows: int, since: datetime | None = None) -> Iterator[StagedBatch]:
+    """COPY a file, from `start`, into one staging table per batch of about batch_rows records.
+
+    `since` is a postgres source's committed watermark (None: extract every row).
+    """
     kind = spec.source.kind
-    with _open(spec, source, start.byte_offset) as reader:
+    with _open(spec, source, start.byte_offset, since) as reader:
         header, field_of, ignored = _layout(spec, source, reader)
         if kind == "jsonl":
             columns: sql.Composable = sql.SQL("doc jsonb")
         else:
             columns = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{i + 1}"))
                                          for i in range(len(header.fields)))
-        dialect = (ARROW_CSV if kind == "parquet" else
+        dialect = (ARROW_CSV if kind in ("parquet", "postgres") else
                    CsvDialect(spec.source.delimiter, spec.source.quote, spec.source.encoding))
         record, batch_no = start.record, start.batch_no
         batch: StagedBatch | None = None

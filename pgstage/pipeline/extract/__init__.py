@@ -4,5 +4,6 @@ from pgstage.pipeline.extract.files import SourceFile, resolve_files
 from pgstage.pipeline.extract.csv import CsvReader, Header, Window
 from pgstage.pipeline.extract.jsonl import JsonlReader
 from pgstage.pipeline.extract.parquet import ParquetReader
+from pgstage.pipeline.extract import postgres
 
-__all__ = ["CsvReader", "Header", "JsonlReader", "ParquetReader", "SourceFile", "Window", "resolve_files"]
+__all__ = ["CsvReader", "Header", "JsonlReader", "ParquetReader", "SourceFile", "Window", "postgres", "resolve_files"]
