@@ -29,7 +29,6 @@ from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
 from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile
-from pgstage.pipeline.extract.csv import record_cut
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
 from pgstage.pipeline.extract.postgres import PostgresReader
 from pgstage.spec import Spec, pg_encoding
@@ -282,41 +281,11 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
         pass
     except psycopg.Error as exc:
         raise wrap(exc, f"stage: copy {batch.source.name}") from exc
-    pieces = _split(data, dialect.quote.encode(dialect.encoding))
-    if len(pieces) > 1:  # retry in small pieces: only those holding a broken record go to Python
-        total = 0
-        for piece in pieces:
-            total += _copy_window(conn, batch, piece, record + total, dialect)
-        return total
     found = isolate(data, first_record=record, n_fields=len(batch.header.fields), encoding=dialect.encoding,
                     delimiter=dialect.delimiter, quote=dialect.quote)
     refused = _copy_records(conn, _copy_statement(batch, dialect, numbered=True), found.good, dialect)
     batch.quarantined.extend(sorted([*found.bad, *refused], key=lambda q: q.record))
     return len(found.good) + len(found.bad)
-
-
-SUB_WINDOW_BYTES = 64 << 10
-
-
-def _split(data: bytes, quote: bytes) -> list[bytes]:
-    """Cut a refused window into record-aligned pieces of about SUB_WINDOW_BYTES.
-
-    A ragged row would otherwise send its whole 4 MB window through the csv module; in pieces
-    the Python work follows the broken records, not the windows they happen to touch.
-    """
-    if len(data) <= SUB_WINDOW_BYTES:
-        return [data]
-    pieces, start = [], 0
-    while start < len(data):
-        end = start + SUB_WINDOW_BYTES
-        cut = -1
-        while cut < 0 and end < len(data):
-            cut = record_cut(data[start:end], quote)
-            end += SUB_WINDOW_BYTES
-        stop = start + cut if cut > 0 else len(data)
-        pieces.append(data[start:stop])
-        start = stop
-    return pieces
 
 
 def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -> int:
