@@ -19,6 +19,7 @@ from pgstage.db import execute
 from pgstage.pipeline.extract import SourceFile
 from pgstage.pipeline.stage import StagedBatch, StartPoint
 from pgstage.pipeline.transform import TRY_TO_TIMESTAMP
+from pgstage.pipeline.validate import FENCE
 from pgstage.report import Counts
 
 SCHEMA_VERSION = 1
@@ -99,6 +100,7 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
         for statement in _DDL:
             execute(conn, sql.SQL(statement), label="ledger: ddl")  # type: ignore[arg-type]
         execute(conn, TRY_TO_TIMESTAMP, label="ledger: functions")
+        execute(conn, FENCE, label="ledger: functions")
 
 
 def start_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, target: str,

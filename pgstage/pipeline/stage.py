@@ -193,7 +193,8 @@ def header_of(spec: Spec, source: SourceFile) -> tuple[Header, dict[str, int], t
 def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) -> None:
     ident = sql.Identifier(LEDGER_SCHEMA, table)
     seq = sql.Identifier(LEDGER_SCHEMA, f"{table}_rec")
-    execute(conn, sql.SQL("CREATE SEQUENCE {} ").format(seq), label="stage: sequence")
+    # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
+    execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
     execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
         ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
 

@@ -27,6 +27,9 @@ TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]{0,62}(\(\s*\d{1,4}\s*(,\s*\d{1,4
 
 # Decimal text with optional thousands separators and at most two decimals, at most 15 integer digits.
 MONEY = r"^[+-]?([0-9]{1,3}(,[0-9]{3}){1,4}|[0-9]{1,15})(\.[0-9]{1,2})?$"
+# MONEY's common case, without separators or a digit limit: PostgreSQL's regex engine pays for
+# counted repetitions, and this test is three times cheaper than MONEY (the limit is checked apart).
+MONEY_PLAIN = r"^[+-]?[0-9]+(\.[0-9][0-9]?)?$"
 # Zero dates that exports use for "no date": MySQL's 0000-00-00 and the Unix epoch.
 ZERO_DATE = r"^(0000-00-00([ T]00:00(:00)?)?|1970-01-01([ T]00:00(:00(\.0+)?)?)?\s*(Z|[+-]00(:?00)?|UTC)?|0)$"
 # Words PostgreSQL's date/time and number input accept that no data file should carry.
@@ -150,7 +153,9 @@ def parsed(n: sql.Composable, column: ColumnSpec) -> sql.Composable | None:
 def valid(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     """Whether n is valid input for the column's type (NULL is valid here; `required` judges it)."""
     if column.type == MONEY_CENTS:
-        return sql.SQL("({0} IS NULL OR {0} ~ {1})").format(n, sql.Literal(MONEY))
+        # Equal to `n ~ MONEY`: a plain amount needs its integer part (before the dot, after the sign) <= 15 digits.
+        return sql.SQL("({0} IS NULL OR CASE WHEN {0} ~ {1} THEN strpos({0} || '.', '.') - (left({0}, 1) IN ('+', '-'))::int <= 16"
+                       " ELSE {0} ~ {2} END)").format(n, sql.Literal(MONEY_PLAIN), sql.Literal(MONEY))
     if p is not None:
         return sql.SQL("({} IS NULL OR {} IS NOT NULL)").format(n, p)
     if column.timezone:
@@ -206,9 +211,11 @@ def special_pattern(column: ColumnSpec, kind: ColumnType) -> str | None:
     return SPECIAL_DATETIME if kind.category == "D" else None
 
 
+# PARALLEL RESTRICTED: its EXCEPTION block opens a subtransaction, which a parallel worker
+# may not ("cannot start subtransactions during a parallel operation"); the leader runs it.
 TRY_TO_TIMESTAMP = sql.SQL("""
 CREATE OR REPLACE FUNCTION pgstage.try_to_timestamp(value text, fmt text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $fn$
+LANGUAGE plpgsql STABLE STRICT PARALLEL RESTRICTED AS $fn$
 BEGIN
     RETURN to_timestamp(value, fmt);
 EXCEPTION WHEN others THEN
