@@ -21,7 +21,7 @@ from pgstage.spec import Spec
 
 REBUILD_MAINTENANCE_WORK_MEM = "512MB"
 AUTO_MIN_ROWS = 50_000
-AUTO_FRACTION = 0.25
+AUTO_FRACTION = 4.0        # incoming rows per existing row
 
 
 def secondary_indexes(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, str]]:
@@ -38,7 +38,13 @@ def secondary_indexes(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[s
 
 
 def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int) -> bool:
-    """`rebuild` always; `auto` when the load is large in itself and against the target's size."""
+    """`rebuild` always; `auto` when the load is large in itself and dwarfs the target.
+
+    Before the merge nobody knows how many incoming rows will be written: a reload of a file
+    of the target's size may change every row or none. Dropping indexes pays off only when the
+    new rows dominate the rebuilt index, so `auto` waits for a load four times the target's size
+    (an empty target always qualifies).
+    """
     strategy = spec.load.index_strategy
     if strategy == "keep" or incoming_rows == 0:
         return False

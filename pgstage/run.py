@@ -209,15 +209,17 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
     # A key repeated across batches: only the run's winning row is merged. The losers are kept
     # in a logged table until the run succeeds, so a resumed run decides exactly as before.
     beaten = duplicates if ledger.table_exists(conn, duplicates) else None
-    if beaten is None and len(pending) > 1:
+    if beaten is None and len(pending) > 1 and merge.batches_overlap(conn, spec, types, [c for c, _ in pending]):
         beaten = duplicates
         merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
+    # Each key is merged by one batch at most, so into a target empty now every batch only inserts.
+    into_empty = merge.target_is_empty(conn, spec)
     # A postgres source's new watermark: the latest change time extracted, committed with the last merge.
     seen = (ledger.seen_watermark(conn, [c.staged for c, _ in pending], postgres.CHANGED_AT)
             if spec.source.kind == "postgres" else None)
     for checked, last_of_file in pending:
         with conn.transaction():
-            m = merge.merge(conn, spec, types, checked, run_id, beaten)
+            m = merge.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty)
             pre = _pre_merge(checked)
             counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
                             inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,
@@ -249,7 +251,7 @@ def _predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transfo
              run_id: int, part: str | None, started: float, target_exists: bool) -> RunReport:
     """The dry run's phase 2: the merge's counts forecast read-only, and the SQL it would run."""
     beaten = None
-    if len(pending) > 1:
+    if len(pending) > 1 and merge.batches_overlap(conn, spec, types, [c for c, _ in pending]):
         beaten = f"_dup_{run_id}"
         merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
     predicted: dict[str, Counts] = {}

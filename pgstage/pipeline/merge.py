@@ -99,7 +99,7 @@ def build_beaten(spec: Spec, checked: list[Checked], table: str) -> sql.Composed
     if version and spec.columns[version].const is None and version not in spec.pipeline.key:
         picked.append(sql.Identifier(version))
     union = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {} AS _file, {} AS _batch, _rec{} FROM {} WHERE _reasons IS NULL").format(
+        sql.SQL("SELECT {} AS _file, {} AS _batch, _rec{} FROM {}").format(
             sql.Literal(c.staged.file_no), sql.Literal(c.staged.batch_no),
             sql.SQL("").join(sql.SQL(", {}").format(p) for p in picked), c.ident)
         for c in checked)
@@ -115,14 +115,45 @@ def find_beaten(conn: psycopg.Connection[Any], spec: Spec, checked: list[Checked
     execute(conn, build_beaten(spec, checked, table), label="merge: cross-batch duplicates")
 
 
-def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
-              target_exists: bool = True) -> sql.Composed:
-    """`WITH src AS (deduplicated valid rows), cls AS (each with its action)`: shared by merge and dry run.
+# Type categories whose values min() and max() order (numbers, strings, dates and times).
+_ORDERED = ("N", "S", "D")
 
-    Actions: i insert, w write (update), u unchanged, s stale.
+
+def build_overlap(spec: Spec, types: dict[str, ColumnType], checked: list[Checked]) -> sql.Composed | None:
+    """Whether two batches' ranges of the first varying key column overlap; None when it cannot tell.
+
+    Batches whose ranges are disjoint share no key, so the run needs no cross-batch dedup.
+    Exports usually list their rows in key or time order, so this holds for most large files,
+    and its cost (min and max per batch) is a small part of the window sort it replaces.
+    """
+    varying = [k for k in spec.pipeline.key if spec.columns[k].const is None]
+    if not varying or types[varying[0]].category not in _ORDERED:
+        return None
+    key = sql.Identifier(varying[0])
+    ranges = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} AS b, min({k}) AS lo, max({k}) AS hi FROM {}").format(sql.Literal(i), c.ident, k=key)
+        for i, c in enumerate(checked))
+    return sql.SQL("WITH r AS ({}) SELECT EXISTS (SELECT 1 FROM r a JOIN r z ON a.b < z.b"
+                   " AND a.lo <= z.hi AND z.lo <= a.hi)").format(ranges)
+
+
+def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType],
+                    checked: list[Checked]) -> bool:
+    """True unless the batches provably share no key (then `find_beaten` is not needed)."""
+    query = build_overlap(spec, types, checked)
+    if query is None:
+        return True
+    row = execute(conn, query, label="merge: batches overlap?").fetchone()
+    return bool(row is None or row[0])
+
+
+def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None, *,
+                  dedup: bool = True) -> sql.Composed:
+    """SELECT the batch's valid rows as target columns, one per key (the winner) unless `dedup` is False.
+
+    `dedup=False` is for a batch known to hold each key once: it skips the DISTINCT ON sort.
     """
     mode = soft_deletes(spec)
-    names = _written_columns(spec)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in [*target_columns(spec), *(["_deleted_at"] if mode else [])])
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
@@ -137,19 +168,33 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
     order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
     not_beaten: sql.Composable = sql.SQL("")
     if beaten:
-        not_beaten = sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {} x"
+        not_beaten = sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} x"
                              " WHERE x._file = {} AND x._batch = {} AND x._rec = c._rec)").format(
             sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no),
             sql.Literal(checked.staged.batch_no))
-    src = sql.SQL(
-        "WITH src AS (SELECT DISTINCT ON ({keys}) {cols}"
-        " FROM (SELECT c._rec, {picks} FROM {rows} WHERE c._reasons IS NULL{not_beaten}) b ORDER BY {order})"
-    ).format(keys=sql.SQL(", ").join(keys), cols=cols, picks=sql.SQL(", ").join(picks), rows=rows, not_beaten=not_beaten,
-             order=sql.SQL(", ").join(order))
+    valid = sql.SQL("SELECT c._rec, {picks} FROM {rows}{not_beaten}").format(
+        picks=sql.SQL(", ").join(picks), rows=rows, not_beaten=not_beaten)
+    if not dedup:
+        return sql.SQL("SELECT {} FROM ({}) b").format(cols, valid)
+    return sql.SQL("SELECT DISTINCT ON ({keys}) {cols} FROM ({valid}) b ORDER BY {order}").format(
+        keys=sql.SQL(", ").join(keys), cols=cols, valid=valid, order=sql.SQL(", ").join(order))
+
+
+def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
+              target_exists: bool = True, *, dedup: bool = True) -> sql.Composed:
+    """`WITH src AS (deduplicated valid rows), cls AS (each with its action)`: shared by merge and dry run.
+
+    Actions: i insert, w write (update), u unchanged, s stale, d delete. `_ctid` locates the
+    target row a `w` or `d` changes.
+    """
+    mode = soft_deletes(spec)
+    names = _written_columns(spec)
+    keys = [sql.Identifier(k) for k in spec.pipeline.key]
+    src = sql.SQL("WITH src AS ({})").format(_deduplicated(spec, types, checked, beaten, dedup=dedup))
     was_deleted = sql.SQL(", t._deleted_at IS NOT NULL AS _was_deleted") if mode == "mark" else sql.SQL("")
     if not target_exists:  # a dry run before the first load: everything would be inserted (a deletion: nothing)
         act = "CASE WHEN s._deleted_at IS NULL THEN 'i' ELSE 'u' END" if mode == "delete" else "'i'"
-        return sql.SQL("{}, cls AS (SELECT s.*, {} AS _act{} FROM src s)").format(
+        return sql.SQL("{}, cls AS (SELECT s.*, {} AS _act{}, NULL::tid AS _ctid FROM src s)").format(
             src, sql.SQL(act), sql.SQL(", false AS _was_deleted") if mode == "mark" else sql.SQL(""))
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
     # Unchanged: every non-key column equal, NULLs included. Comparing the typed values directly
@@ -169,8 +214,8 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
         whens.append(sql.SQL("WHEN {} THEN 'd' ").format(deletion))
     deletions = sql.SQL("").join(whens)
     return sql.SQL(
-        "{src}, cls AS (SELECT s.*, CASE {deletions}WHEN {same} THEN 'u' {stale}ELSE 'w' END AS _act{was_deleted}"
-        " FROM src s LEFT JOIN {target} t ON {join})"
+        "{src}, cls AS (SELECT s.*, CASE {deletions}WHEN {same} THEN 'u' {stale}ELSE 'w' END AS _act{was_deleted},"
+        " t.ctid AS _ctid FROM src s LEFT JOIN {target} t ON {join})"
     ).format(src=src, deletions=deletions, same=same, was_deleted=was_deleted,
              stale=sql.SQL("WHEN {} THEN 's' ").format(stale) if stale is not None else sql.SQL(""),
              target=sql.Identifier(*spec.target),
@@ -178,34 +223,70 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
 
 
 def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
-                beaten: str | None = None) -> sql.Composed:
+                beaten: str | None = None, *, dedup: bool = True) -> sql.Composed:
     """The single merge statement of one batch (pure: returns SQL, runs nothing).
 
-    It takes no parameters (the run id is a literal): spec values in it may hold a `%`.
+    It returns one row: distinct, inserted, updated, unchanged, stale, deleted, and the number
+    of updates and deletes the classification planned (see `merge`). It takes no parameters
+    (the run id is a literal): spec values in it may hold a `%`.
     """
     names = _written_columns(spec)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    keys = [sql.Identifier(k) for k in spec.pipeline.key]
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
                                sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
-    join = sql.SQL(" AND ").join(sql.SQL("t.{0} = cls.{0}").format(k) for k in keys)
+    # The classification found each row to change at cls._ctid: a TID scan, not a second key
+    # lookup. Should a concurrent writer have changed the row since this statement's snapshot,
+    # PostgreSQL re-checks the condition against the new version, whose ctid differs: the row is
+    # skipped, `merge()` sees fewer writes than planned and the batch is retried.
+    deleting = soft_deletes(spec) == "delete"
     delete: sql.Composable = sql.SQL("")
-    if soft_deletes(spec) == "delete":
-        delete = sql.SQL(", del AS (DELETE FROM {} t USING cls WHERE cls._act = 'd' AND {} RETURNING 1)").format(
-            sql.Identifier(*spec.target), join)
+    if deleting:
+        delete = sql.SQL(", del AS (DELETE FROM {} t USING cls WHERE cls._act = 'd' AND t.ctid = cls._ctid"
+                         " RETURNING 1)").format(sql.Identifier(*spec.target))
+    deleted = _deleted_count(spec) if soft_deletes(spec) else sql.SQL(", 0")
     return sql.SQL(
         "{classify}, ins AS ("
         " INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id)"
         " SELECT {cols}, now(), now(), {run_id} FROM cls WHERE _act = 'i' RETURNING 1"
         "), upd AS ("
-        " UPDATE {target} t SET {sets} FROM cls WHERE cls._act = 'w' AND {update_join} RETURNING 1"
+        " UPDATE {target} t SET {sets} FROM cls WHERE cls._act = 'w' AND t.ctid = cls._ctid RETURNING 1"
         "){delete}"
         " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd){deletes},"
-        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's'){deleted} FROM cls"
-    ).format(classify=_classify(spec, types, checked, beaten), target=sql.Identifier(*spec.target), cols=cols,
-             run_id=sql.Literal(run_id), sets=sets, update_join=join, delete=delete, deleted=_deleted_count(spec),
-             deletes=sql.SQL(" + count(*) FILTER (WHERE _act = 'd')") if soft_deletes(spec) == "delete" else sql.SQL(""))
+        " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's'){deleted},"
+        " count(*) FILTER (WHERE _act IN ('w', 'd')) FROM cls"
+    ).format(classify=_classify(spec, types, checked, beaten, dedup=dedup), target=sql.Identifier(*spec.target), cols=cols,
+             run_id=sql.Literal(run_id), sets=sets, delete=delete, deleted=deleted,
+             deletes=sql.SQL(" + (SELECT count(*) FROM del)") if deleting else sql.SQL(""))
+
+
+def build_insert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
+                 beaten: str | None = None, *, dedup: bool) -> sql.Composed:
+    """The merge of a batch into a target that holds none of its keys: a plain INSERT … SELECT.
+
+    No classification join and no CTE to materialize; without duplicate keys, no DISTINCT ON
+    sort either. `merge` takes this path only when the target is empty: should a concurrent load
+    insert some of the keys meanwhile, the primary key refuses the batch and it is retried.
+    """
+    names = _written_columns(spec)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    src = _deduplicated(spec, types, checked, beaten, dedup=dedup)
+    return sql.SQL("INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id)"
+                   " SELECT {cols}, now(), now(), {run_id} FROM ({src}) s").format(
+        target=sql.Identifier(*spec.target), cols=cols, run_id=sql.Literal(run_id), src=src)
+
+
+def build_has_duplicates(spec: Spec, checked: Checked) -> sql.Composed:
+    """Whether some key occurs twice among the batch's valid rows.
+
+    `count(DISTINCT …)` sorts only the key, and a file's keys usually arrive nearly in order:
+    a fraction of the DISTINCT ON sort of whole rows that it lets the merge skip.
+    """
+    keys = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
+    if not keys:  # every key column is a constant: all valid rows share one key
+        return sql.SQL("SELECT count(*) > 1 FROM {}").format(checked.ident)
+    key = keys[0] if len(keys) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(keys))
+    return sql.SQL("SELECT count(*) <> count(DISTINCT {}) FROM {}").format(key, checked.ident)
 
 
 def build_prediction(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
@@ -225,11 +306,36 @@ def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTy
     return MergeCounts(*row)
 
 
+def target_is_empty(conn: psycopg.Connection[Any], spec: Spec) -> bool:
+    row = execute(conn, sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(*spec.target)),
+                  label="merge: target empty?").fetchone()
+    return bool(row and row[0])
+
+
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
-          run_id: int, beaten: str | None = None) -> MergeCounts:
+          run_id: int, beaten: str | None = None, *, into_empty: bool = False) -> MergeCounts:
+    """Merge one batch inside the caller's transaction and return what happened to its rows.
+
+    `into_empty`: the target was empty when the run's merges began, and no two batches of the
+    run merge the same key (cross-batch losers are `beaten`), so every valid row is an insert:
+    one INSERT … SELECT, deduplicated only when the batch repeats a key. A first load, or a
+    backfill's first day, pays no classification join. Otherwise the classifying statement of
+    `build_merge`.
+    """
+    label = f"merge {checked.staged.source.name}"
+    found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
+    dedup = bool(found and found[0])
     try:
-        row = execute(conn, build_merge(spec, types, checked, run_id, beaten),
-                      label=f"merge {checked.staged.source.name}").fetchone()
+        if soft_deletes(spec) is None and into_empty:
+            written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup), label=label).rowcount
+            return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
+        if dedup:
+            # Without statistics the planner guesses that DISTINCT ON leaves 200 rows and joins
+            # them to the target by nested loop; the key's real distinct count changes its mind.
+            varying = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
+            execute(conn, sql.SQL("ANALYZE {} ({})").format(checked.ident, sql.SQL(", ").join(
+                varying or [sql.Identifier("_rec")])), label="merge: analyze")
+        row = execute(conn, build_merge(spec, types, checked, run_id, beaten, dedup=dedup), label=label).fetchone()
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
             # Another load inserted some of these keys after this batch was classified: the
@@ -238,7 +344,14 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
                                          hint="retried automatically") from exc
         raise
     assert row is not None
-    return MergeCounts(*row)
+    *counts, planned = row
+    result = MergeCounts(*counts)
+    if result.updated != planned:
+        # A concurrent writer changed rows this batch classified (see build_merge): the
+        # counts would be wrong, so the batch is rolled back and classified again.
+        raise TransientDatabaseError(f"a concurrent load changed {planned - result.updated} rows of"
+                                     f" {checked.staged.source.name} while it merged", hint="retried automatically")
+    return result
 
 
 def _key_from_raw(spec: Spec, types: dict[str, ColumnType], name: str) -> sql.Composable:
