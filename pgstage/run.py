@@ -27,7 +27,7 @@ from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
-from pgstage.pipeline import ledger, merge, stage, transform, validate
+from pgstage.pipeline import known, ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
@@ -148,7 +148,11 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
     # Phase 1: stage and validate every remaining batch; each batch's rejects and checkpoint commit together.
     pending: list[tuple[validate.Checked, bool]] = []     # (batch, is the last batch of its file)
     ignored: dict[str, tuple[str, ...]] = {}
-    context = validate.Context(transform.case_collation(conn), target.existing_columns(conn, spec) is not None)
+    found = target.existing_columns(conn, spec)
+    seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
+    context = validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
+                               known_rows=bool(seed is not None and found and known.ROW_HASH in found
+                                               and known.eligible(spec)))
     duplicates = f"_dup_{run_id}"
     for source in todo:
         file_no = files.index(source)   # stable across attempts, unlike the position in todo
@@ -237,7 +241,7 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
         _drop_tables(conn, [beaten])
     indexes.rebuild(conn, spec)
     with conn.transaction():
-        merge.resolve_rejects(conn, spec, types, run_id)
+        merge.resolve_rejects(conn, spec, types, run_id, context.collation)
 
     per_file = ledger.batch_counts(conn, run_id)
     report = _report(spec, run_id, part, "succeeded", per_file, ignored, skipped, by_rule, started)

@@ -1,8 +1,10 @@
 """The target table: created from the spec when missing, checked against it when present.
 
 Audit columns (SPEC §3): `_loaded_at` first load, `_updated_at` last change, `_run_id` the
-run that last changed the row; `_deleted_at` when a postgres source marks soft deletes. Change detection compares the typed values themselves, so no
-`_row_hash` is stored (an older target that has one keeps it, untouched).
+run that last changed the row, `_row_hash` a hash of the source record that produced it
+(see `pipeline/known.py`: a reload of the same bytes skips their validation); `_deleted_at`
+when a postgres source marks soft deletes. Change detection itself compares typed values.
+A `_row_hash` of another type (older pgstage versions kept a uuid) is left alone, unused.
 """
 
 from __future__ import annotations
@@ -24,12 +26,22 @@ AUDIT_COLUMNS = {
 }
 _AUDIT_DEFAULTS = {"_loaded_at": "now()", "_updated_at": "now()"}
 DELETED_AT = "_deleted_at"   # when a postgres source marks soft deletes (source.on_delete = "mark")
+ROW_HASH = "_row_hash"
 
 
-def audit_columns(spec: Spec) -> dict[str, str]:
-    """The audit columns of this spec's target: `_deleted_at` too when soft deletes are marked."""
+def audit_columns(spec: Spec, found: dict[str, str] | None = None) -> dict[str, str]:
+    """The audit columns of this spec's target: `_deleted_at` too when soft deletes are marked.
+
+    `found`: the existing target's columns; a `_row_hash` there of another type is not ours.
+    """
     marks = spec.source.kind == "postgres" and spec.source.deleted_at and spec.source.on_delete == "mark"
-    return {**AUDIT_COLUMNS, **({DELETED_AT: "timestamp with time zone"} if marks else {})}
+    hashed = {ROW_HASH: "bigint"} if keeps_row_hash(found) else {}
+    return {**AUDIT_COLUMNS, **hashed, **({DELETED_AT: "timestamp with time zone"} if marks else {})}
+
+
+def keeps_row_hash(found: dict[str, str] | None) -> bool:
+    """Whether the target has (or will get) pgstage's `_row_hash bigint`."""
+    return found is None or found.get(ROW_HASH, "bigint") == "bigint"
 
 
 def ident(spec: Spec) -> sql.Identifier:
@@ -73,7 +85,7 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     raw = spec.load.raw_column
     if raw and raw in found and found[raw] != "jsonb":
         problems.append(f"raw column {raw!r} is {found[raw]}, expected jsonb")
-    for name, kind_name in audit_columns(spec).items():
+    for name, kind_name in audit_columns(spec, found).items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
     if not problems and not _has_unique_key(conn, spec):
@@ -96,7 +108,7 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
             (f"pgstage:target:{spec.pipeline.target}",), label="target: lock")
     if check(conn, spec, types):
         found = existing_columns(conn, spec) or {}
-        extra = {**audit_columns(spec), **({spec.load.raw_column: "jsonb"} if spec.load.raw_column else {})}
+        extra = {**audit_columns(spec, found), **({spec.load.raw_column: "jsonb"} if spec.load.raw_column else {})}
         for name, kind in extra.items():
             if name not in found:
                 execute(conn, sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(

@@ -18,6 +18,7 @@ from pgstage.errors import DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
 from pgstage.pipeline.extract.postgres import DELETED_AT
+from pgstage.pipeline.known import KNOWN, ROW_HASH
 from pgstage.pipeline.stage import LEDGER_SCHEMA
 from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
@@ -45,8 +46,13 @@ def soft_deletes(spec: Spec) -> str | None:
     return None
 
 
-def _written_columns(spec: Spec) -> list[str]:
-    """The target columns a merge compares and writes: the spec's, the raw record, `_deleted_at` when marking."""
+def _written_columns(spec: Spec, checked: Checked) -> list[str]:
+    """The target columns a merge writes: the spec's, the raw record, `_deleted_at` when marking, the row hash."""
+    return [*_compared_columns(spec), *([ROW_HASH] if checked.hashed else [])]
+
+
+def _compared_columns(spec: Spec) -> list[str]:
+    """The target columns whose equality makes a row unchanged (not the row hash: it is a hint)."""
     return [*target_columns(spec), *(["_deleted_at"] if soft_deletes(spec) == "mark" else [])]
 
 
@@ -154,12 +160,15 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     `dedup=False` is for a batch known to hold each key once: it skips the DISTINCT ON sort.
     """
     mode = soft_deletes(spec)
-    cols = sql.SQL(", ").join(sql.Identifier(n) for n in [*target_columns(spec), *(["_deleted_at"] if mode else [])])
+    names = [*target_columns(spec), *(["_deleted_at"] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
              for n, c in spec.columns.items()]
     if spec.load.raw_column:
         picks.append(sql.SQL("c._raw_record AS {}").format(sql.Identifier(spec.load.raw_column)))
+    picks += [sql.SQL("c.{}").format(sql.Identifier(n)) for n in ([ROW_HASH] if checked.hashed else [])]
+    picks.append(sql.SQL("c.{}").format(sql.Identifier(KNOWN)))
     rows: sql.Composable = sql.SQL("{} c").format(checked.ident)
     if mode:  # the source's deleted_at is staged beside the fields; the checked table has only typed columns
         picks.append(sql.SQL("g.{}::timestamptz AS _deleted_at").format(checked.staged.column(DELETED_AT)))
@@ -188,7 +197,7 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
     target row a `w` or `d` changes.
     """
     mode = soft_deletes(spec)
-    names = _written_columns(spec)
+    names = _compared_columns(spec)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     src = sql.SQL("WITH src AS ({})").format(_deduplicated(spec, types, checked, beaten, dedup=dedup))
     was_deleted = sql.SQL(", t._deleted_at IS NOT NULL AS _was_deleted") if mode == "mark" else sql.SQL("")
@@ -206,9 +215,11 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
     stale = _stale_condition(spec)
     absent = sql.SQL("t.{} IS NULL").format(keys[0])
     deletion = sql.SQL("s._deleted_at IS NOT NULL")
-    whens: list[sql.Composable] = [sql.SQL("WHEN {} THEN 'i' ").format(absent)]
+    # A known record reproduces its target row (pipeline/known.py): unchanged, whatever else holds.
+    whens: list[sql.Composable] = [sql.SQL("WHEN s.{} THEN 'u' ").format(sql.Identifier(KNOWN)),
+                                   sql.SQL("WHEN {} THEN 'i' ").format(absent)]
     if mode == "delete":  # nothing to delete when the row is absent; stale when the target's row wins
-        whens = [sql.SQL("WHEN {} AND {} THEN 'u' ").format(deletion, absent), *whens]
+        whens = [sql.SQL("WHEN {} AND {} THEN 'u' ").format(deletion, absent), *whens]  # no known rows here
         if stale is not None:
             whens.append(sql.SQL("WHEN {} AND ({}) THEN 's' ").format(deletion, stale))
         whens.append(sql.SQL("WHEN {} THEN 'd' ").format(deletion))
@@ -230,7 +241,7 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
     of updates and deletes the classification planned (see `merge`). It takes no parameters
     (the run id is a literal): spec values in it may hold a `%`.
     """
-    names = _written_columns(spec)
+    names = _written_columns(spec, checked)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
@@ -268,7 +279,7 @@ def build_insert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
     sort either. `merge` takes this path only when the target is empty: should a concurrent load
     insert some of the keys meanwhile, the primary key refuses the batch and it is retried.
     """
-    names = _written_columns(spec)
+    names = _written_columns(spec, checked)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     src = _deduplicated(spec, types, checked, beaten, dedup=dedup)
     return sql.SQL("INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id)"
@@ -325,6 +336,9 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     label = f"merge {checked.staged.source.name}"
     found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
     dedup = bool(found and found[0])
+    if checked.known and checked.known == checked.valid and not dedup and beaten is None:
+        # Every valid record reproduces its target row (a reload of the same bytes): nothing to write.
+        return MergeCounts(distinct=checked.known, inserted=0, updated=0, unchanged=checked.known, stale=0)
     try:
         if soft_deletes(spec) is None and into_empty:
             written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup), label=label).rowcount
@@ -354,23 +368,18 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     return result
 
 
-def _key_from_raw(spec: Spec, types: dict[str, ColumnType], name: str) -> sql.Composable:
+def _key_from_raw(spec: Spec, types: dict[str, ColumnType], name: str, collation: str | None) -> sql.Composable:
     """A key column's typed value recomputed from a reject's raw JSON, NULL when it is not valid."""
     column = spec.columns[name]
-    if column.const is not None:
-        return transform.const(column, types[name])
     path = column.from_.split(".") if spec.source.kind == "jsonl" and column.from_ else [column.from_ or ""]
     raw = sql.SQL("(j.raw #>> {})").format(sql.Literal(path))
-    n = transform.normalize(transform.clean(raw, column, spec.source.null), column)
-    p = transform.parsed(n, column)
-    return sql.SQL("CASE WHEN {} THEN {} END").format(transform.valid(n, p, column, types[name]),
-                                                     transform.cast(n, p, column, types[name]))
+    return transform.typed(raw, column, types[name], spec.source.null, collation)
 
 
-def build_resolve(spec: Spec, types: dict[str, ColumnType], run_id: int) -> sql.Composed:
+def build_resolve(spec: Spec, types: dict[str, ColumnType], run_id: int, collation: str | None = None) -> sql.Composed:
     """Mark earlier rejects of the pipeline resolved when this run wrote a row with their key."""
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
-    from_raw = sql.SQL(", ").join(_key_from_raw(spec, types, k) for k in spec.pipeline.key)
+    from_raw = sql.SQL(", ").join(_key_from_raw(spec, types, k, collation) for k in spec.pipeline.key)
     return sql.SQL(
         "UPDATE pgstage.rejects j SET resolved_by = {run} FROM pgstage.runs r"
         " WHERE r.run_id = j.run_id AND r.pipeline = {pipeline} AND NOT r.dry_run AND j.run_id <> {run}"
@@ -379,5 +388,6 @@ def build_resolve(spec: Spec, types: dict[str, ColumnType], run_id: int) -> sql.
              keys=sql.SQL(", ").join(keys), target=sql.Identifier(*spec.target))
 
 
-def resolve_rejects(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], run_id: int) -> int:
-    return execute(conn, build_resolve(spec, types, run_id), label="merge: resolve earlier rejects").rowcount
+def resolve_rejects(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], run_id: int,
+                    collation: str | None = None) -> int:
+    return execute(conn, build_resolve(spec, types, run_id, collation), label="merge: resolve earlier rejects").rowcount

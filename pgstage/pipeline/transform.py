@@ -178,6 +178,20 @@ def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: 
     return sql.SQL("({})::{}").format(n, kind.cast)
 
 
+def typed(raw: sql.Composable, column: ColumnSpec, kind: ColumnType, nulls: tuple[str, ...],
+          collation: str | None = None) -> sql.Composable:
+    """A column's typed value computed from its raw text in one expression, NULL when not valid.
+
+    The validation pass spreads these steps over levels so each runs once; this form is for the
+    few places that need one value alone (a key, to find a row before or after validation).
+    """
+    if column.const is not None:
+        return const(column, kind)
+    n = normalize(clean(raw, column, nulls), column, collation)
+    p = parsed(n, column)
+    return sql.SQL("CASE WHEN {} THEN {} END").format(valid(n, p, column, kind), cast(n, p, column, kind))
+
+
 def type_message(n: sql.Composable, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     """Why n is not valid input, in PostgreSQL's words where it has them."""
     if column.type == MONEY_CENTS:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
-from pgstage.pipeline import transform
+from pgstage.pipeline import known, transform
 from pgstage.pipeline.stage import LEDGER_SCHEMA, StagedBatch
 from pgstage.pipeline.transform import ColumnType
 from pgstage.checks import compile_check
@@ -48,6 +48,12 @@ class Checked:
     staged: StagedBatch
     table: str
     rejected_by_rules: int
+    known: int = 0            # records known unchanged (see pipeline/known.py), in the table as key + version
+    hashed: bool = False      # the table has `_row_hash`, which the merge writes
+
+    @property
+    def valid(self) -> int:
+        return self.staged.read - self.staged_rejected
 
     @property
     def ident(self) -> sql.Identifier:
@@ -106,12 +112,15 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> l
 
 
 def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
-                context: "Context | None" = None) -> sql.Composed:
+                context: "Context | None" = None, *, known_table: str | None = None,
+                all_known: bool = False) -> sql.Composed:
     """CREATE the checked table for one staged batch (pure: returns SQL, runs nothing).
 
     Levels, each a subquery fenced by `pgstage.fence()` so no expression is inlined twice:
     l1 clean → l2 normalize → l3 validity (and `format` parses) → l4 typed values →
     l5 one boolean per rule → the reasons, built only for rows where some rule failed.
+    Records listed in `known_table` are not validated but appended as they are, key and
+    version only (see pipeline/known.py); with `all_known` there is nothing else to validate.
     """
     context = context or Context()
     keys = set(spec.pipeline.key)
@@ -120,7 +129,9 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     ids = {name: {p: sql.Identifier(f"_{p}_{name}") for p in ("t", "n", "p", "ok", "v")} for name in columns}
     rec = sql.Identifier("_rec")
     raw = sql.Identifier("_raw_record")
-    carried: list[sql.Composable] = [rec, raw] if spec.load.raw_column else [rec]
+    hashed = context.row_hash_seed is not None
+    carried: list[sql.Composable] = [rec, *([raw] if spec.load.raw_column else []),
+                                     *([sql.Identifier(known.ROW_HASH)] if hashed else [])]
 
     def level(items: list[sql.Composable], source: sql.Composable, alias: str) -> sql.Composable:
         return sql.SQL("(SELECT {}, pgstage.fence() AS _fence FROM {}) {}").format(
@@ -131,10 +142,21 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
 
     l1_items: list[sql.Composable] = [named(transform.clean(staged.column(c.from_ or ""), c, spec.source.null), n, "t")
                                       for n, c in columns.items()]
-    l1_source: sql.Composable = staged.ident
+    records: sql.Composable = staged.ident
+    if all_known:
+        records = sql.SQL("(SELECT * FROM {} WHERE false)").format(staged.ident)
+    elif known_table is not None:
+        records = sql.SQL("(SELECT * FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} k WHERE k._rec = s._rec))").format(
+            staged.ident, sql.Identifier(LEDGER_SCHEMA, known_table))
+    extra: list[sql.Composable] = []
     if spec.load.raw_column:  # the whole record, unknown fields included, kept in the target
-        l1_source = sql.SQL("(SELECT {}, {} AS {} FROM {} s) s").format(
-            sql.SQL("s.*"), staged.raw_record(sql.Identifier("s")), raw, staged.ident)
+        extra.append(sql.SQL("{} AS {}").format(staged.raw_record(sql.Identifier("s")), raw))
+    if context.row_hash_seed is not None:
+        extra.append(sql.SQL("{} AS {}").format(known.row_hash(spec, staged, "s", context.row_hash_seed),
+                                                sql.Identifier(known.ROW_HASH)))
+    l1_source: sql.Composable = records
+    if extra or known_table is not None:
+        l1_source = sql.SQL("(SELECT {} FROM {} s) s").format(sql.SQL(", ").join([sql.SQL("s.*"), *extra]), records)
     l1 = level(l1_items, l1_source, "l1")
     l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
     l3_items: list[sql.Composable] = []
@@ -176,16 +198,31 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     else:
         reasons = sql.SQL("NULL::jsonb[]")
     outputs: list[sql.Composable] = [*carried, *(sql.Identifier(n) for n in columns)]
-    return sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {}, {} AS _reasons FROM {}").format(
-        sql.Identifier(LEDGER_SCHEMA, table), sql.SQL(", ").join(outputs), reasons, l6)
+    checked = sql.SQL("SELECT {}, {} AS _reasons, false AS {} FROM {}").format(
+        sql.SQL(", ").join(outputs), reasons, sql.Identifier(known.KNOWN), l6)
+    if known_table is not None:
+        kept = set(known.kept_columns(spec))
+        appended = [rec, *([sql.SQL("NULL::jsonb")] if spec.load.raw_column else []),
+                    *([sql.SQL("NULL::bigint")] if hashed else []),
+                    *(sql.Identifier(n) if n in kept else sql.SQL("NULL::{}").format(types[n].cast) for n in columns),
+                    sql.SQL("NULL::jsonb[]"), sql.SQL("true")]
+        checked = sql.SQL("{} UNION ALL SELECT {} FROM {}").format(
+            checked, sql.SQL(", ").join(appended), sql.Identifier(LEDGER_SCHEMA, known_table))
+    return sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(sql.Identifier(LEDGER_SCHEMA, table), checked)
 
 
 @dataclass(frozen=True)
 class Context:
-    """What the validation pass needs to know about the database, found once per run."""
+    """What the validation pass needs to know about the database, found once per run.
+
+    `row_hash_seed`: hash each record into `_row_hash` (the target keeps pgstage's row hash);
+    `known_rows`: the target's hashes may be compared with the records' (see pipeline/known.py).
+    """
 
     collation: str | None = None
     target_exists: bool = False
+    row_hash_seed: int | None = None
+    known_rows: bool = False
 
 
 def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> list[Rule]:
@@ -286,14 +323,26 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     The caller wraps this and the batch's ledger row in one transaction, so a crash never
     leaves rejects without their batch (or the reverse).
     """
+    context = context or Context()
     for name, value in PARALLEL_SETTINGS:   # SET LOCAL: ends with the caller's transaction
         execute(conn, sql.SQL("SELECT set_config(%s, %s, true)"), (name, value), label="validate: parallel")
-    execute(conn, build_check(spec, types, staged, table, context), label=f"validate {staged.source.name}")
+    known_table, known_rows = None, 0
+    seed_value = context.row_hash_seed
+    if (context.known_rows and seed_value is not None and staged.read
+            and known.worth_it(conn, spec, types, staged, seed_value, context.collation)):
+        known_table = f"{staged.table}_known"
+        known_rows = execute(conn, known.build_known(spec, types, staged, known_table, seed_value, context.collation),
+                             label=f"validate: known rows {staged.source.name}").rowcount
+    execute(conn, build_check(spec, types, staged, table, context, known_table=known_table,
+                              all_known=known_rows == staged.read), label=f"validate {staged.source.name}")
     found = execute(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE _reasons IS NOT NULL)").format(
         sql.Identifier(LEDGER_SCHEMA, table)), label="validate: any rejects").fetchone()
     rejected = 0
     if found and found[0]:  # a clean batch skips the join with the staging table
         rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount
+    if known_table is not None:
+        execute(conn, sql.SQL("DROP TABLE {}").format(sql.Identifier(LEDGER_SCHEMA, known_table)),
+                label="validate: drop known")
     if staged.quarantined:
         with conn.cursor() as cursor:
             cursor.executemany(
@@ -301,4 +350,4 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
                 " VALUES (%s, %s, %s, %s, jsonb_build_object('_record', %s::text),"
                 " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))",
                 [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined])
-    return Checked(staged, table, rejected)
+    return Checked(staged, table, rejected, known=known_rows, hashed=seed_value is not None)
