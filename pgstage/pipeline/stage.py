@@ -28,6 +28,7 @@ from pgstage import faults
 from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
+from pgstage.pipeline._screen import screen
 from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
 from pgstage.pipeline.extract.postgres import PostgresReader
@@ -88,6 +89,7 @@ class StagedBatch:
     record_start: int                         # record number of the batch's first record
     read: int = 0
     quarantined: list[Quarantined] = field(default_factory=list)
+    placeholders: list[int] = field(default_factory=list)   # rows standing in for quarantined records
     ignored_fields: tuple[str, ...] = ()
     kind: str = "csv"
     spanned: int = 0                          # record numbers used: `read` plus JSON Lines' blank lines
@@ -95,6 +97,13 @@ class StagedBatch:
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(LEDGER_SCHEMA, self.table)
+
+    def rows(self) -> sql.Composable:
+        """The staged records as a FROM item: the table, less any placeholder rows."""
+        if not self.placeholders:
+            return self.ident
+        return sql.SQL("(SELECT * FROM {} s WHERE NOT EXISTS (SELECT FROM unnest({}::bigint[]) p(n) WHERE p.n = s._rec))"
+                       ).format(self.ident, sql.Literal(self.placeholders))
 
     @property
     def record_end(self) -> int:
@@ -108,12 +117,21 @@ class StagedBatch:
 
     def raw_record(self, alias: sql.Identifier) -> sql.Composable:
         """The record as jsonb for pgstage.rejects: JSON Lines' whole object, else {field: text}."""
+        return self.raw_from_values(self.raw_values(alias))
+
+    def raw_values(self, alias: sql.Identifier) -> sql.Composable:
+        """The record's raw values in one cheap datum (a text[] or the JSON object), to build `raw_record` later."""
         if self.kind == "jsonl":
             return sql.SQL("{}.doc").format(alias)
-        names = sql.SQL(", ").join(sql.Literal(f) for f in raw_names(self.header.fields))
         values = sql.SQL(", ").join(sql.SQL("{}.{}").format(alias, sql.Identifier(f"f{i + 1}"))
                                     for i in range(len(self.header.fields)))
-        return sql.SQL("jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])").format(names, values)
+        return sql.SQL("ARRAY[{}]::text[]").format(values)
+
+    def raw_from_values(self, values: sql.Composable) -> sql.Composable:
+        if self.kind == "jsonl":
+            return values
+        names = sql.SQL(", ").join(sql.Literal(f) for f in raw_names(self.header.fields))
+        return sql.SQL("jsonb_object(ARRAY[{}]::text[], {})").format(names, values)
 
 
 @dataclass(frozen=True)
@@ -282,6 +300,21 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
         pass
     except psycopg.Error as exc:
         raise wrap(exc, f"stage: copy {batch.source.name}") from exc
+    screened = screen(data, first_record=record, n_fields=len(batch.header.fields), encoding=dialect.encoding,
+                      delimiter=dialect.delimiter, quote=dialect.quote)
+    if screened is not None:
+        _number_from(conn, batch, record)
+        try:
+            _copy(conn, _copy_statement(batch, dialect, numbered=False), screened.payload)
+        except _UNREADABLE:
+            screened = None   # COPY refuses something the screen let through: isolate the whole window
+        except psycopg.Error as exc:
+            raise wrap(exc, f"stage: copy {batch.source.name}") from exc
+    if screened is not None:
+        batch.placeholders.extend(screened.placeholders)
+        batch.quarantined.extend(screened.bad)
+        batch.quarantined.sort(key=lambda q: q.record)
+        return screened.records
     found = isolate(data, first_record=record, n_fields=len(batch.header.fields), encoding=dialect.encoding,
                     delimiter=dialect.delimiter, quote=dialect.quote)
     refused = _copy_records(conn, _copy_statement(batch, dialect, numbered=True), found.good, dialect)

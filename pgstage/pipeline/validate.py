@@ -132,31 +132,36 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     hashed = context.row_hash_seed is not None
     carried: list[sql.Composable] = [rec, *([raw] if spec.load.raw_column else []),
                                      *([sql.Identifier(known.ROW_HASH)] if hashed else [])]
+    # A rejected record's raw values go to pgstage.rejects: carried along as one datum (cheap)
+    # and turned into JSON only for the rows that fail, so the rejects need no join with staging.
+    src = sql.Identifier("_src")
+    reject_raw: sql.Composable = raw if spec.load.raw_column else staged.raw_from_values(src)
+    passed = [*carried, *([] if spec.load.raw_column else [src])]
 
     def level(items: list[sql.Composable], source: sql.Composable, alias: str) -> sql.Composable:
         return sql.SQL("(SELECT {}, pgstage.fence() AS _fence FROM {}) {}").format(
-            sql.SQL(", ").join([*carried, *items]), source, sql.Identifier(alias))
+            sql.SQL(", ").join([*passed, *items]), source, sql.Identifier(alias))
 
     def named(expr: sql.Composable, name: str, part: str) -> sql.Composable:
         return sql.SQL("{} AS {}").format(expr, ids[name][part])
 
     l1_items: list[sql.Composable] = [named(transform.clean(staged.column(c.from_ or ""), c, spec.source.null), n, "t")
                                       for n, c in columns.items()]
-    records: sql.Composable = staged.ident
+    records: sql.Composable = staged.rows()
     if all_known:
         records = sql.SQL("(SELECT * FROM {} WHERE false)").format(staged.ident)
     elif known_table is not None:
         records = sql.SQL("(SELECT * FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} k WHERE k._rec = s._rec))").format(
-            staged.ident, sql.Identifier(LEDGER_SCHEMA, known_table))
+            records, sql.Identifier(LEDGER_SCHEMA, known_table))
     extra: list[sql.Composable] = []
     if spec.load.raw_column:  # the whole record, unknown fields included, kept in the target
         extra.append(sql.SQL("{} AS {}").format(staged.raw_record(sql.Identifier("s")), raw))
+    else:
+        extra.append(sql.SQL("{} AS {}").format(staged.raw_values(sql.Identifier("s")), src))
     if context.row_hash_seed is not None:
         extra.append(sql.SQL("{} AS {}").format(known.row_hash(spec, staged, "s", context.row_hash_seed),
                                                 sql.Identifier(known.ROW_HASH)))
-    l1_source: sql.Composable = records
-    if extra or known_table is not None:
-        l1_source = sql.SQL("(SELECT {} FROM {} s) s").format(sql.SQL(", ").join([sql.SQL("s.*"), *extra]), records)
+    l1_source = sql.SQL("(SELECT {} FROM {} s) s").format(sql.SQL(", ").join([sql.SQL("s.*"), *extra]), records)
     l1 = level(l1_items, l1_source, "l1")
     l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
     l3_items: list[sql.Composable] = []
@@ -191,21 +196,24 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
                                       *(sql.SQL("{} AS {}").format(r.condition, f) for r, f in zip(rules, failed))]
     l6 = level(l6_items, l5, "l6")
     reasons: sql.Composable
+    rejected_raw: sql.Composable
     if rules:
+        any_failed = sql.SQL(" OR ").join(failed)
         reasons = sql.SQL("CASE WHEN {} THEN array_remove(ARRAY[{}]::jsonb[], NULL) END").format(
-            sql.SQL(" OR ").join(failed),
+            any_failed,
             sql.SQL(", ").join(sql.SQL("CASE WHEN {} THEN {} END").format(f, r.reason) for r, f in zip(rules, failed)))
+        rejected_raw = sql.SQL("CASE WHEN {} THEN {} END").format(any_failed, reject_raw)
     else:
-        reasons = sql.SQL("NULL::jsonb[]")
+        reasons, rejected_raw = sql.SQL("NULL::jsonb[]"), sql.SQL("NULL::jsonb")
     outputs: list[sql.Composable] = [*carried, *(sql.Identifier(n) for n in columns)]
-    checked = sql.SQL("SELECT {}, {} AS _reasons, false AS {} FROM {}").format(
-        sql.SQL(", ").join(outputs), reasons, sql.Identifier(known.KNOWN), l6)
+    checked = sql.SQL("SELECT {}, {} AS _reasons, {} AS _rejected_raw, false AS {} FROM {}").format(
+        sql.SQL(", ").join(outputs), reasons, rejected_raw, sql.Identifier(known.KNOWN), l6)
     if known_table is not None:
         kept = set(known.kept_columns(spec))
         appended = [rec, *([sql.SQL("NULL::jsonb")] if spec.load.raw_column else []),
                     *([sql.SQL("NULL::bigint")] if hashed else []),
                     *(sql.Identifier(n) if n in kept else sql.SQL("NULL::{}").format(types[n].cast) for n in columns),
-                    sql.SQL("NULL::jsonb[]"), sql.SQL("true")]
+                    sql.SQL("NULL::jsonb[]"), sql.SQL("NULL::jsonb"), sql.SQL("true")]
         checked = sql.SQL("{} UNION ALL SELECT {} FROM {}").format(
             checked, sql.SQL(", ").join(appended), sql.Identifier(LEDGER_SCHEMA, known_table))
     return sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(sql.Identifier(LEDGER_SCHEMA, table), checked)
@@ -299,21 +307,20 @@ def check_references(conn: psycopg.Connection[Any], spec: Spec) -> None:
 
 
 def build_rejects(staged: StagedBatch, checked_table: str, run_id: int) -> sql.Composed:
-    """MOVE the rule rejects of a checked table into pgstage.rejects, raw values from staging.
+    """MOVE the rule rejects of a checked table into pgstage.rejects (their raw values came along).
 
     Afterwards the checked table holds valid rows only, so the merge reads it unfiltered and
     the planner estimates its size from its pages (a `_reasons IS NULL` filter on a table that
-    was never analyzed is guessed at 0.5% of the rows, which makes it pick nested loops).
-    Everything is a literal and the statement runs without parameters: header names may hold
-    a `%`, which psycopg would otherwise read as a placeholder.
+    was never analyzed is guessed at 0.5% of the rows, which makes it pick nested loops). A
+    clean batch costs one scan that finds nothing. Everything is a literal and the statement
+    runs without parameters: file names may hold a `%`, which psycopg would read as a placeholder.
     """
     return sql.SQL(
-        "WITH c AS (DELETE FROM {checked} WHERE _reasons IS NOT NULL RETURNING _rec, _reasons)"
+        "WITH c AS (DELETE FROM {} WHERE _reasons IS NOT NULL RETURNING _rec, _reasons, _rejected_raw)"
         " INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
-        " SELECT {}, {}, {}, c._rec, {}, to_jsonb(c._reasons)"
-        " FROM c JOIN {} s USING (_rec)").format(
-        sql.Literal(run_id), sql.Literal(staged.source.name), sql.Literal(staged.batch_no),
-        staged.raw_record(sql.Identifier("s")), staged.ident, checked=sql.Identifier(LEDGER_SCHEMA, checked_table))
+        " SELECT {}, {}, {}, c._rec, c._rejected_raw, to_jsonb(c._reasons) FROM c").format(
+        sql.Identifier(LEDGER_SCHEMA, checked_table), sql.Literal(run_id), sql.Literal(staged.source.name),
+        sql.Literal(staged.batch_no))
 
 
 def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
@@ -335,11 +342,7 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
                              label=f"validate: known rows {staged.source.name}").rowcount
     execute(conn, build_check(spec, types, staged, table, context, known_table=known_table,
                               all_known=known_rows == staged.read), label=f"validate {staged.source.name}")
-    found = execute(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE _reasons IS NOT NULL)").format(
-        sql.Identifier(LEDGER_SCHEMA, table)), label="validate: any rejects").fetchone()
-    rejected = 0
-    if found and found[0]:  # a clean batch skips the join with the staging table
-        rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount
+    rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount
     if known_table is not None:
         execute(conn, sql.SQL("DROP TABLE {}").format(sql.Identifier(LEDGER_SCHEMA, known_table)),
                 label="validate: drop known")

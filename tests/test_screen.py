@@ -1,0 +1,100 @@
+"""The screen of refused windows (pipeline/_screen.py) must stage exactly what isolating the whole
+window stages: the same rows under the same record numbers, the same quarantined records with
+the same reasons. Hypothesis writes the files (quotes, doubled quotes, embedded newlines,
+CRLF, ragged and blank lines, stray quotes, NUL); both ways run against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pgstage.pipeline import _screen, stage
+from pgstage.pipeline.extract import csv as csv_extract
+from pgstage.pipeline.extract.files import fingerprint
+from pgstage.pipeline.stage import StartPoint
+from pgstage.spec import parse_spec
+
+SPEC = """
+[pipeline]
+name = "screen"
+target = "s.t"
+key = ["a"]
+strategy = "upsert"
+
+[source]
+path = "in.csv"
+
+[columns]
+a = { from = "a", type = "text" }
+b = { from = "b", type = "text" }
+c = { from = "c", type = "text" }
+"""
+
+plain = st.text(alphabet="xyz 9é", max_size=4)
+quoted = st.text(alphabet='xy,\n"é', max_size=5).map(lambda v: '"' + v.replace('"', '""') + '"')
+stray = st.sampled_from(['x"y', '"x', 'x"', '""x', "\x00", "a\rb"])
+value = st.one_of(plain, plain, quoted, stray)
+line = st.one_of(
+    st.lists(value, min_size=3, max_size=3).map(",".join),       # well-formed (mostly)
+    st.lists(value, min_size=1, max_size=5).map(",".join),       # ragged
+    st.just(""),                                                  # blank
+)
+
+
+def _stage(conn: psycopg.Connection[Any], path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]], int]:
+    spec = parse_spec(SPEC, path.parent / "spec.toml")
+    source = fingerprint(path)
+    rows: list[tuple[Any, ...]] = []
+    quarantined: list[tuple[int, str]] = []
+    read = 0
+    for batch in stage.stage_batches(conn, spec, source, file_no=0, table_prefix="_stg_9_0", start=StartPoint(),
+                                     batch_rows=1000):
+        rows += conn.execute(sql.SQL("SELECT _rec, f1, f2, f3 FROM {} s ORDER BY _rec").format(batch.rows())).fetchall()
+        quarantined += [(q.record, q.reason) for q in batch.quarantined]
+        read += batch.read
+        stage.drop(conn, batch.table)
+    return rows, quarantined, read
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(line, min_size=1, max_size=30), crlf=st.booleans(), window=st.sampled_from([30, 200, 1 << 20]))
+def test_screen_stages_what_isolation_stages(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                             lines: list[str], crlf: bool, window: int) -> None:
+    eol = "\r\n" if crlf else "\n"
+    path = tmp_path / "in.csv"
+    path.write_bytes(("a,b,c" + eol + eol.join(lines) + eol).encode("utf-8"))
+    monkeypatch.setattr(csv_extract, "WINDOW_BYTES", window)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS pgstage")
+        screened = _stage(conn, path)
+        monkeypatch.setattr(stage, "screen", lambda *a, **k: None)
+        isolated = _stage(conn, path)
+    assert screened == isolated
+
+
+def test_a_ragged_row_in_a_big_window_is_found_without_isolating_the_window(
+        tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen, not the csv module, handles the window: only the suspect is parsed in Python."""
+    body = "".join(f"{i},v{i},w{i}\n" for i in range(5000))
+    path = tmp_path / "in.csv"
+    path.write_bytes(("a,b,c\n" + body + "5000,short\n" + body.replace(",v", ',"q').replace(",w", '",w')).encode())
+    whole: list[int] = []
+    real = stage.isolate
+    monkeypatch.setattr(stage, "isolate", lambda *a, **k: whole.append(1) or real(*a, **k))
+    judged: list[int] = []
+    real_judge = _screen.isolate
+    monkeypatch.setattr(_screen, "isolate", lambda raw, **k: judged.append(len(raw)) or real_judge(raw, **k))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS pgstage")
+        rows, quarantined, read = _stage(conn, path)
+    assert whole == [] and judged == [len("5000,short\n")]
+    assert read == 10001 and len(rows) == 10000
+    assert quarantined == [(5001, "expected 3 fields, found 2")]
+    assert rows[5000] == (5002, "0", "q0", "w0")
