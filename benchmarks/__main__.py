@@ -29,12 +29,13 @@ RATIOS: dict[str, list[tuple[str, str]]] = {
     "noop": [("initial", "pgstage initial")],
     "forced_noop": [("initial", "pgstage initial")],
     "dirty": [("initial", "pgstage initial")],
+    "dry_run": [("initial", "pgstage initial")],
 }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the clean file (default 1,000,000)")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the clean file (default 2,000,000)")
     parser.add_argument("--scenario", action="append", choices=scenarios.SCENARIOS,
                         help="run only this scenario (repeatable; default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians (default 3)")

@@ -20,7 +20,7 @@ def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
     import pgstage
 
     started = time.perf_counter()
-    report = pgstage.run(job["spec"], db=job["db"], force=job.get("force", False))
+    report = pgstage.run(job["spec"], db=job["db"], force=job.get("force", False), dry_run=job.get("dry_run", False))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "status": report.status, "counts": report.counts.as_dict(),
             "duration_s": report.duration_s, "rejects_by_rule": dict(report.rejects_by_rule),

@@ -10,8 +10,9 @@ Fairness choices (what a reader of the ratios must know):
   a primary key on order_id and one index on updated_at. pgstage's `index_strategy = auto`
   may drop and rebuild that index around a large load; the baselines keep theirs — that is
   a pgstage feature being measured, not a handicap.
-* States are chained where a scenario needs the previous one: pgstage initial → noop (same
-  file, skipped) → forced_noop (same file, --force: every row unchanged) → incremental; and
+* States are chained where a scenario needs the previous one: pgstage dry_run (the clean file
+  into the empty target, forecast only) → initial → noop (same file, skipped) → forced_noop
+  (same file, --force: every row unchanged) → incremental; and
   bare_sql initial → bare_sql incremental. forced_noop and noop write nothing to the target,
   so incremental starts from exactly the initial load. `dirty` runs in its own database.
 * Before each timed step the target is VACUUM ANALYZEd and a CHECKPOINT is forced, so no
@@ -39,7 +40,7 @@ from benchmarks import baselines
 from benchmarks.data import Dataset, dataset, seed_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("initial", "incremental", "noop", "forced_noop", "dirty")
+SCENARIOS = ("initial", "incremental", "noop", "forced_noop", "dirty", "dry_run")
 PIPELINE = "bench_orders"
 SPEC = """\
 [pipeline]
@@ -175,9 +176,10 @@ def check_expected(bench: Bench, name: str, result: dict[str, Any], status: str,
 
 
 def _pgstage(bench: Bench, name: str, rep: int, url: str, data: Dataset, *, force: bool = False,
-             status: str = "succeeded", expect: dict[str, int] | None = None) -> dict[str, Any]:
+             dry_run: bool = False, status: str = "succeeded", expect: dict[str, int] | None = None) -> dict[str, Any]:
     settle(url)
-    result = bench.child({"kind": "pgstage", "spec": str(bench.spec(data.path)), "db": url, "force": force})
+    result = bench.child({"kind": "pgstage", "spec": str(bench.spec(data.path)), "db": url, "force": force,
+                          "dry_run": dry_run})
     bench.record(name, rep, result, data.rows)
     check_identity(name, result)
     check_expected(bench, name, result, status, data.expect if expect is None else expect)
@@ -231,9 +233,13 @@ def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
                 bare_state = "incremental"
             bench.checksums.setdefault(f"bare_sql after {bare_state}", []).append(target_checksum(url))
 
-    if selected & {"initial", "incremental", "noop", "forced_noop", "dirty"}:
+    if selected & {"initial", "incremental", "noop", "forced_noop", "dirty", "dry_run"}:
         with bench.database("pgstage") as url:
             prepare_pgstage_target(bench, url)
+            if "dry_run" in selected:   # the forecast of the initial load: nothing is written
+                _pgstage(bench, "dry_run", rep, url, clean, dry_run=True)
+                if _row_count(url) != 0:
+                    raise BenchmarkFailure("the dry run wrote rows into the target")
             _pgstage(bench, "initial", rep, url, clean)
             state = "initial"
             if "noop" in selected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -81,15 +82,24 @@ def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params
             *, label: str) -> psycopg.Cursor[Any]:
     """Run one statement: the single door, so tracing, timing and error wrapping live in one place."""
     started = time.perf_counter()
-    if TRACE:
-        print(f"-- {label}\n{query.as_string(conn)};", file=sys.stderr)
     try:
         cursor = conn.execute(query, params)
     except psycopg.Error as exc:
+        if TRACE:
+            _trace(f"-- {label}\n{query.as_string(conn)};\n-- {label}: failed: {exc.diag.message_primary}")
         raise wrap(exc, label) from exc
-    if TRACE:
-        print(f"-- {label}: {time.perf_counter() - started:.3f}s, {cursor.rowcount} rows", file=sys.stderr)
+    if TRACE:  # one write per statement: the sessions of a run's workers trace from several threads
+        _trace(f"-- {label}\n{query.as_string(conn)};\n"
+               f"-- {label}: {time.perf_counter() - started:.3f}s, {cursor.rowcount} rows")
     return cursor
+
+
+_trace_lock = threading.Lock()
+
+
+def _trace(text: str) -> None:
+    with _trace_lock:
+        print(text, file=sys.stderr, flush=True)
 
 
 @contextmanager

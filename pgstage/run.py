@@ -10,13 +10,18 @@ Nothing reaches the target unless the whole run is under its reject threshold. A
 run resumes at its first unmerged batch under the same run id; transient database faults
 are retried with backoff, resuming the same way. The run's counts are the sum of its
 batches' counts in the ledger, so they balance across crashes.
+
+Batches are validated and merged by a pool of `load.workers` sessions (workers.py) while
+this session stages the next batch; merges commit in batch order, so a crash leaves a prefix.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.spec import Spec, load_spec
+from pgstage.workers import InOrder, Workers, results
 
 
 @dataclass
@@ -78,7 +84,7 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
                     with connect(url) as conn:
                         state["connected"] = 1
                         # A postgres source is one pseudo-file, extracted anew by every attempt.
-                        return _run_once(conn, spec, [postgres.pseudo_file(spec.source)] if cdc else files,
+                        return _run_once(conn, url, spec, [postgres.pseudo_file(spec.source)] if cdc else files,
                                          day.isoformat() if day else None, force, started, state, dry_run)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
@@ -98,8 +104,8 @@ def _mark_failed(url: str, run_id: int, message: str) -> None:
         pass
 
 
-def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile], part: str | None, force: bool,
-              started: float, state: dict[str, int], dry_run: bool = False) -> RunReport:
+def _run_once(conn: psycopg.Connection[Any], url: str, spec: Spec, files: list[SourceFile], part: str | None,
+              force: bool, started: float, state: dict[str, int], dry_run: bool = False) -> RunReport:
     ledger.ensure(conn)
     apply_session_settings(conn, spec.load)
     types = transform.resolve_types(conn, spec)
@@ -130,7 +136,8 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
             ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files), why)
             return report
         try:
-            return _load(conn, spec, types, files, todo, skipped, run_id, part, started, dry_run)
+            with Workers(url, spec.load, f"{spec.pipeline.name}:{part or ''}") as pool:
+                return _load(conn, pool, spec, types, files, todo, skipped, run_id, part, started, dry_run)
         except BaseException as exc:
             if not conn.closed and not isinstance(exc, (RejectLimitExceeded, Transient)):
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -142,11 +149,13 @@ def _run_once(conn: psycopg.Connection[Any], spec: Spec, files: list[SourceFile]
                 _drop_tables(conn, ledger.orphan_tables(conn, run_id))
 
 
-def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType], files: list[SourceFile],
-          todo: list[SourceFile], skipped: tuple[FileReport, ...], run_id: int, part: str | None,
-          started: float, dry_run: bool = False) -> RunReport:
-    # Phase 1: stage and validate every remaining batch; each batch's rejects and checkpoint commit together.
+def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[str, transform.ColumnType],
+          files: list[SourceFile], todo: list[SourceFile], skipped: tuple[FileReport, ...], run_id: int,
+          part: str | None, started: float, dry_run: bool = False) -> RunReport:
+    # Phase 1: stage every remaining batch here while the pool validates the ones already staged;
+    # each batch's rejects and checkpoint commit together.
     pending: list[tuple[validate.Checked, bool]] = []     # (batch, is the last batch of its file)
+    validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
     ignored: dict[str, tuple[str, ...]] = {}
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
@@ -166,15 +175,12 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
             _drop_tables(conn, [duplicates])
         since = ledger.watermark(conn, spec.pipeline.name, source.name) if spec.source.kind == "postgres" else None
         batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=f"_stg_{run_id}_{file_no}",
-                                      start=start, batch_rows=spec.load.batch_rows, since=since)
-        file_checked = []
-        for batch in batches:
-            with conn.transaction():
-                checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{file_no}_{batch.batch_no}", run_id,
-                                         context)
-                ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated")
-            file_checked.append(checked)
-            faults.hit("validate.after")
+                                      start=start, batch_rows=spec.load.batch_rows, since=since,
+                                      parallel=spec.load.workers)
+        validating.append((source, [pool.submit(partial(_validate, spec=spec, types=types, batch=batch, run_id=run_id,
+                                                        context=context)) for batch in batches]))
+    for source, futures in validating:
+        file_checked = results(futures)
         pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]
         if not file_checked and not dry_run and spec.source.kind != "postgres":
             # header-only, or every batch merged before the interruption (no rows from a table: the watermark stays)
@@ -221,7 +227,38 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
     # A postgres source's new watermark: the latest change time extracted, committed with the last merge.
     seen = (ledger.seen_watermark(conn, [c.staged for c, _ in pending], postgres.CHANGED_AT)
             if spec.source.kind == "postgres" else None)
-    for checked, last_of_file in pending:
+    order = InOrder()
+    results([pool.submit(partial(_merge, spec=spec, types=types, checked=checked, last_of_file=last, run_id=run_id,
+                                 beaten=beaten, into_empty=into_empty, seen=seen, turn=i, order=order))
+             for i, (checked, last) in enumerate(pending)])
+    if beaten:
+        _drop_tables(conn, [beaten])
+    indexes.rebuild(conn, spec)
+    with conn.transaction():
+        merge.resolve_rejects(conn, spec, types, run_id, context.collation)
+
+    per_file = ledger.batch_counts(conn, run_id)
+    report = _report(spec, run_id, part, "succeeded", per_file, ignored, skipped, by_rule, started)
+    ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files))
+    return report
+
+
+def _validate(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transform.ColumnType],
+              batch: stage.StagedBatch, run_id: int, context: validate.Context) -> validate.Checked:
+    """One batch's validation and checkpoint, in one transaction (a pool job)."""
+    with conn.transaction():
+        checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{batch.file_no}_{batch.batch_no}", run_id,
+                                 context)
+        ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated")
+    faults.hit("validate.after")
+    return checked
+
+
+def _merge(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transform.ColumnType],
+           checked: validate.Checked, last_of_file: bool, run_id: int, beaten: str | None, into_empty: bool,
+           seen: datetime | None, turn: int, order: InOrder) -> None:
+    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
+    try:
         with conn.transaction():
             m = merge.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty)
             pre = _pre_merge(checked)
@@ -234,19 +271,14 @@ def _load(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.
                     ledger.record_watermark(conn, spec.pipeline.name, checked.staged.source.name, seen, run_id)
             elif last_of_file:
                 ledger.record_file(conn, spec.pipeline.name, checked.staged.source, run_id)
+            order.wait(turn)
             faults.hit("merge.commit")
         faults.hit("merge.after")
-        _drop_tables(conn, [checked.staged.table, checked.table])
-    if beaten:
-        _drop_tables(conn, [beaten])
-    indexes.rebuild(conn, spec)
-    with conn.transaction():
-        merge.resolve_rejects(conn, spec, types, run_id, context.collation)
-
-    per_file = ledger.batch_counts(conn, run_id)
-    report = _report(spec, run_id, part, "succeeded", per_file, ignored, skipped, by_rule, started)
-    ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files))
-    return report
+    except BaseException:
+        order.failed()   # the batches after this one roll back: a failed run stops where it failed
+        raise
+    order.committed(turn)
+    _drop_tables(conn, [checked.staged.table, checked.table])
 
 
 def _predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType],

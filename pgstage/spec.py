@@ -202,6 +202,7 @@ class LoadSection(_Model):
     max_rejects: int | None = Field(default=None, ge=0)
     raw_column: str | None = Field(default=None, pattern=r"^[^\x00]{1,63}$")
     work_mem: str = Field(default="256MB", pattern=r"^\s*\d+\s*(kB|MB|GB)\s*$")
+    workers: int = Field(default=2, ge=1, le=16)
 
 
 class CompositeReference(_Model):

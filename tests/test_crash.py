@@ -212,9 +212,11 @@ def test_second_run_of_same_partition_exits_4_other_partitions_run(tmp_path: Pat
     held: set[str] = set()
 
     def hold(point: str) -> None:
+        # Batches are validated by the run's worker threads, named after its pipeline and partition.
         name = threading.current_thread().name
-        if point == "validate.after" and name.startswith("day") and name not in held:
-            held.add(name)
+        day = next((d for d in ("2024-01-01", "2024-01-02") if d in name), None)
+        if point == "validate.after" and day and day not in held:
+            held.add(day)
             try:
                 both_inside.wait()
             except threading.BrokenBarrierError:

@@ -110,7 +110,9 @@ def build_beaten(spec: Spec, checked: list[Checked], table: str) -> sql.Composed
             sql.SQL("").join(sql.SQL(", {}").format(p) for p in picked), c.ident)
         for c in checked)
     partition = sql.SQL(", ").join(keys) if keys else sql.SQL("true")
-    order = sql.SQL(", ").join(_rank_order(spec, sql.Identifier("_file"), sql.Identifier("_batch"), sql.Identifier("_rec")))
+    # Record numbers count from the start of each file, whatever its batches: (file, record) is
+    # a record's identity across attempts, even if a resumed run cuts its batches elsewhere.
+    order = sql.SQL(", ").join(_rank_order(spec, sql.Identifier("_file"), sql.Identifier("_rec")))
     return sql.SQL(
         "CREATE TABLE {} AS SELECT _file, _batch, _rec FROM ("
         " SELECT _file, _batch, _rec, row_number() OVER (PARTITION BY {} ORDER BY {}) AS _rank FROM ({}) u"
@@ -177,10 +179,8 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
     not_beaten: sql.Composable = sql.SQL("")
     if beaten:
-        not_beaten = sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} x"
-                             " WHERE x._file = {} AND x._batch = {} AND x._rec = c._rec)").format(
-            sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no),
-            sql.Literal(checked.staged.batch_no))
+        not_beaten = sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} x WHERE x._file = {} AND x._rec = c._rec)").format(
+            sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no))
     valid = sql.SQL("SELECT c._rec, {picks} FROM {rows}{not_beaten}").format(
         picks=sql.SQL(", ").join(picks), rows=rows, not_beaten=not_beaten)
     if not dedup:

@@ -29,7 +29,8 @@ from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
 from pgstage.pipeline._screen import screen
-from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile
+from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile, Window
+from pgstage.pipeline.extract.csv import ByteWindows
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
 from pgstage.pipeline.extract.postgres import PostgresReader
 from pgstage.spec import Spec, pg_encoding
@@ -211,10 +212,13 @@ def header_of(spec: Spec, source: SourceFile) -> tuple[Header, dict[str, int], t
 def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) -> None:
     ident = sql.Identifier(LEDGER_SCHEMA, table)
     seq = sql.Identifier(LEDGER_SCHEMA, f"{table}_rec")
-    # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
-    execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
-    execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
-        ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
+    # One transaction: a crash between the two would leave a sequence that no orphan sweep finds
+    # (it looks for tables) and that the next attempt could not create again.
+    with conn.transaction():
+        # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
+        execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
+        execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
+            ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
 
 
 def drop(conn: psycopg.Connection[Any], table: str) -> None:
@@ -223,11 +227,33 @@ def drop(conn: psycopg.Connection[Any], table: str) -> None:
             label="stage: drop sequence")
 
 
+# A file is cut into batches of at least this many records to keep every worker busy.
+MIN_SPLIT_RECORDS = 50_000
+
+
+def split_size(batch_rows: int, parallel: int, remaining_bytes: int | None, window: Window, records: int) -> int:
+    """Records per batch: `batch_rows`, or fewer so that a file spreads over `parallel` workers.
+
+    A file of 1M records with two workers becomes two batches merged at once instead of one.
+    The number of records is estimated from the first window (plain files only: a compressed
+    size says nothing). Where batches end has no bearing on the result: cross-batch dedup goes
+    by record number, which is the record's place in the file.
+    """
+    if parallel < 2 or remaining_bytes is None or records <= 0 or window.end <= window.offset:
+        return batch_rows
+    estimate = remaining_bytes * records // (window.end - window.offset)
+    if estimate < 2 * MIN_SPLIT_RECORDS:
+        return batch_rows
+    return min(batch_rows, max(MIN_SPLIT_RECORDS, -(-estimate // parallel)))
+
+
 def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
-                  start: StartPoint, batch_rows: int, since: datetime | None = None) -> Iterator[StagedBatch]:
+                  start: StartPoint, batch_rows: int, since: datetime | None = None,
+                  parallel: int = 1) -> Iterator[StagedBatch]:
     """COPY a file, from `start`, into one staging table per batch of about batch_rows records.
 
-    `since` is a postgres source's committed watermark (None: extract every row).
+    `since` is a postgres source's committed watermark (None: extract every row); `parallel`
+    how many workers validate and merge the batches (see `split_size`).
     """
     kind = spec.source.kind
     with _open(spec, source, start.byte_offset, since) as reader:
@@ -241,11 +267,17 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
                    CsvDialect(spec.source.delimiter, spec.source.quote, spec.source.encoding))
         record, batch_no = start.record, start.batch_no
         batch: StagedBatch | None = None
+        first = True
         while True:
             remaining = batch_rows - (batch.read if batch else 0)
             window = reader.next_window(max_lines=remaining)
             if window is None:
                 break
+            if first:
+                size = reader.plain_size() if isinstance(reader, ByteWindows) else None
+                batch_rows = split_size(batch_rows, parallel, None if size is None else size - window.offset, window,
+                                        window.data.count(b"\n"))
+                first = False
             if batch is None:
                 table = f"{table_prefix}_{batch_no}"
                 _create(conn, table, columns)

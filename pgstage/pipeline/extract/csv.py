@@ -117,6 +117,10 @@ class ByteWindows:
     def name(self) -> str:
         return f"{self.path}!{self.member}" if self.member is not None else str(self.path)
 
+    def plain_size(self) -> int | None:
+        """The stream's length in bytes when the file is not compressed (else unknown)."""
+        return self.path.stat().st_size if self.member is None and is_plain(self._stream) else None
+
     def close(self) -> None:
         self._stream.close()
 
