@@ -119,8 +119,8 @@ def test_turns_are_taken_in_order_whatever_order_the_batches_finish() -> None:
 
 def test_one_file_is_spread_over_the_workers_when_large_enough() -> None:
     window = Window(0, 4_000_000, b"")
-    assert stage.split_size(1_000_000, 2, 107_000_000, window, 40_000) == 535_000
-    assert stage.split_size(1_000_000, 2, 16_000_000, window, 40_000) == 80_000
+    assert stage.split_size(1_000_000, 2, 107_000_000, window, 40_000) == 588_501   # 1.07M / 2, and 10% more
+    assert stage.split_size(1_000_000, 2, 16_000_000, window, 40_000) == 88_001
     assert stage.split_size(1_000_000, 2, 6_000_000, window, 40_000) == 1_000_000    # too small to split
     assert stage.split_size(1_000_000, 1, 107_000_000, window, 40_000) == 1_000_000  # one worker
     assert stage.split_size(1_000_000, 2, None, window, 40_000) == 1_000_000         # compressed: size unknown

@@ -8,7 +8,7 @@ to COPY untouched:
 
 - quote-free windows (most exports): a record is a line; `bytes.translate` keeps only
   delimiters and line breaks, and a line is well-formed iff what is left of it is exactly
-  `n_fields - 1` delimiters;
+  `n_fields - 1` delimiters (a regular expression finds the lines that are not);
 - windows with quotes: a possessive regular expression of a strict CSV record (quoted fields
   with doubled quotes and embedded newlines, unquoted fields without quote, CR or NUL) skips
   every run of well-formed records.
@@ -70,6 +70,12 @@ def _strict(n_fields: int, delimiter: bytes, quote: bytes, eol: bytes) -> tuple[
     return re.compile(b"(?:" + record + b")*+"), re.compile(record)
 
 
+@lru_cache(maxsize=16)
+def _odd_shape(expected: bytes) -> re.Pattern[bytes]:
+    """A line of the translated window that is not exactly `expected` (its delimiters and CR)."""
+    return re.compile(b"(?m)^(?!" + re.escape(expected) + b"\n)[^\n]*\n")
+
+
 def _record_end(window: bytes, start: int, quote: bytes) -> int:
     """Offset just past the newline that ends the record starting at `start` (quote parity)."""
     pos = window.find(b"\n", start)
@@ -116,6 +122,11 @@ class _Builder:
         return self.out
 
 
+def applies(n_fields: int, encoding: str, delimiter: str, quote: str) -> bool:
+    """Whether this dialect can be screened at all (see `screen`)."""
+    return n_fields >= 2 and _ascii_safe(encoding) and len(delimiter.encode()) == 1 and len(quote.encode()) == 1
+
+
 def screen(window: bytes, *, first_record: int, n_fields: int, encoding: str, delimiter: str,
            quote: str) -> Screened | None:
     """The window's well-formed records as they are, its suspects judged; None when it cannot tell.
@@ -125,7 +136,7 @@ def screen(window: bytes, *, first_record: int, n_fields: int, encoding: str, de
     hold ASCII bytes, or a window in which nothing looks wrong (COPY refused it for a reason
     this screen does not see).
     """
-    if n_fields < 2 or not _ascii_safe(encoding) or len(delimiter.encode()) != 1 or len(quote.encode()) != 1:
+    if not applies(n_fields, encoding, delimiter, quote):
         return None
     try:
         window.decode(encoding)
@@ -137,10 +148,13 @@ def screen(window: bytes, *, first_record: int, n_fields: int, encoding: str, de
     eol = b"\r\n" if crlf else b"\n"
     build = _Builder(first_record, d * (n_fields - 1) + eol, n_fields, encoding, delimiter, quote)
     if q not in window:
+        shapes = window.translate(None, _delete_all_but(d + b"\r\n\x00"))
+        suspects, line, last = [], 0, 0
+        for odd in _odd_shape(d * (n_fields - 1) + (b"\r" if crlf else b"")).finditer(shapes):
+            line += shapes.count(b"\n", last, odd.start())
+            last = odd.start()
+            suspects.append(line)
         lines = window.split(b"\n")[:-1]           # a window ends with a newline
-        shapes = window.translate(None, _delete_all_but(d + b"\r\n\x00")).split(b"\n")
-        expected = d * (n_fields - 1) + (b"\r" if crlf else b"")
-        suspects = [i for i, shape in enumerate(shapes[:-1]) if shape != expected]
         start = 0
         for i in suspects:
             if i > start:

@@ -28,7 +28,7 @@ from pgstage import faults
 from pgstage.db import execute, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
-from pgstage.pipeline._screen import screen
+from pgstage.pipeline._screen import applies, screen
 from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetReader, SourceFile, Window
 from pgstage.pipeline.extract.csv import ByteWindows
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
@@ -244,7 +244,8 @@ def split_size(batch_rows: int, parallel: int, remaining_bytes: int | None, wind
     estimate = remaining_bytes * records // (window.end - window.offset)
     if estimate < 2 * MIN_SPLIT_RECORDS:
         return batch_rows
-    return min(batch_rows, max(MIN_SPLIT_RECORDS, -(-estimate // parallel)))
+    # 10% over the even share: an estimate a little short must not leave a tiny last batch.
+    return min(batch_rows, max(MIN_SPLIT_RECORDS, estimate * 11 // (10 * parallel) + 1))
 
 
 def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
@@ -267,7 +268,7 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
                    CsvDialect(spec.source.delimiter, spec.source.quote, spec.source.encoding))
         record, batch_no = start.record, start.batch_no
         batch: StagedBatch | None = None
-        first = True
+        first, dirt = True, _Dirt()
         while True:
             remaining = batch_rows - (batch.read if batch else 0)
             window = reader.next_window(max_lines=remaining)
@@ -286,7 +287,7 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
             if kind == "jsonl":
                 read, spanned = _copy_json_window(conn, batch, window.data, record)
             else:
-                read = spanned = _copy_window(conn, batch, window.data, record, dialect)
+                read = spanned = _copy_window(conn, batch, window.data, record, dialect, dirt)
             record += spanned
             batch.read += read
             batch.spanned += spanned
@@ -322,18 +323,41 @@ def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int)
         sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
 
 
+@dataclass
+class _Dirt:
+    """Whether a file's windows are screened before COPY sees them: after a refusal, until
+    several windows in a row screen clean. A dirty file then pays one COPY per window, not a
+    refused one and a second one."""
+
+    screen_first: bool = False
+    clean: int = 0
+
+
+CLEAN_WINDOWS_TO_TRUST = 8
+
+
 def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes, record: int,
-                 dialect: CsvDialect) -> int:
+                 dialect: CsvDialect, dirt: _Dirt) -> int:
     """COPY one window; on refusal isolate its broken records. Returns how many records it held."""
-    _number_from(conn, batch, record)
-    try:
-        return _copy(conn, _copy_statement(batch, dialect, numbered=False), data)
-    except _UNREADABLE:
-        pass
-    except psycopg.Error as exc:
-        raise wrap(exc, f"stage: copy {batch.source.name}") from exc
-    screened = screen(data, first_record=record, n_fields=len(batch.header.fields), encoding=dialect.encoding,
-                      delimiter=dialect.delimiter, quote=dialect.quote)
+    args: dict[str, Any] = {"first_record": record, "n_fields": len(batch.header.fields), "encoding": dialect.encoding,
+                            "delimiter": dialect.delimiter, "quote": dialect.quote}
+    screened, screened_already = None, dirt.screen_first
+    if dirt.screen_first:
+        screened = screen(data, **args)
+        if screened is None:          # nothing suspect: COPY it as it is
+            dirt.clean += 1
+            dirt.screen_first = dirt.clean < CLEAN_WINDOWS_TO_TRUST
+    if screened is None:
+        _number_from(conn, batch, record)
+        try:
+            return _copy(conn, _copy_statement(batch, dialect, numbered=False), data)
+        except _UNREADABLE:
+            pass
+        except psycopg.Error as exc:
+            raise wrap(exc, f"stage: copy {batch.source.name}") from exc
+        dirt.screen_first, dirt.clean = applies(args["n_fields"], dialect.encoding, dialect.delimiter, dialect.quote), 0
+        if not screened_already:
+            screened = screen(data, **args)
     if screened is not None:
         _number_from(conn, batch, record)
         try:
@@ -347,8 +371,7 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
         batch.quarantined.extend(screened.bad)
         batch.quarantined.sort(key=lambda q: q.record)
         return screened.records
-    found = isolate(data, first_record=record, n_fields=len(batch.header.fields), encoding=dialect.encoding,
-                    delimiter=dialect.delimiter, quote=dialect.quote)
+    found = isolate(data, **args)
     refused = _copy_records(conn, _copy_statement(batch, dialect, numbered=True), found.good, dialect)
     batch.quarantined.extend(sorted([*found.bad, *refused], key=lambda q: q.record))
     return len(found.good) + len(found.bad)
