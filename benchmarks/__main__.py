@@ -42,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"raw results (default {DEFAULT_JSON})")
     parser.add_argument("--db", help="server URL (needs CREATE DATABASE); default: a throwaway embedded server")
     parser.add_argument("--trace", action="store_true", help="keep pgstage's PGSTAGE_TRACE_SQL output in the JSON")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="time pgstage only (no naive/bare_sql, so no ratios to them): e.g. a memory check at 10M rows")
     args = parser.parse_args(argv)
     if args.rows < 1000 or args.repeat < 1:
         parser.error("--rows must be >= 1000 and --repeat >= 1")
@@ -114,7 +116,7 @@ def main(argv: list[str]) -> int:
         print(f"rows: {args.rows:,}, repeat: {args.repeat}, scenarios: {', '.join(s for s in scenarios.SCENARIOS if s in selected)}",
               flush=True)
         with tempfile.TemporaryDirectory(prefix="pgstage-bench-specs-") as work:
-            bench = scenarios.Bench(url, Path(work), args.rows, trace=args.trace)
+            bench = scenarios.Bench(url, Path(work), args.rows, trace=args.trace, baselines=args.baselines)
             code = [server.code_fingerprint()]
             try:
                 for rep in range(args.repeat):

@@ -82,6 +82,7 @@ class Bench:
     warnings: list[str] = field(default_factory=list)
     checksums: dict[str, list[Any]] = field(default_factory=dict)
     trace: bool = False
+    baselines: bool = True          # False: pgstage alone (a memory check at 10M rows needs no ratios)
     _dbs: int = 0
 
     def data(self, variant: str) -> Dataset:
@@ -215,14 +216,14 @@ def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
     clean, incremental = bench.data("clean"), bench.data("incremental")
     final_rows = clean.rows + incremental.expect["inserted"]
 
-    if "initial" in selected:
+    if "initial" in selected and bench.baselines:
         with bench.database("naive") as url:
             with psycopg.connect(url, autocommit=True) as conn:
                 baselines.setup_naive(conn)
             _baseline(bench, "naive", "naive", rep, url, clean)
 
     bare_state = None
-    if selected & {"initial", "incremental"}:
+    if selected & {"initial", "incremental"} and bench.baselines:
         with bench.database("bare") as url:
             with psycopg.connect(url, autocommit=True) as conn:
                 baselines.setup_bare_sql(conn)

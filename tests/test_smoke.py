@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import psycopg
+
 from tests.conftest import Loader
 
 SPEC = """
@@ -84,3 +86,25 @@ def test_second_run_is_skipped_and_forced_run_changes_nothing(loader: Loader, sq
     forced = loader.run(force=True)
     assert (forced.counts.inserted, forced.counts.updated, forced.counts.unchanged) == (0, 0, 2)
     assert sql("SELECT * FROM sales.orders ORDER BY source_order_id") == before
+
+
+def test_a_ledger_of_an_earlier_version_is_upgraded_once(loader: Loader, sql) -> None:
+    """Older ledgers lack columns and had a foreign key from rejects to runs: both are fixed, and a
+    ledger already current is left alone (no ALTER TABLE, whose exclusive lock would queue)."""
+    sql("CREATE SCHEMA pgstage")
+    sql("CREATE TABLE pgstage.runs (run_id bigserial PRIMARY KEY, pipeline text NOT NULL, partition text,"
+        " target text NOT NULL, spec_path text, status text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),"
+        " finished_at timestamptz, counts jsonb, rejects_by_rule jsonb, files jsonb, message text, host text, pid integer)")
+    sql("CREATE TABLE pgstage.rejects (run_id bigint NOT NULL REFERENCES pgstage.runs, file text NOT NULL,"
+        " record bigint NOT NULL, raw jsonb NOT NULL, reasons jsonb NOT NULL)")
+    loader.spec(SPEC)
+    loader.write("orders.csv", CSV)
+    report = loader.run()
+    assert report.counts.rejected == 4
+    assert sql("SELECT count(*) FROM pg_constraint WHERE conrelid = 'pgstage.rejects'::regclass AND contype = 'f'") == [(0,)]
+    assert sql("SELECT count(*) FROM pgstage.rejects WHERE batch_no = 0 AND resolved_by IS NULL") == [(4,)]
+    assert sql("SELECT attempts, dry_run FROM pgstage.runs") == [(1, False)]
+    # Current now: another session writing rejects does not hold up the next run's ledger check.
+    with psycopg.connect(loader.db_url) as other:
+        other.execute("LOCK TABLE pgstage.rejects IN ROW EXCLUSIVE MODE")
+        assert loader.run(force=True).status == "succeeded"

@@ -41,7 +41,6 @@ _DDL = [
         message     text,
         host        text,
         pid         integer)""",
-    "CREATE INDEX IF NOT EXISTS runs_pipeline ON pgstage.runs (pipeline, partition, run_id)",
     """CREATE TABLE IF NOT EXISTS pgstage.files (
         pipeline  text NOT NULL,
         path      text NOT NULL,
@@ -57,7 +56,6 @@ _DDL = [
         record   bigint NOT NULL,
         raw      jsonb NOT NULL,
         reasons  jsonb NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS rejects_run ON pgstage.rejects (run_id, file, record)",
     """CREATE TABLE IF NOT EXISTS pgstage.batches (
         run_id       bigint NOT NULL REFERENCES pgstage.runs,
         file         text NOT NULL,
@@ -85,24 +83,44 @@ _DDL = [
         run_id     bigint NOT NULL REFERENCES pgstage.runs,
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, source))""",
-    # Ledgers made by earlier versions of pgstage gain the newer columns.
-    "ALTER TABLE pgstage.runs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1",
-    "ALTER TABLE pgstage.rejects ADD COLUMN IF NOT EXISTS batch_no integer NOT NULL DEFAULT 0",
-    "ALTER TABLE pgstage.runs ADD COLUMN IF NOT EXISTS dry_run boolean NOT NULL DEFAULT false",
-    "ALTER TABLE pgstage.rejects ADD COLUMN IF NOT EXISTS resolved_by bigint",
+]
+
+# Indexes, and what ledgers of earlier versions lack: (is the change needed?, the change). Each
+# runs only when needed, as even a no-op ALTER TABLE or CREATE INDEX waits for a table lock,
+# behind any run that is writing rejects at that moment.
+_UPGRADES = [
+    # CREATE INDEX IF NOT EXISTS locks the table (SHARE) before it looks for the index.
+    *((f"SELECT to_regclass('pgstage.{name}') IS NULL", f"CREATE INDEX IF NOT EXISTS {name} ON pgstage.{on}")
+      for name, on in (("runs_pipeline", "runs (pipeline, partition, run_id)"),
+                       ("rejects_run", "rejects (run_id, file, record)"))),
+    *((f"SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pgstage.{table}'::regclass"
+       f" AND attname = '{column}' AND NOT attisdropped)",
+       f"ALTER TABLE pgstage.{table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+      for table, column, definition in (("runs", "attempts", "integer NOT NULL DEFAULT 1"),
+                                        ("rejects", "batch_no", "integer NOT NULL DEFAULT 0"),
+                                        ("runs", "dry_run", "boolean NOT NULL DEFAULT false"),
+                                        ("rejects", "resolved_by", "bigint"))),
     # No foreign key from rejects to runs: its per-row check cost 10 us a reject (a fifth of a
     # dirty file's overhead). Rejects are only written in the transaction of their batch's row
     # in pgstage.batches, which references the run.
-    "ALTER TABLE pgstage.rejects DROP CONSTRAINT IF EXISTS rejects_run_id_fkey",
+    ("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'pgstage.rejects'::regclass"
+     " AND conname = 'rejects_run_id_fkey')",
+     "ALTER TABLE pgstage.rejects DROP CONSTRAINT IF EXISTS rejects_run_id_fkey"),
 ]
 
 
 def ensure(conn: psycopg.Connection[Any]) -> None:
     """Create the ledger if missing; serialized so that concurrent first runs do not collide."""
     with conn.transaction():
+        # Before the run's own settings: never queue for long behind another session's lock.
+        execute(conn, sql.SQL("SET LOCAL lock_timeout = '10s'"), label="ledger: lock timeout")
         execute(conn, sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended('pgstage:ledger', 0))"), label="ledger: lock")
         for statement in _DDL:
             execute(conn, sql.SQL(statement), label="ledger: ddl")  # type: ignore[arg-type]
+        for needed, change in _UPGRADES:
+            found = execute(conn, sql.SQL(needed), label="ledger: upgrade?").fetchone()  # type: ignore[arg-type]
+            if found and found[0]:
+                execute(conn, sql.SQL(change), label="ledger: upgrade")  # type: ignore[arg-type]
         execute(conn, TRY_TO_TIMESTAMP, label="ledger: functions")
         execute(conn, FENCE, label="ledger: functions")
 
