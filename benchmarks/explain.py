@@ -26,7 +26,7 @@ import psycopg
 
 from benchmarks import scenarios, server
 
-_TIMING = re.compile(r"^-- (.*): ([0-9.]+)s, (-?\d+) rows$")
+_TIMING = re.compile(r"^-- (.*): ([0-9.]+)s, (-?\d+) rows(, ended at [0-9.]+s \[.*\])?$")
 _CHK = re.compile(r'"pgstage"\."(_chk_\d+_\d+_\d+)"')
 
 

@@ -89,9 +89,14 @@ def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params
             _trace(f"-- {label}\n{query.as_string(conn)};\n-- {label}: failed: {exc.diag.message_primary}")
         raise wrap(exc, label) from exc
     if TRACE:  # one write per statement: the sessions of a run's workers trace from several threads
+        ended = time.perf_counter()
         _trace(f"-- {label}\n{query.as_string(conn)};\n"
-               f"-- {label}: {time.perf_counter() - started:.3f}s, {cursor.rowcount} rows")
+               f"-- {label}: {ended - started:.3f}s, {cursor.rowcount} rows, ended at {ended - _EPOCH:.3f}s"
+               f" [{threading.current_thread().name}]")
     return cursor
+
+
+_EPOCH = time.perf_counter()   # trace lines tell when each statement ended, to see what overlapped
 
 
 _trace_lock = threading.Lock()
