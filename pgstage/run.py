@@ -224,12 +224,14 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
         merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
     # Each key is merged by one batch at most, so into a target empty now every batch only inserts.
     into_empty = merge.target_is_empty(conn, spec)
+    upserts = target.upsert_arbiter(conn, spec)
     # A postgres source's new watermark: the latest change time extracted, committed with the last merge.
     seen = (ledger.seen_watermark(conn, [c.staged for c, _ in pending], postgres.CHANGED_AT)
             if spec.source.kind == "postgres" else None)
     order = InOrder()
     results([pool.submit(partial(_merge, spec=spec, types=types, checked=checked, last_of_file=last, run_id=run_id,
-                                 beaten=beaten, into_empty=into_empty, seen=seen, turn=i, order=order))
+                                 beaten=beaten, into_empty=into_empty, upserts=upserts, seen=seen, turn=i,
+                                 order=order))
              for i, (checked, last) in enumerate(pending)])
     if beaten:
         _drop_tables(conn, [beaten])
@@ -256,11 +258,11 @@ def _validate(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, tra
 
 def _merge(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transform.ColumnType],
            checked: validate.Checked, last_of_file: bool, run_id: int, beaten: str | None, into_empty: bool,
-           seen: datetime | None, turn: int, order: InOrder) -> None:
+           upserts: bool, seen: datetime | None, turn: int, order: InOrder) -> None:
     """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
     try:
         with conn.transaction():
-            m = merge.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty)
+            m = merge.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts)
             pre = _pre_merge(checked)
             counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
                             inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,

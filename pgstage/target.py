@@ -71,6 +71,23 @@ def _has_unique_key(conn: psycopg.Connection[Any], spec: Spec) -> bool:
     return bool(row and row[0])
 
 
+def upsert_arbiter(conn: psycopg.Connection[Any], spec: Spec) -> bool:
+    """Whether `INSERT … ON CONFLICT (key)` can use a unique index of the target's.
+
+    It needs a valid, immediate (not deferrable), non-partial index on exactly the key columns.
+    """
+    schema, table = spec.target
+    row = execute(conn, sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indimmediate AND i.indisvalid"
+        " AND i.indpred IS NULL AND i.indexprs IS NULL"
+        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+        "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)"),
+        (schema, table, sorted(spec.pipeline.key)), label="target: upsert key").fetchone()
+    return bool(row and row[0])
+
+
 def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]) -> bool:
     """Compare an existing target with the spec; explain every mismatch. False when it does not exist yet."""
     found = existing_columns(conn, spec)

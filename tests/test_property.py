@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pgstage
+from pgstage.pipeline import merge
 from pgstage.pipeline.extract import csv as csv_extract
 from tests.conftest import assert_identity
 
@@ -139,6 +140,21 @@ def tiny_windows(monkeypatch: pytest.MonkeyPatch) -> None:
        files=st.lists(st.lists(rows, max_size=25), min_size=1, max_size=3))
 def test_identity_and_oracle(tmp_path: Path, db_url: str, sql, tiny_windows: None, strategy: str,
                              files: list[list[Row]]) -> None:
+    check_against_oracle(tmp_path, db_url, sql, strategy, files)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(strategy=st.sampled_from(["insert_only", "upsert", "upsert_if_newer"]),
+       files=st.lists(st.lists(rows, max_size=25), min_size=2, max_size=3))
+def test_the_upsert_path_gives_the_oracle_result_too(tmp_path: Path, db_url: str, sql, tiny_windows: None,
+                                                    monkeypatch: pytest.MonkeyPatch, strategy: str,
+                                                    files: list[list[Row]]) -> None:
+    """Merges into a target that holds rows, taken by INSERT … ON CONFLICT whatever the sample says."""
+    monkeypatch.setattr(merge, "MIN_WRITE_SHARE", 0.0)
+    check_against_oracle(tmp_path, db_url, sql, strategy, files)
+
+
+def check_against_oracle(tmp_path: Path, db_url: str, sql: Any, strategy: str, files: list[list[Row]]) -> None:
     n = next(_examples)
     folder = tmp_path / f"ex{n}"
     folder.mkdir()

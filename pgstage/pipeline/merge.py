@@ -71,15 +71,39 @@ def target_columns(spec: Spec) -> list[str]:
     return [*spec.columns, *([spec.load.raw_column] if spec.load.raw_column else [])]
 
 
-def _stale_condition(spec: Spec) -> sql.Composable | None:
-    """When an existing row must not be overwritten although the incoming one differs."""
+def _stale_condition(spec: Spec, t: str = "t", s: str = "s") -> sql.Composable | None:
+    """When an existing row `t` must not be overwritten although the incoming `s` differs."""
     strategy = spec.pipeline.strategy
     if strategy == "insert_only":
         return sql.SQL("true")  # the target's row always wins
     if strategy == "upsert_if_newer":
         version = sql.Identifier(spec.pipeline.version or "")
-        return sql.SQL("s.{0} IS NULL OR (t.{0} IS NOT NULL AND s.{0} <= t.{0})").format(version)
+        return sql.SQL("{s}.{v} IS NULL OR ({t}.{v} IS NOT NULL AND {s}.{v} <= {t}.{v})").format(
+            v=version, s=sql.Identifier(s), t=sql.Identifier(t))
     return None
+
+
+def _same(spec: Spec, t: str = "t", s: str = "s") -> sql.Composable:
+    """Every compared column of the incoming row `s` equals the target row `t`'s, NULLs included.
+
+    Comparing the typed values directly is exact (no hash collisions) and far cheaper than
+    hashing each row's text.
+    """
+    non_key = [sql.Identifier(n) for n in _compared_columns(spec) if n not in spec.pipeline.key]
+    if not non_key:
+        return sql.SQL("true")
+    return sql.SQL("({}) IS NOT DISTINCT FROM ({})").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(t), c) for c in non_key),
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(s), c) for c in non_key))
+
+
+def _overwrites(spec: Spec, t: str = "t", s: str = "s") -> sql.Composable:
+    """The incoming row `s` is written over the existing `t`: they differ, and by the strategy `s` wins."""
+    stale = _stale_condition(spec, t, s)
+    same = _same(spec, t, s)
+    if stale is None:
+        return sql.SQL("NOT ({})").format(same)
+    return sql.SQL("NOT ({}) AND NOT ({})").format(same, stale)
 
 
 def _rank_order(spec: Spec, *tiebreak: sql.Composable) -> list[sql.Composable]:
@@ -197,7 +221,6 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
     target row a `w` or `d` changes.
     """
     mode = soft_deletes(spec)
-    names = _compared_columns(spec)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     src = sql.SQL("WITH src AS ({})").format(_deduplicated(spec, types, checked, beaten, dedup=dedup))
     was_deleted = sql.SQL(", t._deleted_at IS NOT NULL AS _was_deleted") if mode == "mark" else sql.SQL("")
@@ -205,13 +228,7 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
         act = "CASE WHEN s._deleted_at IS NULL THEN 'i' ELSE 'u' END" if mode == "delete" else "'i'"
         return sql.SQL("{}, cls AS (SELECT s.*, {} AS _act{}, NULL::tid AS _ctid FROM src s)").format(
             src, sql.SQL(act), sql.SQL(", false AS _was_deleted") if mode == "mark" else sql.SQL(""))
-    non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
-    # Unchanged: every non-key column equal, NULLs included. Comparing the typed values directly
-    # is exact (no hash collisions) and far cheaper than hashing each row's text.
-    same: sql.Composable = sql.SQL("true")
-    if non_key:
-        same = sql.SQL("(t.{}) IS NOT DISTINCT FROM (s.{})").format(
-            sql.SQL(", t.").join(non_key), sql.SQL(", s.").join(non_key))
+    same = _same(spec)
     stale = _stale_condition(spec)
     absent = sql.SQL("t.{} IS NULL").format(keys[0])
     deletion = sql.SQL("s._deleted_at IS NOT NULL")
@@ -287,6 +304,62 @@ def build_insert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
         target=sql.Identifier(*spec.target), cols=cols, run_id=sql.Literal(run_id), src=src)
 
 
+# Rows sampled to choose between classifying first and upserting; the share of them that
+# must be writes (among those whose key exists) for the upsert to be chosen.
+WRITE_SAMPLE = 1000
+MIN_WRITE_SHARE = 0.9
+
+
+def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checked) -> sql.Composed:
+    """(sampled rows whose key is in the target, how many of those the merge would overwrite)."""
+    keys = [sql.Identifier(k) for k in spec.pipeline.key]
+    sample = sql.SQL("SELECT * FROM ({}) b WHERE NOT b.{} LIMIT {}").format(
+        _deduplicated(spec, types, checked, None, dedup=False), sql.Identifier(KNOWN), sql.Literal(WRITE_SAMPLE))
+    return sql.SQL("SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND {writes}) FROM ({sample}) s"
+                   " LEFT JOIN {target} t ON {join}").format(
+        k=keys[0], writes=_overwrites(spec), sample=sample, target=sql.Identifier(*spec.target),
+        join=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys))
+
+
+def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
+                 beaten: str | None = None, *, dedup: bool = True) -> sql.Composed:
+    """The merge of a batch that mostly changes rows: `INSERT … ON CONFLICT DO UPDATE … WHERE`.
+
+    Each row is looked up once, by the primary key's own probe, and written in the same visit;
+    classifying first joins the batch to the target and then visits every changed row again.
+    The price: a conflicting row the WHERE leaves alone is still locked, so this path is taken
+    only when a sample says nearly every existing row changes (see `merge`). Rows not written
+    are classified afterwards, against the statement's snapshot, which is the target as it was
+    before it. Returns the same row as `build_merge`.
+    """
+    names = _written_columns(spec, checked)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    keys = [sql.Identifier(k) for k in spec.pipeline.key]
+    key_list = sql.SQL(", ").join(keys)
+    sets = sql.SQL(", ").join([*(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
+                                 for n in names if n not in spec.pipeline.key),
+                               sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
+    conflict = (sql.SQL("DO NOTHING") if spec.pipeline.strategy == "insert_only" else
+                sql.SQL("DO UPDATE SET {} WHERE {}").format(sets, _overwrites(spec, "t", "excluded")))
+    on = sql.SQL(" AND ").join(sql.SQL("w.{0} = s.{0}").format(k) for k in keys)
+    join = sql.SQL(" AND ").join(sql.SQL("t.{0} = r.{0}").format(k) for k in keys)
+    return sql.SQL(
+        "WITH every AS ({every}), src AS (SELECT * FROM every WHERE NOT {known}),"
+        " w AS (INSERT INTO {target} AS t ({cols}, _loaded_at, _updated_at, _run_id)"
+        "  SELECT {cols}, now(), now(), {run_id} FROM src ON CONFLICT ({key_list}) {conflict}"
+        "  RETURNING {returned}, (t.xmax = 0) AS _inserted),"
+        " r AS (SELECT s.* FROM src s WHERE NOT EXISTS (SELECT 1 FROM w WHERE {on})),"
+        " rc AS (SELECT count(*) FILTER (WHERE {same}) AS u, count(*) FILTER (WHERE NOT ({same})) AS st"
+        "  FROM r JOIN {target} t ON {join})"
+        " SELECT (SELECT count(*) FROM every), count(*) FILTER (WHERE _inserted), count(*) FILTER (WHERE NOT _inserted),"
+        " (SELECT count(*) FROM every WHERE {known}) + (SELECT u FROM rc), (SELECT st FROM rc), 0,"
+        " count(*) FILTER (WHERE NOT _inserted) FROM w"
+    ).format(every=_deduplicated(spec, types, checked, beaten, dedup=dedup), known=sql.Identifier(KNOWN),
+             target=sql.Identifier(*spec.target), cols=cols, run_id=sql.Literal(run_id), key_list=key_list,
+             conflict=conflict, returned=sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in keys), on=on,
+             same=_same(spec, "t", "r"), join=join)
+
+
 def build_has_duplicates(spec: Spec, checked: Checked) -> sql.Composed:
     """Whether some key occurs twice among the batch's valid rows.
 
@@ -324,14 +397,15 @@ def target_is_empty(conn: psycopg.Connection[Any], spec: Spec) -> bool:
 
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
-          run_id: int, beaten: str | None = None, *, into_empty: bool = False) -> MergeCounts:
+          run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False) -> MergeCounts:
     """Merge one batch inside the caller's transaction and return what happened to its rows.
 
     `into_empty`: the target was empty when the run's merges began, and no two batches of the
     run merge the same key (cross-batch losers are `beaten`), so every valid row is an insert:
     one INSERT … SELECT, deduplicated only when the batch repeats a key. A first load, or a
     backfill's first day, pays no classification join. Otherwise the classifying statement of
-    `build_merge`.
+    `build_merge`, or, with `upserts` (the target has an immediate unique index on the key)
+    and a sample saying nearly every existing row changes, the single pass of `build_upsert`.
     """
     label = f"merge {checked.staged.source.name}"
     found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
@@ -343,13 +417,20 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         if soft_deletes(spec) is None and into_empty:
             written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup), label=label).rowcount
             return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
-        if dedup:
-            # Without statistics the planner guesses that DISTINCT ON leaves 200 rows and joins
-            # them to the target by nested loop; the key's real distinct count changes its mind.
-            varying = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
-            execute(conn, sql.SQL("ANALYZE {} ({})").format(checked.ident, sql.SQL(", ").join(
-                varying or [sql.Identifier("_rec")])), label="merge: analyze")
-        row = execute(conn, build_merge(spec, types, checked, run_id, beaten, dedup=dedup), label=label).fetchone()
+        # The classification joins the batch to the target; without statistics the planner
+        # misjudges the batch's size (a DISTINCT ON is guessed to leave 200 rows; a fresh table
+        # is sized from its pages and column widths) and may hash all of a big target for a
+        # small batch. Sampling the key costs a few hundredths of a second.
+        varying = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
+        execute(conn, sql.SQL("ANALYZE {} ({})").format(checked.ident, sql.SQL(", ").join(
+            varying or [sql.Identifier("_rec")])), label="merge: analyze")
+        query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup)
+        if upserts and soft_deletes(spec) is None:
+            found = execute(conn, build_write_sample(spec, types, checked), label="merge: writes sample").fetchone()
+            existing, writes = found if found else (0, 0)
+            if writes >= MIN_WRITE_SHARE * existing:
+                query = build_upsert(spec, types, checked, run_id, beaten, dedup=dedup)
+        row = execute(conn, query, label=label).fetchone()
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
             # Another load inserted some of these keys after this batch was classified: the
@@ -360,11 +441,13 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     assert row is not None
     *counts, planned = row
     result = MergeCounts(*counts)
-    if result.updated != planned:
-        # A concurrent writer changed rows this batch classified (see build_merge): the
-        # counts would be wrong, so the batch is rolled back and classified again.
-        raise TransientDatabaseError(f"a concurrent load changed {planned - result.updated} rows of"
-                                     f" {checked.staged.source.name} while it merged", hint="retried automatically")
+    accounted = result.inserted + result.updated + result.unchanged + result.stale
+    if result.updated != planned or accounted != result.distinct:
+        # A concurrent writer changed rows of this batch between its snapshot and its writes
+        # (see build_merge, build_upsert): the counts would be wrong, so the batch is rolled
+        # back and merged again.
+        raise TransientDatabaseError(f"a concurrent load changed rows of {checked.staged.source.name} while it merged",
+                                     hint="retried automatically")
     return result
 
 
