@@ -87,11 +87,11 @@ def table(summary: list[dict[str, Any]]) -> str:
 
 def counts_table(raw: dict[str, list[dict[str, Any]]]) -> str:
     keys = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale")
-    lines = [f"{'pgstage counts (last round)':<28}" + "".join(f"{k:>10}" for k in keys) + "  status"]
+    lines = [f"{'pgstage counts (last round)':<28}" + "".join(f"{k:>11}" for k in keys) + "  status"]
     for name in scenarios.SCENARIOS:
         if name in raw:
             r = raw[name][-1]
-            lines.append(f"{name:<28}" + "".join(f"{r['counts'][k]:>10,}" for k in keys) + f"  {r['status']}")
+            lines.append(f"{name:<28}" + "".join(f"{r['counts'][k]:>11,}" for k in keys) + f"  {r['status']}")
             if r.get("rejects_by_rule"):
                 lines.append(f"{'':<28}rejects by rule: {json.dumps(r['rejects_by_rule'])}")
     return "\n".join(lines)

@@ -417,19 +417,21 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         if soft_deletes(spec) is None and into_empty:
             written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup), label=label).rowcount
             return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
-        # The classification joins the batch to the target; without statistics the planner
-        # misjudges the batch's size (a DISTINCT ON is guessed to leave 200 rows; a fresh table
-        # is sized from its pages and column widths) and may hash all of a big target for a
-        # small batch. Sampling the key costs a few hundredths of a second.
-        varying = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
-        execute(conn, sql.SQL("ANALYZE {} ({})").format(checked.ident, sql.SQL(", ").join(
-            varying or [sql.Identifier("_rec")])), label="merge: analyze")
-        query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup)
+        query = None
         if upserts and soft_deletes(spec) is None:
             found = execute(conn, build_write_sample(spec, types, checked), label="merge: writes sample").fetchone()
             existing, writes = found if found else (0, 0)
             if writes >= MIN_WRITE_SHARE * existing:
                 query = build_upsert(spec, types, checked, run_id, beaten, dedup=dedup)
+        if query is None:
+            # The classification joins the batch to the target; without statistics the planner
+            # misjudges the batch's size (a DISTINCT ON is guessed to leave 200 rows; a fresh
+            # table is sized from its pages and column widths) and may hash all of a big target
+            # for a small batch. Sampling the key costs a few hundredths of a second.
+            varying = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
+            execute(conn, sql.SQL("ANALYZE {} ({})").format(checked.ident, sql.SQL(", ").join(
+                varying or [sql.Identifier("_rec")])), label="merge: analyze")
+            query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup)
         row = execute(conn, query, label=label).fetchone()
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
