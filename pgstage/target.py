@@ -59,33 +59,27 @@ def existing_columns(conn: psycopg.Connection[Any], spec: Spec) -> dict[str, str
     return {name: kind for name, kind in rows} if rows else None
 
 
-def _has_unique_key(conn: psycopg.Connection[Any], spec: Spec) -> bool:
+def _key_index(conn: psycopg.Connection[Any], spec: Spec, *, for_upsert: bool = False) -> bool:
+    """Whether a unique, non-partial index on exactly the key columns exists.
+
+    `for_upsert`: one that `INSERT … ON CONFLICT (key)` can use as its arbiter, which must
+    also be valid, immediate (not deferrable) and on plain columns.
+    """
     schema, table = spec.target
+    usable = sql.SQL(" AND i.indimmediate AND i.indisvalid AND i.indexprs IS NULL" if for_upsert else "")
     row = execute(conn, sql.SQL(
         "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL"
+        " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL{}"
         " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
-        "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)"),
+        "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)").format(usable),
         (schema, table, sorted(spec.pipeline.key)), label="target: key").fetchone()
     return bool(row and row[0])
 
 
 def upsert_arbiter(conn: psycopg.Connection[Any], spec: Spec) -> bool:
-    """Whether `INSERT … ON CONFLICT (key)` can use a unique index of the target's.
-
-    It needs a valid, immediate (not deferrable), non-partial index on exactly the key columns.
-    """
-    schema, table = spec.target
-    row = execute(conn, sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indimmediate AND i.indisvalid"
-        " AND i.indpred IS NULL AND i.indexprs IS NULL"
-        " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
-        "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)"),
-        (schema, table, sorted(spec.pipeline.key)), label="target: upsert key").fetchone()
-    return bool(row and row[0])
+    """Whether `INSERT … ON CONFLICT (key)` can use a unique index of the target's."""
+    return _key_index(conn, spec, for_upsert=True)
 
 
 def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]) -> bool:
@@ -105,7 +99,7 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     for name, kind_name in audit_columns(spec, found).items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
-    if not problems and not _has_unique_key(conn, spec):
+    if not problems and not _key_index(conn, spec):
         problems.append(f"no primary key or unique index on the key ({', '.join(spec.pipeline.key)})")
     if problems:
         raise TargetMismatch(f"target {spec.pipeline.target} does not match the spec: " + "; ".join(problems),
