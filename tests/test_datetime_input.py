@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql as pgsql
 
-from pgstage.pipeline.transform import _may_be_datetime
+from pgstage.pipeline.transform import _may_be_datetime, _postgres_message
 from tests.conftest import Loader
 
 KINDS = ("date", "timestamp", "timestamptz", "time", "timetz")
@@ -85,6 +85,17 @@ def _refused_but_valid(conn: psycopg.Connection[Any], values: list[str]) -> list
     return conn.execute(query, (values, list(KINDS))).fetchall()
 
 
+def _other_words(conn: psycopg.Connection[Any], values: list[str]) -> list[tuple[str, str, str, str]]:
+    """(type, value, our message, PostgreSQL's) where the messages of invalid values differ: must be none."""
+    differ = []
+    for kind in ("date", "timestamp", "timestamp without time zone", "timestamp with time zone",
+                 "timestamp(3) with time zone", "time", "timetz"):
+        query = pgsql.SQL("SELECT %s, v, {}, (pg_input_error_info(v, %s)).message FROM unnest(%s::text[]) v"
+                          " WHERE NOT pg_input_is_valid(v, %s)").format(_postgres_message(pgsql.Identifier("v"), kind))
+        differ += [r for r in conn.execute(query, (kind, kind, values, kind)).fetchall() if r[2] != r[3]]
+    return differ
+
+
 @pytest.fixture(scope="module")
 def conn(server_url: str) -> Any:
     with psycopg.connect(server_url, autocommit=True) as c:
@@ -96,6 +107,7 @@ def conn(server_url: str) -> Any:
 @given(values=st.lists(digit_free, min_size=1, max_size=50))
 def test_the_shortcut_never_refuses_what_postgresql_accepts(conn: Any, values: list[str]) -> None:
     assert _refused_but_valid(conn, values) == []
+    assert _other_words(conn, values + ["2024-02-30", "24:61", "Jan 32 2024", "2024-01-01 +99"]) == []
 
 
 def test_every_zone_name_and_abbreviation_with_every_keyword(conn: Any) -> None:
@@ -104,6 +116,7 @@ def test_every_zone_name_and_abbreviation_with_every_keyword(conn: Any) -> None:
     values = zones + [f"{w} {z}" for w in _WORDS for z in zones[::7]] + [f"{a} {b}" for a in _WORDS for b in _WORDS]
     assert len(values) > 5_000
     assert _refused_but_valid(conn, values) == []
+    assert _other_words(conn, values) == []
     # And the shortcut does its job: junk is refused without the parser, the special words are not.
     flags = conn.execute(pgsql.SQL("SELECT v, {} FROM unnest(%s::text[]) v").format(
         _may_be_datetime(pgsql.Identifier("v"))), (["N/A", "not a date", "Today", "2024-01-01", "Jan 5 2024"],)).fetchall()

@@ -98,3 +98,19 @@ def test_a_ragged_row_in_a_big_window_is_found_without_isolating_the_window(
     assert read == 10001 and len(rows) == 10000
     assert quarantined == [(5001, "expected 3 fields, found 2")]
     assert rows[5000] == (5002, "0", "q0", "w0")
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(min_value=0, max_value=400), min_size=100, max_size=3000),
+       picks=st.lists(st.integers(min_value=0), max_size=12), skew=st.sampled_from([0.1, 0.5, 1.0, 2.0, 5.0]))
+def test_line_starts_finds_every_line_whatever_the_line_lengths(lengths: list[int], picks: list[int],
+                                                                skew: float) -> None:
+    # Irregular lines (empty ones, long ones) and a mean that is wrong on purpose: the jumps
+    # ahead may land anywhere, the offsets must still be those of a plain split.
+    window = b"".join(b"x" * n + b"\n" for n in lengths)
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n + 1)
+    wanted = sorted({p % len(lengths) for p in picks})
+    mean = max(1, int(len(window) / len(lengths) * skew))
+    assert _screen._line_starts(window, wanted, mean) == [starts[i] for i in wanted]

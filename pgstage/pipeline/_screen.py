@@ -40,7 +40,7 @@ _ASCII_SAFE = ("utf-8", "ascii", "latin-1", "iso8859", "cp125", "mac-roman")
 class Screened:
     """A refused window, made loadable: what to COPY and what to do with its suspects."""
 
-    payload: bytes                                   # the window, suspects replaced by placeholders
+    payload: list[bytes | memoryview]                # the window in pieces, suspects replaced by placeholders
     records: int                                     # records the window holds
     placeholders: list[int] = field(default_factory=list)    # numbers of placeholder rows, to leave out
     bad: list[Quarantined] = field(default_factory=list)
@@ -76,6 +76,28 @@ def _odd_shape(expected: bytes) -> re.Pattern[bytes]:
     return re.compile(b"(?m)^(?!" + re.escape(expected) + b"\n)[^\n]*\n")
 
 
+def _line_starts(window: bytes, lines: list[int], mean: int) -> list[int]:
+    """The byte offsets at which the given (ascending) line numbers of the window start.
+
+    Without splitting the window into its tens of thousands of lines: from the previous line
+    found, jump ahead by the mean line length to a little short of the line wanted, count the
+    newlines skipped, again until a few lines are left, and step over those.
+    """
+    offsets, pos, line = [], 0, 0              # `pos` is where line number `line` starts
+    for wanted in lines:
+        while wanted - line > 32:
+            ahead = wanted - line
+            jump = window.rfind(b"\n", pos, pos + (ahead - 8 - ahead // 8) * mean)
+            skipped = window.count(b"\n", pos, jump + 1) if jump >= 0 else 0
+            if not 0 < skipped <= ahead:
+                break
+            pos, line = jump + 1, line + skipped
+        while line < wanted:
+            pos, line = window.index(b"\n", pos) + 1, line + 1
+        offsets.append(pos)
+    return offsets
+
+
 def _record_end(window: bytes, start: int, quote: bytes) -> int:
     """Offset just past the newline that ends the record starting at `start` (quote parity)."""
     pos = window.find(b"\n", start)
@@ -92,10 +114,10 @@ class _Builder:
         self.number = first_record
         self.placeholder = placeholder
         self.args = {"n_fields": n_fields, "encoding": encoding, "delimiter": delimiter, "quote": quote}
-        self.pieces: list[bytes] = []
-        self.out = Screened(b"", 0)
+        self.pieces: list[bytes | memoryview] = []
+        self.out = Screened([], 0)
 
-    def keep(self, chunk: bytes, records: int) -> None:
+    def keep(self, chunk: bytes | memoryview, records: int) -> None:
         self.pieces.append(chunk)
         self.number += records
 
@@ -117,7 +139,7 @@ class _Builder:
         self.number += len(fates)
 
     def done(self, first_record: int) -> Screened:
-        self.out.payload = b"".join(self.pieces)
+        self.out.payload = self.pieces     # written to COPY piece by piece: no copy of the window
         self.out.records = self.number - first_record
         return self.out
 
@@ -138,10 +160,11 @@ def screen(window: bytes, *, first_record: int, n_fields: int, encoding: str, de
     """
     if not applies(n_fields, encoding, delimiter, quote):
         return None
-    try:
-        window.decode(encoding)
-    except UnicodeDecodeError:
-        return None
+    if not window.isascii():   # ASCII is valid in every encoding that `applies` allows
+        try:
+            window.decode(encoding)
+        except UnicodeDecodeError:
+            return None
     d, q = delimiter.encode(), quote.encode()
     first_nl = window.find(b"\n")
     crlf = first_nl > 0 and window[first_nl - 1:first_nl] == b"\r"
@@ -154,16 +177,19 @@ def screen(window: bytes, *, first_record: int, n_fields: int, encoding: str, de
             line += shapes.count(b"\n", last, odd.start())
             last = odd.start()
             suspects.append(line)
-        lines = window.split(b"\n")[:-1]           # a window ends with a newline
-        start = 0
-        for i in suspects:
+        if not suspects:
+            return None
+        view, line_count = memoryview(window), line + shapes.count(b"\n", last)   # a window ends with a newline
+        start, start_at = 0, 0                      # the next line to keep, and its offset
+        for i, at in zip(suspects, _line_starts(window, suspects, max(1, len(window) // line_count))):
             if i > start:
-                build.keep(b"\n".join(lines[start:i]) + b"\n", i - start)
-            build.suspect(lines[i] + b"\n")
+                build.keep(view[start_at:at], i - start)
+            start_at = window.index(b"\n", at) + 1
+            build.suspect(window[at:start_at])
             start = i + 1
-        if start < len(lines):
-            build.keep(b"\n".join(lines[start:]) + b"\n", len(lines) - start)
-        return build.done(first_record) if suspects else None
+        if start < line_count:
+            build.keep(view[start_at:], line_count - start)
+        return build.done(first_record)
     runs, record = _strict(n_fields, d, q, eol)
     pos, found = 0, 0
     while pos < len(window):

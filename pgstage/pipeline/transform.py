@@ -225,9 +225,31 @@ def type_message(n: sql.Composable, column: ColumnSpec, kind: ColumnType) -> sql
         return sql.SQL("quote_literal({}) || {}").format(n, sql.Literal(f" does not match format {column.format!r}"))
     if column.timezone:
         return sql.SQL("CASE WHEN {0} ~ {1} THEN quote_literal({0}) || {2}"
-                       " ELSE (pg_input_error_info({0}, 'timestamp')).message END").format(
-            n, sql.Literal(OFFSET), sql.Literal(f" carries a UTC offset, but the column reads wall-clock time in {column.timezone}"))
-    return sql.SQL("(pg_input_error_info({}, {})).message").format(n, sql.Literal(kind.name))
+                       " ELSE {3} END").format(
+            n, sql.Literal(OFFSET), sql.Literal(f" carries a UTC offset, but the column reads wall-clock time in {column.timezone}"),
+            _postgres_message(n, "timestamp"))
+    return _postgres_message(n, kind.name)
+
+
+# The type names PostgreSQL's date and timestamp input functions put in their messages.
+_INPUT_NAMES = [(re.compile(r"^date$"), "date"),
+                (re.compile(r"^timestamp(\(\d\))? without time zone$|^timestamp$"), "timestamp"),
+                (re.compile(r"^timestamp(\(\d\))? with time zone$"), "timestamp with time zone")]
+
+
+def _postgres_message(n: sql.Composable, type_name: str) -> sql.Composable:
+    """PostgreSQL's message for invalid input n, without its parser where the words are known.
+
+    For date and timestamp types, text with no digit and no special word gets the plain syntax
+    message (the parser's other messages need digits, or a time type's zone), so the time-zone
+    file lookups of `_may_be_datetime` are not paid for the message either.
+    """
+    message = sql.SQL("(pg_input_error_info({}, {})).message").format(n, sql.Literal(type_name))
+    for pattern, input_name in _INPUT_NAMES:
+        if pattern.match(type_name):
+            return sql.SQL("CASE WHEN {0} THEN {1} ELSE {2} || {3} || '\"' END").format(
+                _may_be_datetime(n), message, sql.Literal(f'invalid input syntax for type {input_name}: "'), n)
+    return message
 
 
 def const(column: ColumnSpec, kind: ColumnType) -> sql.Composable:
