@@ -17,6 +17,7 @@ this session stages the next batch; merges commit in batch order, so a crash lea
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -161,7 +162,7 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
     context = validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
                                known_rows=bool(seed is not None and found and known.ROW_HASH in found
-                                               and known.eligible(spec)))
+                                               and known.eligible(spec)), staged=threading.Event())
     duplicates = f"_dup_{run_id}"
     for source in todo:
         file_no = files.index(source)   # stable across attempts, unlike the position in todo
@@ -179,6 +180,7 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
                                       parallel=spec.load.workers)
         validating.append((source, [pool.submit(partial(_validate, spec=spec, types=types, batch=batch, run_id=run_id,
                                                         context=context)) for batch in batches]))
+    context.staged.set()
     for source, futures in validating:
         file_checked = results(futures)
         pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]

@@ -131,3 +131,19 @@ def test_workers_is_a_load_setting_with_bounds(loader: Loader) -> None:
     loader.spec(textwrap.dedent(SPEC.format(workers=0)))
     with pytest.raises(pgstage.SpecError, match="load.workers"):
         pgstage.load_spec(loader.root / "spec.toml")
+
+
+@pytest.mark.parametrize(("server", "while_staging"), [(2, 1), (4, 2), (1, 1), (0, 0)])
+def test_a_pass_started_while_staging_takes_half_the_parallel_workers(db_url: str, server: int,
+                                                                       while_staging: int) -> None:
+    import psycopg
+
+    from pgstage.pipeline import validate
+
+    with psycopg.connect(db_url, autocommit=True) as conn:   # as pgstage's sessions are
+        conn.execute(f"SET max_parallel_workers_per_gather = {server}")
+        with conn.transaction():
+            validate.fewer_workers_while_staging(conn)
+            assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone() == (str(while_staging),)
+        # Transaction-local: the next pass, after the staging, has the session's own setting again.
+        assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone() == (str(server),)

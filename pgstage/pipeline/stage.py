@@ -380,8 +380,7 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
 def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes | list[bytes | memoryview]) -> int:
     with conn.cursor() as cursor:
         with cursor.copy(statement) as copy:
-            for piece in [data] if isinstance(data, bytes) else data:
-                copy.write(piece)
+            copy.write(data if isinstance(data, bytes) else b"".join(data))
             faults.hit("stage.copy")
         return cursor.rowcount
 

@@ -15,6 +15,7 @@ evaluated twice.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,7 +244,8 @@ class Context:
     """What the validation pass needs to know about the database, found once per run.
 
     `row_hash_seed`: hash each record into `_row_hash` (the target keeps pgstage's row hash);
-    `known_rows`: the target's hashes may be compared with the records' (see pipeline/known.py).
+    `known_rows`: the target's hashes may be compared with the records' (see pipeline/known.py);
+    `staged`: set once the run has staged its last batch (see `check`).
     """
 
     collation: str | None = None
@@ -251,6 +253,12 @@ class Context:
     row_hash_seed: int | None = None
     known_rows: bool = False
     luck: CastLuck = field(default_factory=CastLuck)
+    staged: threading.Event = field(default_factory=lambda: _already(threading.Event()))
+
+
+def _already(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
 
 
 def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> list[Rule]:
@@ -343,6 +351,20 @@ def build_rejects(staged: StagedBatch, checked_table: str, run_id: int) -> sql.C
         sql.Literal(staged.batch_no))
 
 
+def fewer_workers_while_staging(conn: psycopg.Connection[Any]) -> None:
+    """Half the parallel workers (at least one, if any) for the rest of this transaction.
+
+    While the run's main session still stages, its COPY and screening are the path every
+    later batch waits on, and a pass that takes every core delays them more than it gains
+    (2M rows with 2% bad ones: the second batch was staged 1–2 s later, the run took 1.5 s
+    longer). A pass started after the staging takes them all.
+    """
+    execute(conn, sql.SQL(
+        "SELECT set_config('max_parallel_workers_per_gather', (CASE WHEN s > 0 THEN greatest(1, s / 2) ELSE 0 END)::text,"
+        " true) FROM (SELECT current_setting('max_parallel_workers_per_gather')::int AS s) c"),
+        label="validate: fewer workers while staging")
+
+
 def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
           run_id: int, context: Context | None = None) -> Checked:
     """Run the validation pass and record its rejects (with the batch's quarantined records).
@@ -353,6 +375,8 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     context = context or Context()
     for name, value in PARALLEL_SETTINGS:   # SET LOCAL: ends with the caller's transaction
         execute(conn, sql.SQL("SELECT set_config(%s, %s, true)"), (name, value), label="validate: parallel")
+    if not context.staged.is_set():
+        fewer_workers_while_staging(conn)
     known_table, known_rows = None, 0
     seed_value = context.row_hash_seed
     if (context.known_rows and seed_value is not None and staged.read
