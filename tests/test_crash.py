@@ -277,3 +277,18 @@ def test_repair_command_rebuilds_what_a_killed_rebuild_left(tmp_path: Path, db_u
     assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
     show = CliRunner().invoke(app, ["show", "2", "--db", db_url])
     assert "attempts: 1" in show.output and "batches: 6" in show.output
+
+
+def test_the_runs_own_tables_are_never_autovacuumed(tmp_path: Path, db_url: str, sql) -> None:
+    # Killed right after its 3rd batch is validated: staging and checked tables are left behind.
+    folder, _, _ = _prepare(tmp_path, db_url)
+    assert child_run(folder, db_url, "validate.after:3") == -signal.SIGKILL
+    left = sql("SELECT c.relname, c.reloptions, t.reloptions FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid"
+               " WHERE c.relnamespace = 'pgstage'::regnamespace AND c.relkind = 'r' AND c.relname LIKE '\\_%%'")
+    assert {name[:5] for name, _, _ in left} == {"_stg_", "_chk_"}
+    for name, options, toast in left:
+        assert options == ["autovacuum_enabled=false"], name
+        assert toast in (None, ["autovacuum_enabled=false"]), name
+    report = pgstage.run(folder / "spec.toml", db=db_url)   # and the re-run still finishes the job
+    assert report.status == "succeeded"
+    assert sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'pgstage' AND tablename LIKE '\\_%%'") == [(0,)]

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import transform
-from pgstage.pipeline.stage import LEDGER_SCHEMA, StagedBatch
+from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -101,7 +101,7 @@ def build_known(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
                 collation: str | None) -> sql.Composed:
     """CREATE the table of the batch's known records: their number, key and version (the target's)."""
     cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in kept_columns(spec))
-    return sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT s._rec, {} FROM {}").format(
+    return sql.SQL("CREATE UNLOGGED TABLE {}" + NO_AUTOVACUUM + " AS SELECT s._rec, {} FROM {}").format(
         sql.Identifier(LEDGER_SCHEMA, table), cols,
         _matches(spec, types, staged, seed_value, collation, staged.ident, "JOIN"))
 

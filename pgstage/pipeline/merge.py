@@ -19,7 +19,7 @@ from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
 from pgstage.pipeline.extract.postgres import DELETED_AT
 from pgstage.pipeline.known import KNOWN, ROW_HASH
-from pgstage.pipeline.stage import LEDGER_SCHEMA
+from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM
 from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
 
@@ -138,7 +138,7 @@ def build_beaten(spec: Spec, checked: list[Checked], table: str) -> sql.Composed
     # a record's identity across attempts, even if a resumed run cuts its batches elsewhere.
     order = sql.SQL(", ").join(_rank_order(spec, sql.Identifier("_file"), sql.Identifier("_rec")))
     return sql.SQL(
-        "CREATE TABLE {} AS SELECT _file, _batch, _rec FROM ("
+        "CREATE TABLE {}" + NO_AUTOVACUUM + " AS SELECT _file, _batch, _rec FROM ("
         " SELECT _file, _batch, _rec, row_number() OVER (PARTITION BY {} ORDER BY {}) AS _rank FROM ({}) u"
         ") r WHERE _rank > 1").format(sql.Identifier(LEDGER_SCHEMA, table), partition, order, union)
 

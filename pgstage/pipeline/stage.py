@@ -36,6 +36,11 @@ from pgstage.pipeline.extract.postgres import PostgresReader
 from pgstage.spec import Spec, pg_encoding
 
 LEDGER_SCHEMA = "pgstage"
+# For the run's own tables (staging, checked, known, beaten), which live minutes and are read
+# in full: autovacuum would vacuum and analyze each one after its COPY (a 1M-row table passes
+# every threshold), spending a core the load needs, and a DROP waits a second
+# (deadlock_timeout) for the worker to be cancelled. The merge analyzes what it needs itself.
+NO_AUTOVACUUM = " WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
 Reader = CsvReader | JsonlReader | ParquetReader | PostgresReader
 
 
@@ -217,7 +222,7 @@ def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) 
     with conn.transaction():
         # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
         execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
-        execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
+        execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})" + NO_AUTOVACUUM).format(
             ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
 
 

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import known, transform
-from pgstage.pipeline.stage import LEDGER_SCHEMA, StagedBatch
+from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
 from pgstage.checks import compile_check
 from pgstage.errors import DatabaseError, SpecError
@@ -222,7 +222,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
                     sql.SQL("NULL::jsonb[]"), sql.SQL("NULL::jsonb"), sql.SQL("true")]
         checked = sql.SQL("{} UNION ALL SELECT {} FROM {}").format(
             checked, sql.SQL(", ").join(appended), sql.Identifier(LEDGER_SCHEMA, known_table))
-    return sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(sql.Identifier(LEDGER_SCHEMA, table), checked)
+    return sql.SQL("CREATE UNLOGGED TABLE {}" + NO_AUTOVACUUM + " AS {}").format(sql.Identifier(LEDGER_SCHEMA, table), checked)
 
 
 @dataclass
