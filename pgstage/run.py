@@ -160,9 +160,10 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
     ignored: dict[str, tuple[str, ...]] = {}
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
+    staged = threading.Event()   # set when the last batch is staged: see validate.check
     context = validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
                                known_rows=bool(seed is not None and found and known.ROW_HASH in found
-                                               and known.eligible(spec)), staged=threading.Event())
+                                               and known.eligible(spec)), staged=staged)
     duplicates = f"_dup_{run_id}"
     for source in todo:
         file_no = files.index(source)   # stable across attempts, unlike the position in todo
@@ -180,7 +181,7 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
                                       parallel=spec.load.workers)
         validating.append((source, [pool.submit(partial(_validate, spec=spec, types=types, batch=batch, run_id=run_id,
                                                         context=context)) for batch in batches]))
-    context.staged.set()
+    staged.set()
     for source, futures in validating:
         file_checked = results(futures)
         pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]

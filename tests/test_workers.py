@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import pgstage
 from pgstage import faults
-from pgstage.pipeline import stage
+from pgstage.pipeline import stage, validate
 from pgstage.pipeline.extract.csv import Window
 from pgstage.workers import Aborted, InOrder
 from tests.conftest import Loader, assert_identity
@@ -136,10 +137,6 @@ def test_workers_is_a_load_setting_with_bounds(loader: Loader) -> None:
 @pytest.mark.parametrize(("server", "while_staging"), [(2, 1), (4, 2), (1, 1), (0, 0)])
 def test_a_pass_started_while_staging_takes_half_the_parallel_workers(db_url: str, server: int,
                                                                        while_staging: int) -> None:
-    import psycopg
-
-    from pgstage.pipeline import validate
-
     with psycopg.connect(db_url, autocommit=True) as conn:   # as pgstage's sessions are
         conn.execute(f"SET max_parallel_workers_per_gather = {server}")
         with conn.transaction():

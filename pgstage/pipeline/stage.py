@@ -382,10 +382,10 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
     return len(found.good) + len(found.bad)
 
 
-def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes | list[bytes | memoryview]) -> int:
+def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -> int:
     with conn.cursor() as cursor:
         with cursor.copy(statement) as copy:
-            copy.write(data if isinstance(data, bytes) else b"".join(data))
+            copy.write(data)
             faults.hit("stage.copy")
         return cursor.rowcount
 

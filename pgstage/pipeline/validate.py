@@ -245,7 +245,7 @@ class Context:
 
     `row_hash_seed`: hash each record into `_row_hash` (the target keeps pgstage's row hash);
     `known_rows`: the target's hashes may be compared with the records' (see pipeline/known.py);
-    `staged`: set once the run has staged its last batch (see `check`).
+    `staged`: set once the run has staged its last batch (see `check`); None: staged already.
     """
 
     collation: str | None = None
@@ -253,12 +253,7 @@ class Context:
     row_hash_seed: int | None = None
     known_rows: bool = False
     luck: CastLuck = field(default_factory=CastLuck)
-    staged: threading.Event = field(default_factory=lambda: _already(threading.Event()))
-
-
-def _already(event: threading.Event) -> threading.Event:
-    event.set()
-    return event
+    staged: threading.Event | None = None
 
 
 def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> list[Rule]:
@@ -375,7 +370,7 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     context = context or Context()
     for name, value in PARALLEL_SETTINGS:   # SET LOCAL: ends with the caller's transaction
         execute(conn, sql.SQL("SELECT set_config(%s, %s, true)"), (name, value), label="validate: parallel")
-    if not context.staged.is_set():
+    if context.staged is not None and not context.staged.is_set():
         fewer_workers_while_staging(conn)
     known_table, known_rows = None, 0
     seed_value = context.row_hash_seed
