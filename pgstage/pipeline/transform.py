@@ -150,20 +150,40 @@ def parsed(n: sql.Composable, column: ColumnSpec) -> sql.Composable | None:
     return _to_timestamptz(n, column) if column.format else None
 
 
+def validity(column: ColumnSpec, kind: ColumnType) -> str:
+    """How `valid` judges the column's text: the one place that tells the column kinds apart.
+
+    `money` (a pattern), `format` (the parsed value), `timezone` (wall-clock input without an
+    offset), `text` (any text is valid), `datetime` and `input` (the type's input function,
+    date/time types behind a cheap test for junk).
+    """
+    if column.type == MONEY_CENTS:
+        return "money"
+    if column.format:
+        return "format"
+    if column.timezone:
+        return "timezone"
+    if kind.name == "text":
+        return "text"
+    return "datetime" if kind.category == "D" else "input"
+
+
 def valid(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     """Whether n is valid input for the column's type (NULL is valid here; `required` judges it)."""
-    if column.type == MONEY_CENTS:
+    path = validity(column, kind)
+    if path == "money":
         # Equal to `n ~ MONEY`: a plain amount needs its integer part (before the dot, after the sign) <= 15 digits.
         return sql.SQL("({0} IS NULL OR CASE WHEN {0} ~ {1} THEN strpos({0} || '.', '.') - (left({0}, 1) IN ('+', '-'))::int <= 16"
                        " ELSE {0} ~ {2} END)").format(n, sql.Literal(MONEY_PLAIN), sql.Literal(MONEY))
-    if p is not None:
+    if path == "format":
+        assert p is not None, "a format column is judged by its parsed value"
         return sql.SQL("({} IS NULL OR {} IS NOT NULL)").format(n, p)
-    if column.timezone:
+    if path == "timezone":
         return sql.SQL("({0} IS NULL OR ({1} AND pg_input_is_valid({0}, 'timestamp') AND {0} !~ {2}))").format(
             n, _may_be_datetime(n), sql.Literal(OFFSET))
-    if kind.name == "text":
+    if path == "text":
         return sql.SQL("true")
-    if kind.category == "D":
+    if path == "datetime":
         return sql.SQL("({0} IS NULL OR ({1} AND pg_input_is_valid({0}, {2})))").format(
             n, _may_be_datetime(n), sql.Literal(kind.name))
     return sql.SQL("({0} IS NULL OR pg_input_is_valid({0}, {1}))").format(n, sql.Literal(kind.name))
@@ -183,12 +203,11 @@ def _may_be_datetime(n: sql.Composable) -> sql.Composable:
 def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
     """Whether `cast` of n raises exactly when `valid` says false: then the cast can judge alone.
 
-    True for the columns `valid` judges by `pg_input_is_valid` on a date/time, number or
-    boolean type, whose input function the cast runs too. Not for text types, whose explicit
-    casts truncate to a length where the input function refuses (`varchar(3)`).
+    True where `valid` asks the input function of a date/time, number or boolean type, which
+    the cast runs too. Not for text types, whose explicit casts truncate to a length where the
+    input function refuses (`varchar(3)`).
     """
-    return (column.type != MONEY_CENTS and not column.format and not column.timezone
-            and kind.category in ("D", "N", "B"))
+    return validity(column, kind) in ("datetime", "input") and kind.category in ("D", "N", "B")
 
 
 def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
