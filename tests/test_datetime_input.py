@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql as pgsql
 
-from pgstage.pipeline.transform import _may_be_datetime, _postgres_message
+from pgstage.pipeline.transform import _may_be_datetime, _postgres_message, has_letter
 from tests.conftest import Loader
 
 KINDS = ("date", "timestamp", "timestamptz", "time", "timetz")
@@ -121,3 +121,21 @@ def test_every_zone_name_and_abbreviation_with_every_keyword(conn: Any) -> None:
     flags = conn.execute(pgsql.SQL("SELECT v, {} FROM unnest(%s::text[]) v").format(
         _may_be_datetime(pgsql.Identifier("v"))), (["N/A", "not a date", "Today", "2024-01-01", "Jan 5 2024"],)).fetchall()
     assert flags == [("N/A", False), ("not a date", False), ("Today", True), ("2024-01-01", True), ("Jan 5 2024", True)]
+
+
+# Any text PostgreSQL can hold (no NUL), many letters of both cases, some non-ASCII ones.
+any_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24) | digit_free
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(any_text, min_size=1, max_size=50))
+def test_the_letter_test_passes_every_value_with_an_ascii_letter(conn: Any, values: list[str]) -> None:
+    """The special-word rule looks only at values the letter test passes: it must miss none."""
+    values += ["NOW", "now", "Infinity", "-INFINITY", "2024-01-01 allballs", "EPOCH", "2024-01-01 10:00:00+00", "Ωmega"]
+    for collation in ("pg_c_utf8", None):
+        query = pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE v ~ '[A-Za-z]' AND NOT {}").format(
+            has_letter(pgsql.Identifier("v"), collation))
+        assert conn.execute(query, (values,)).fetchall() == []
+    passed = conn.execute(pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE {}").format(
+        has_letter(pgsql.Identifier("v"), "pg_c_utf8")), (["2024-01-01 10:00:00+00", "12:30", "Today", "Ωmega"],)).fetchall()
+    assert passed == [("Today",), ("Ωmega",)]   # digits and punctuation have no case; other cased letters pass

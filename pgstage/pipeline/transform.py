@@ -200,6 +200,20 @@ def _may_be_datetime(n: sql.Composable) -> sql.Composable:
         n, sql.Literal(SPECIAL_DATETIME))
 
 
+def has_letter(n: sql.Composable, collation: str | None) -> sql.Composable:
+    """True for every n with an ASCII letter (and for some others): the cheap test before a word pattern.
+
+    PostgreSQL's regex engine builds its automaton afresh on each call, so `n ~ '[A-Za-z]'`
+    costs ~0.65 µs over a timestamp; comparing n's lower and upper case under `pg_c_utf8`
+    costs ~0.45 µs. An ASCII letter always has two cases, so n then differs from itself
+    folded; other cased letters pass too, and the word pattern refuses them.
+    """
+    if collation is None:
+        return sql.SQL("{} ~ '[A-Za-z]'").format(n)
+    c = sql.Identifier(collation)
+    return sql.SQL("lower({0} COLLATE {1}) <> upper({0} COLLATE {1})").format(n, c)
+
+
 def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
     """Whether `cast` of n raises exactly when `valid` says false: then the cast can judge alone.
 
