@@ -146,8 +146,16 @@ def _to_timestamptz(n: sql.Composable, column: ColumnSpec) -> sql.Composable:
 
 
 def parsed(n: sql.Composable, column: ColumnSpec) -> sql.Composable | None:
-    """For `format` columns, the parsed timestamptz (NULL when n does not fit), computed once per row."""
-    return _to_timestamptz(n, column) if column.format else None
+    """The value, computed once per row, that judging and casting both read (NULL when n does not fit).
+
+    A `format` column's timestamptz; a money column's numeric, as most amounts are the text
+    numeric prints for them and need no pattern (see `valid`).
+    """
+    if column.format:
+        return _to_timestamptz(n, column)
+    if column.type == MONEY_CENTS:
+        return sql.SQL("CASE WHEN pg_input_is_valid({0}, 'numeric') THEN {0}::numeric END").format(n)
+    return None
 
 
 def validity(column: ColumnSpec, kind: ColumnType) -> str:
@@ -173,8 +181,14 @@ def valid(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind:
     path = validity(column, kind)
     if path == "money":
         # Equal to `n ~ MONEY`: a plain amount needs its integer part (before the dot, after the sign) <= 15 digits.
-        return sql.SQL("({0} IS NULL OR CASE WHEN {0} ~ {1} THEN strpos({0} || '.', '.') - (left({0}, 1) IN ('+', '-'))::int <= 16"
-                       " ELSE {0} ~ {2} END)").format(n, sql.Literal(MONEY_PLAIN), sql.Literal(MONEY))
+        pattern = sql.SQL("CASE WHEN {0} ~ {1} THEN strpos({0} || '.', '.') - (left({0}, 1) IN ('+', '-'))::int <= 16"
+                          " ELSE {0} ~ {2} END").format(n, sql.Literal(MONEY_PLAIN), sql.Literal(MONEY))
+        if p is None:
+            return sql.SQL("({} IS NULL OR {})").format(n, pattern)
+        # n printed as numeric prints it (digits, '-' only, no leading zero, no exponent) with at most two
+        # decimals matches MONEY when its integer part is short enough, and costs a third of the pattern.
+        return sql.SQL("({0} IS NULL OR CASE WHEN scale({1}) <= 2 AND {1}::text = {0} THEN abs({1}) < 1e15 ELSE {2} END)"
+                       ).format(n, p, pattern)
     if path == "format":
         assert p is not None, "a format column is judged by its parsed value"
         return sql.SQL("({} IS NULL OR {} IS NOT NULL)").format(n, p)
@@ -227,7 +241,9 @@ def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
 def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     """The typed value of a valid n."""
     if column.type == MONEY_CENTS:
-        return sql.SQL("(replace({}, ',', '')::numeric * 100)::bigint").format(n)
+        # An amount without separators is valid numeric input, and then p is its value.
+        amount = sql.SQL("replace({}, ',', '')::numeric").format(n)
+        return sql.SQL("({} * 100)::bigint").format(amount if p is None else sql.SQL("coalesce({}, {})").format(p, amount))
     if p is not None or column.timezone:
         value = p if p is not None else _to_timestamptz(n, column)
         return sql.SQL("({})::{}").format(value, kind.cast)

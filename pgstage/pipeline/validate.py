@@ -169,18 +169,19 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     l1 = level(l1_items, l1_source, "l1")
     l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
     l3_items: list[sql.Composable] = []
+    parses = {n: transform.parsed(ids[n]["n"], c) for n, c in columns.items()}
     for n, c in columns.items():
-        p = transform.parsed(ids[n]["n"], c)
+        p = parses[n]
         if p is None and cast_first and transform.cast_raises(c, types[n]):
             l3_items += [ids[n]["n"], named(sql.SQL("true"), n, "ok")]   # the cast in l4 judges
         elif p is None:
             l3_items += [ids[n]["n"], named(transform.valid(ids[n]["n"], None, c, types[n]), n, "ok")]
-        else:  # a `format` column: parse once here, judge and cast from the parsed value in l4
+        else:  # a `format` or money column: parse once here, judge and cast from the parsed value in l4
             l3_items += [ids[n]["n"], named(p, n, "p")]
     l3 = level(l3_items, l2, "l3")
     l4_items: list[sql.Composable] = []
     for n, c in columns.items():
-        p_ref = ids[n]["p"] if c.format else None
+        p_ref = ids[n]["p"] if parses[n] is not None else None
         ok: sql.Composable = ids[n]["ok"]
         if p_ref is not None:
             ok = transform.valid(ids[n]["n"], p_ref, c, types[n])
