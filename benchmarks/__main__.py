@@ -14,7 +14,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +134,9 @@ def main(argv: list[str]) -> int:
     print(table(summary))
     print()
     print(counts_table(bench.raw))
-    for warning in bench.warnings:
-        print(f"WARNING: {warning}")
-    elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.0f}s; raw timings in {args.json}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return bench.finish(args.json, started, files, {
         "args": {"rows": args.rows, "repeat": args.repeat, "scenarios": sorted(selected), "db": bool(args.db)},
-        "machine": facts, "pgstage_source": code, "files": {v: {"path": str(d.path), "rows": d.rows, "bytes": d.size_bytes}
-                                    for v, d in files.items()},
-        "summary": summary, "raw": bench.raw, "checksums": bench.checksums, "warnings": bench.warnings,
-        "elapsed_s": elapsed}, indent=2) + "\n", encoding="utf-8")
-    return 1 if bench.warnings else 0
+        "machine": facts, "pgstage_source": code, "summary": summary, "raw": bench.raw, "checksums": bench.checksums})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,19 @@ class Bench:
         if self.trace:
             result["trace"] = proc.stderr
         return result
+
+    def finish(self, path: Path, started: float, files: dict[str, Dataset], results: dict[str, Any]) -> int:
+        """Print the warnings, write the raw results as JSON; exit status 1 if anything warned."""
+        for warning in self.warnings:
+            print(f"WARNING: {warning}")
+        elapsed = time.perf_counter() - started
+        print(f"\ntotal {elapsed:.0f}s; raw results in {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), **results,
+            "files": {v: {"path": str(d.path), "rows": d.rows, "bytes": d.size_bytes} for v, d in files.items()},
+            "warnings": self.warnings, "elapsed_s": elapsed}, indent=2, default=str) + "\n", encoding="utf-8")
+        return 1 if self.warnings else 0
 
     def record(self, name: str, rep: int, result: dict[str, Any], rows: int) -> dict[str, Any]:
         result.update(repeat=rep, rows=rows)

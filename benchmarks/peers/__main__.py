@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import data, scenarios, server
@@ -98,20 +96,11 @@ def main(argv: list[str]) -> int:
         print(line)
     if loads:
         print(f"1-minute load average at the measurements: {min(loads):.2f} .. {max(loads):.2f} (end {load_end})")
-    for warning in bench.warnings:
-        print(f"WARNING: {warning}")
-    elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.0f}s; raw results in {args.json}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return bench.finish(args.json, started, files, {
         "args": {"rows": args.rows, "repeat": args.repeat, "peers": [p.key for p in chosen], "timeout": args.timeout,
                  "sample": run.sample, "db": bool(args.db)},
-        "machine": facts, "versions": versions, "pgstage_source": code,
-        "files": {v: {"path": str(d.path), "rows": d.rows, "bytes": d.size_bytes} for v, d in files.items()},
-        "summary": summary, "headline": report.headline(summary), "reference": bench.raw, "steps": run.steps,
-        "warnings": bench.warnings, "elapsed_s": elapsed}, indent=2, default=str) + "\n", encoding="utf-8")
-    return 1 if bench.warnings else 0
+        "machine": facts, "versions": versions, "pgstage_source": code, "summary": summary,
+        "headline": report.headline(summary), "reference": bench.raw, "steps": run.steps})
 
 
 if __name__ == "__main__":
