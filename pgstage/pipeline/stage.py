@@ -312,6 +312,8 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
 # What COPY says about a record it cannot read at all (as opposed to a failure of the load).
 _UNREADABLE = (psycopg.errors.BadCopyFileFormat, psycopg.errors.CharacterNotInRepertoire,
                psycopg.errors.UntranslatableCharacter)
+_SPLIT = ("COPY does not read this as one record: a quote inside an unquoted value starts a quoted part"
+          " for PostgreSQL, and a carriage return outside quotes ends a line (quote the whole value)")
 
 
 def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) -> sql.Composed:
@@ -398,10 +400,16 @@ def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, record
     try:
         _copy(conn, statement, numbered(records, delimiter=dialect.delimiter, encoding=dialect.encoding))
         return []
-    except _UNREADABLE as exc:
+    except (*_UNREADABLE, psycopg.errors.InvalidTextRepresentation) as exc:
+        # The record number is the only typed field, so a value it refuses is a piece of a
+        # record COPY cut elsewhere than the csv module did: a quote inside an unquoted value
+        # opens a quoted part for COPY, and a carriage return it then sees outside quotes
+        # ends a line. COPY is one statement: nothing of the refused payload was written.
         if len(records) == 1:
             number, raw = records[0]
-            return [Quarantined(number, printable(raw), exc.diag.message_primary or str(exc))]
+            reason = (_SPLIT if isinstance(exc, psycopg.errors.InvalidTextRepresentation)
+                      else exc.diag.message_primary or str(exc))
+            return [Quarantined(number, printable(raw), reason)]
     except psycopg.Error as exc:
         raise wrap(exc, "stage: copy") from exc
     middle = len(records) // 2
