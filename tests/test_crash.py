@@ -176,7 +176,7 @@ def test_postgres_restart_mid_run_is_survived(tmp_path: Path, monkeypatch: pytes
     server = embedded._wheel().get_server(tmp_path / "own_pgdata", cleanup_mode="delete")
     url = str(server.get_uri())
     folder, base, delta = _prepare(tmp_path, url)
-    restarted = []
+    restarted: list[str] = []
 
     def restart(point: str) -> None:
         if point == "merge.after" and not restarted:

@@ -124,7 +124,7 @@ def test_every_zone_name_and_abbreviation_with_every_keyword(conn: Any) -> None:
 
 
 # Any text PostgreSQL can hold (no NUL), many letters of both cases, some non-ASCII ones.
-any_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24) | digit_free
+any_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=24) | digit_free
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -28,7 +28,7 @@ _examples = itertools.count()
 MONEY = re.compile(r"^[+-]?([0-9]{1,3}(,[0-9]{3}){1,4}|[0-9]{1,15})(\.[0-9]{1,2})?$")
 
 text_values = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12)
 
 
 @dataclass(frozen=True)

@@ -88,11 +88,19 @@ def test_a_ragged_row_in_a_big_window_is_found_without_isolating_the_window(
     path = tmp_path / "in.csv"
     path.write_bytes(("a,b,c\n" + body + "5000,short\n" + body.replace(",v", ',"q').replace(",w", '",w')).encode())
     whole: list[int] = []
-    real = stage.isolate
-    monkeypatch.setattr(stage, "isolate", lambda *a, **k: whole.append(1) or real(*a, **k))
     judged: list[int] = []
-    real_judge = _screen.isolate
-    monkeypatch.setattr(_screen, "isolate", lambda raw, **k: judged.append(len(raw)) or real_judge(raw, **k))
+    real_isolate = stage.isolate
+
+    def isolate_window(window: bytes, **kwargs: Any) -> Any:
+        whole.append(1)
+        return real_isolate(window, **kwargs)
+
+    def judge_suspect(raw: bytes, **kwargs: Any) -> Any:
+        judged.append(len(raw))
+        return real_isolate(raw, **kwargs)
+
+    monkeypatch.setattr(stage, "isolate", isolate_window)
+    monkeypatch.setattr(_screen, "isolate", judge_suspect)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS pgstage")
         rows, quarantined, read = _stage(conn, path)
