@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -158,7 +158,10 @@ def parsed(n: sql.Composable, column: ColumnSpec) -> sql.Composable | None:
     return None
 
 
-def validity(column: ColumnSpec, kind: ColumnType) -> str:
+Validity = Literal["money", "format", "timezone", "text", "datetime", "input"]
+
+
+def validity(column: ColumnSpec, kind: ColumnType) -> Validity:
     """How `valid` judges the column's text: the one place that tells the column kinds apart.
 
     `money` (a pattern), `format` (the parsed value), `timezone` (wall-clock input without an
@@ -240,14 +243,15 @@ def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
 
 def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     """The typed value of a valid n."""
-    if column.type == MONEY_CENTS:
+    path = validity(column, kind)
+    if path == "money":
         # An amount without separators is valid numeric input, and then p is its value.
         amount = sql.SQL("replace({}, ',', '')::numeric").format(n)
         return sql.SQL("({} * 100)::bigint").format(amount if p is None else sql.SQL("coalesce({}, {})").format(p, amount))
-    if p is not None or column.timezone:
+    if path in ("format", "timezone"):
         value = p if p is not None else _to_timestamptz(n, column)
         return sql.SQL("({})::{}").format(value, kind.cast)
-    if kind.name == "text":
+    if path == "text":
         return n
     return sql.SQL("({})::{}").format(n, kind.cast)
 
