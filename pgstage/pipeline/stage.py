@@ -384,10 +384,12 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
     return len(found.good) + len(found.bad)
 
 
-def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -> int:
+def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes | list[bytes | memoryview]) -> int:
+    """COPY the bytes, given whole or in pieces (a screened window), in one statement."""
     with conn.cursor() as cursor:
         with cursor.copy(statement) as copy:
-            copy.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                copy.write(piece)
             faults.hit("stage.copy")
         return cursor.rowcount
 
