@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgstage.pipeline import _screen, stage
+from pgstage.pipeline._quarantine import isolate
 from pgstage.pipeline.extract import csv as csv_extract
 from pgstage.pipeline.extract.files import fingerprint
 from pgstage.pipeline.stage import StartPoint
@@ -130,9 +131,10 @@ def test_a_record_copy_cuts_at_a_carriage_return_is_quarantined_with_the_reason(
         tmp_path: Path, db_url: str) -> None:
     """A quote inside an unquoted value and a bare CR: the csv module reads one record, COPY two.
 
-    The csv module takes the second quote for the start of a quoted value that runs to the end
-    of the window, so the last line is part of the quarantined record's text: nothing is lost,
-    the record is set aside with a reason instead of stopping the load.
+    The csv module takes the second quote for the start of a quoted value that runs on to the
+    end of the window; COPY ends the record at the line end (its quotes are paired), as the
+    window cutter does. The record is set aside with a reason instead of stopping the load,
+    and the line after it is a record of its own, loaded.
     """
     path = tmp_path / "in.csv"
     path.write_bytes(b'a,b,c\r\n1,p,q\r\nx"y,,"x,,a\rb\r\n3,r,s\r\n')
@@ -144,9 +146,22 @@ def test_a_record_copy_cuts_at_a_carriage_return_is_quarantined_with_the_reason(
                                       start=StartPoint(), batch_rows=1000)
         rows = conn.execute(sql.SQL("SELECT _rec, f1, f2, f3 FROM {} s ORDER BY _rec").format(batch.rows())).fetchall()
         stage.drop(conn, batch.table)
-    assert (batch.read, rows) == (2, [(1, "1", "p", "q")])
+    assert (batch.read, rows) == (3, [(1, "1", "p", "q"), (3, "3", "r", "s")])
     [q] = batch.quarantined
     assert (q.record, q.reason) == (2, "COPY does not read this as one record: a quote inside an unquoted value starts"
                                        " a quoted part for PostgreSQL, and a carriage return outside quotes ends a line"
                                        " (quote the whole value)")
-    assert "x,,a" in q.raw and "3,r,s" in q.raw
+    assert q.raw == 'x"y,,"x,,a\rb'
+
+
+def test_isolation_ends_a_record_where_copy_does_and_keeps_multiline_values() -> None:
+    """Records end at a line end with paired quotes before it (COPY's rule), unless the csv module ends them sooner."""
+    window = (b'1,"two\nlines",x\n'          # a quoted value over two lines: one record
+              b'2,a"b,"c,d\n'               # paired quotes, the second opens a value for the csv module
+              b'3,e,f\n'                    # ... which must not swallow this record
+              b'4,g"h,i\n'                  # a stray quote: judged alone, as the csv module ends it here
+              b'5,j,k\n')
+    found = isolate(window, first_record=1, n_fields=3, encoding="utf-8", delimiter=",", quote='"')
+    assert [n for n, _ in found.good] == [1, 2, 3, 5]
+    assert found.good[0][1] == '1,"two\nlines",x\n' and found.good[2][1] == "3,e,f\n"
+    assert [(q.record, q.raw) for q in found.bad] == [(4, '4,g"h,i')]
