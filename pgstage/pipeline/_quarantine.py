@@ -67,7 +67,7 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
         except csv.Error as exc:
             error = exc
         end = base + reader.line_num
-        cut = _copy_end(lines, consumed, end, quote)
+        cut = _copy_end(lines, consumed, end, quote) if end - consumed > 1 else end
         if cut < end:
             # The csv module read a quoted value on past a line end where COPY's record ends
             # (a quote inside an unquoted value opened it): the record is COPY's, judged alone,
