@@ -26,7 +26,6 @@ from pgstage.db import execute
 from pgstage.pipeline import known, transform
 from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
-from pgstage.checks import compile_check
 from pgstage.errors import DatabaseError, SpecError
 from pgstage.spec import ColumnSpec, Reference, Spec, parse_reference
 
@@ -273,6 +272,9 @@ def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> l
     for name, column in spec.columns.items():
         if column.unique:
             rules.append(_unique_rule(spec, name, context))
+    if spec.checks:
+        # Imported here: sqlglot, which parses the checks, is a seventh of the CLI's start-up.
+        from pgstage.checks import compile_check
     for check_name, expression in spec.checks.items():
         compiled = compile_check(check_name, expression, {n: types[n].name for n in spec.columns})
         rules.append(Rule(sql.SQL("NOT coalesce(({}), true)").format(compiled),
