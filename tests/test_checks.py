@@ -142,3 +142,13 @@ def test_validate_checks_reports_every_problem_at_once() -> None:
     )
     compiled = validate_checks({"ok": "a > 0", "refund": "refunded_cents <= amount_cents"}, COLUMNS)
     assert list(compiled) == ["ok", "refund"]
+
+
+def test_loading_without_checks_does_not_import_the_checks_parser() -> None:
+    """sqlglot is a seventh of the command line's start-up: only a spec with checks pays for it."""
+    import subprocess
+    import sys
+
+    probe = "import sys, pgstage.run, pgstage.cli; print(sorted(m for m in ('sqlglot', 'pgstage.checks') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
