@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgstage.pipeline import _screen, stage
+from pgstage.pipeline import _quarantine
 from pgstage.pipeline._quarantine import isolate
 from pgstage.pipeline.extract import csv as csv_extract
 from pgstage.pipeline.extract.files import fingerprint
@@ -165,3 +166,23 @@ def test_isolation_ends_a_record_where_copy_does_and_keeps_multiline_values() ->
     assert [n for n, _ in found.good] == [1, 2, 3, 5]
     assert found.good[0][1] == '1,"two\nlines",x\n' and found.good[2][1] == "3,e,f\n"
     assert [(q.record, q.raw) for q in found.bad] == [(4, '4,g"h,i')]
+
+
+def test_isolation_stays_linear_when_every_record_opens_a_quote_the_csv_module_would_run_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each record's csv reading is bounded by COPY's record end, so no record rereads the rest of the window."""
+    window = b"".join(b'%d,a"b,"c\n' % i for i in range(5000))
+    read: list[int] = []
+    real_reader = _quarantine.csv.reader
+
+    def counting_reader(lines: Any, **kwargs: Any) -> Any:
+        def counted() -> Any:
+            for line in lines:
+                read.append(1)
+                yield line
+        return real_reader(counted(), **kwargs)
+
+    monkeypatch.setattr(_quarantine.csv, "reader", counting_reader)
+    found = isolate(window, first_record=1, n_fields=3, encoding="utf-8", delimiter=",", quote='"')
+    assert [n for n, _ in found.good] == list(range(1, 5001)) and not found.bad
+    assert len(read) == 5000   # each line read once

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(1 << 30)  # PostgreSQL's own limit for a field; the default 128 KiB is far too low
@@ -48,69 +48,60 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line + "\n" for line in lines]
-
-    def reader_from(line: int) -> Any:
-        return csv.reader(iter(lines[line:]), delimiter=delimiter, quotechar=quote, strict=False)
-
-    reader, base = reader_from(0), 0       # base: the line the current reader started at
     good: list[tuple[int, str]] = []
     bad: list[Quarantined] = []
     record = first_record
-    consumed = 0
-    while True:
-        fields: list[str] | None = None
-        error: csv.Error | None = None
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            error = exc
-        end = base + reader.line_num
-        cut = _copy_end(lines, consumed, end, quote) if end - consumed > 1 else end
-        if cut < end:
-            # The csv module read a quoted value on past a line end where COPY's record ends
-            # (a quote inside an unquoted value opened it): the record is COPY's, judged alone,
-            # and the lines after it are records of their own.
-            fields, error = _read_alone(lines[consumed:cut], delimiter, quote)
-            reader, base, end = reader_from(cut), cut, cut
-        raw = "".join(lines[consumed:end])
-        consumed = end
-        if error is not None:
-            bad.append(Quarantined(record, printable(raw), _csv_error(str(error))))
+    for span in _copy_spans(lines, quote):
+        # The csv module reads each span on its own, so it cannot read a quoted value on past
+        # the line end where COPY ends the record (a quote inside an unquoted value would open
+        # one for it, and the next good record would become part of a quarantined one).
+        reader = csv.reader(iter(span), delimiter=delimiter, quotechar=quote, strict=False)
+        consumed = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raw = "".join(span[consumed:reader.line_num])
+                consumed = reader.line_num
+                bad.append(Quarantined(record, printable(raw), _csv_error(str(exc))))
+                record += 1
+                continue
+            raw = "".join(span[consumed:reader.line_num])
+            consumed = reader.line_num
+            if not fields:
+                continue  # a blank line is not a record
+            reason = _problem(raw, fields, n_fields, encoding, quote)
+            if reason:
+                bad.append(Quarantined(record, printable(raw), reason))
+            else:
+                good.append((record, raw))
             record += 1
-            continue
-        if not fields:
-            continue  # a blank line is not a record
-        reason = _problem(raw, fields, n_fields, encoding, quote)
-        if reason:
-            bad.append(Quarantined(record, printable(raw), reason))
-        else:
-            good.append((record, raw))
-        record += 1
     return Isolated(good, bad)
 
 
-def _copy_end(lines: list[str], start: int, end: int, quote: str) -> int:
-    """Where COPY ends the record that starts at line `start`, if before line `end`.
+def _copy_spans(lines: list[str], quote: str) -> Iterator[list[str]]:
+    """The window's lines in runs that each end where COPY ends a record.
 
     COPY reads a quote anywhere in a value as opening or closing a quoted part, so a record
-    ends at the first line end with an even number of quotes before it (the rule the
-    windows are cut by).
+    ends at a line end with an even number of quotes before it (the rule the windows are cut
+    by). Runs of quote-free lines stay together: the csv module cannot open a quoted value
+    in them. Within a run, the csv module may still end a record sooner (a stray quote's
+    line is judged alone).
     """
-    count = 0
-    for line in range(start, end - 1):
-        count += lines[line].count(quote)
-        if count % 2 == 0:
-            return line + 1
-    return end
-
-
-def _read_alone(span: list[str], delimiter: str, quote: str) -> tuple[list[str] | None, csv.Error | None]:
-    try:
-        return next(csv.reader(iter(span), delimiter=delimiter, quotechar=quote, strict=False), []), None
-    except csv.Error as exc:
-        return None, exc
+    start, count = 0, 0
+    for i, line in enumerate(lines):
+        quotes = line.count(quote)
+        if quotes and count == 0 and i > start:
+            yield lines[start:i]            # the quote-free lines before this one
+            start = i
+        count += quotes
+        if quotes and count % 2 == 0:
+            yield lines[start:i + 1]
+            start, count = i + 1, 0
+    if start < len(lines):
+        yield lines[start:]
 
 
 def numbered(records: list[tuple[int, str]], *, delimiter: str, encoding: str) -> bytes:
