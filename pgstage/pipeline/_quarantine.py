@@ -58,21 +58,18 @@ def isolate(window: bytes, *, first_record: int, n_fields: int, encoding: str, d
         reader = csv.reader(iter(span), delimiter=delimiter, quotechar=quote, strict=False)
         consumed = 0
         while True:
+            error: csv.Error | None = None
             try:
                 fields = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                raw = "".join(span[consumed:reader.line_num])
-                consumed = reader.line_num
-                bad.append(Quarantined(record, printable(raw), _csv_error(str(exc))))
-                record += 1
-                continue
+                fields, error = [], exc
             raw = "".join(span[consumed:reader.line_num])
             consumed = reader.line_num
-            if not fields:
+            if error is None and not fields:
                 continue  # a blank line is not a record
-            reason = _problem(raw, fields, n_fields, encoding, quote)
+            reason = _csv_error(str(error)) if error is not None else _problem(raw, fields, n_fields, encoding, quote)
             if reason:
                 bad.append(Quarantined(record, printable(raw), reason))
             else:
