@@ -1,4 +1,4 @@
-"""Cast first: a clean batch is cast without `pg_input_is_valid`, a dirty one validated in full.
+"""Cast first: a batch is cast without `pg_input_is_valid`, learning its bad values from the casts' errors.
 
 The outcome must not depend on which pass ran: the same rows land, the same rejects with the
 same reasons. Which pass ran is read from the labels of the statements the run executed.
@@ -6,13 +6,20 @@ same reasons. Which pass ran is read from the labels of the statements the run e
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import pgstage
 from pgstage.pipeline import validate
-from tests.conftest import Loader
+from tests.conftest import Loader, assert_identity
 
 SPEC = """
 [pipeline]
@@ -82,15 +89,16 @@ def test_a_clean_file_is_cast_first_in_every_batch(loader: Loader, sql: Any, pas
     assert table(sql) == [expected(i) for i in range(1, 31)] + [(31, None, None, None, None, None)]
 
 
-def test_a_late_bad_value_falls_back_and_later_batches_validate_in_full(loader: Loader, sql: Any,
-                                                                        passes: list[str]) -> None:
+def test_a_bad_value_the_error_names_is_refused_uncast_and_one_it_does_not_name_ends_cast_first(
+        loader: Loader, sql: Any, passes: list[str]) -> None:
     loader.spec(SPEC.format(batch_rows=10, workers=1))   # one worker: the batches validate in order
     rows = [line(i) for i in range(1, 31)]
     rows[9] = "10,9.99,2024-02-30,2024-01-01 10:00:00+00,t,abc\n"       # record 10: no 30 February
     rows[14] = "15,1234567.891,2024-01-01,2024-01-01 10:00:00+00,t,abcd\n"  # record 15: too wide twice
     loader.write("items.csv", HEADER + "".join(rows))
     report = loader.run()
-    assert passes == ["cast first failed", "full", "full", "full"]
+    # Batch 1 learns that day '2024-02-30' is bad; batch 2's overflow names no value: the run gives up.
+    assert passes == ["cast first failed", "cast first", "cast first failed", "full", "full"]
     assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (30, 2, 28)
     rejects = sql("SELECT record, reasons FROM pgstage.rejects ORDER BY record")
     assert [(r, [(x["column"], x["rule"], x["message"]) for x in rs]) for r, rs in rejects] == [
@@ -101,12 +109,47 @@ def test_a_late_bad_value_falls_back_and_later_batches_validate_in_full(loader: 
     assert table(sql) == [expected(i) for i in range(1, 31) if i not in (10, 15)]
 
 
-def test_a_batch_with_ragged_records_is_validated_in_full_at_once(loader: Loader, sql: Any,
-                                                                   passes: list[str]) -> None:
+def test_repeated_bad_values_are_learnt_once_for_the_run(loader: Loader, sql: Any, passes: list[str]) -> None:
+    loader.spec(SPEC.format(batch_rows=10, workers=1))
+    rows = [line(i) for i in range(1, 31)]
+    bad_day = "{0},1.00,2024-02-30,2024-01-01 10:00:00+00,t,x\n"
+    bad_seen = "{0},1.00,2024-01-01,2024-13-01 10:00:00+00,t,x\n"
+    junk = "{0},1.00,N/A,not a time,t,x\n"                               # refused by the junk test, uncast
+    for i, template in ((3, bad_day), (13, bad_day), (23, bad_day), (15, bad_seen), (25, bad_seen), (27, junk)):
+        rows[i - 1] = template.format(i)
+    loader.write("items.csv", HEADER + "".join(rows))
+    report = loader.run()
+    assert passes == ["cast first failed", "cast first", "cast first failed", "cast first", "cast first"]
+    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (30, 6, 24)
+    day = ("day", "type", 'date/time field value out of range: "2024-02-30"')
+    seen = ("seen", "type", 'date/time field value out of range: "2024-13-01 10:00:00+00"')
+    rejects = sql("SELECT record, reasons FROM pgstage.rejects ORDER BY record")
+    assert [(r, [(x["column"], x["rule"], x["message"]) for x in rs]) for r, rs in rejects] == [
+        (3, [day]), (13, [day]), (15, [seen]), (23, [day]), (25, [seen]),
+        (27, [("day", "type", 'invalid input syntax for type date: "N/A"'),
+              ("seen", "type", 'invalid input syntax for type timestamp with time zone: "not a time"')]),
+    ]
+    assert table(sql) == [expected(i) for i in range(1, 31) if i not in (3, 13, 15, 23, 25, 27)]
+
+
+def test_a_value_valid_for_another_column_is_not_refused_there(loader: Loader, sql: Any, passes: list[str]) -> None:
+    # '1e5' fails the boolean cast; the numeric column, searched first, holds it too, where it is valid.
+    loader.spec(SPEC.format(batch_rows=1000, workers=1))
+    loader.write("items.csv", HEADER + "1,1e5,2024-01-01,2024-01-01 10:00:00+00,t,x\n"
+                 + "2,1.00,2024-01-01,2024-01-01 10:00:00+00,1e5,x\n" + "3,1e5,2024-01-01,2024-01-01 10:00:00+00,f,x\n")
+    report = loader.run()
+    assert passes == ["cast first failed", "cast first"]
+    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (3, 1, 2)
+    assert sql("SELECT record, reasons->0->>'column', reasons->0->>'message' FROM pgstage.rejects") == [
+        (2, "ok", 'invalid input syntax for type boolean: "1e5"')]
+    assert sql("SELECT id, price::text FROM public.items ORDER BY id") == [(1, "100000.00"), (3, "100000.00")]
+
+
+def test_a_batch_with_ragged_records_is_still_cast_first(loader: Loader, sql: Any, passes: list[str]) -> None:
     loader.spec(SPEC.format(batch_rows=1000, workers=2))
     loader.write("items.csv", HEADER + line(1) + "2,1.00\n" + line(3))
     report = loader.run()
-    assert passes == ["full"]
+    assert passes == ["cast first"]
     assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (3, 1, 2)
     assert table(sql) == [expected(1), expected(3)]
 
@@ -122,3 +165,51 @@ def test_a_text_type_is_still_checked_when_the_batch_is_cast_first(loader: Loade
     assert sql("SELECT record, reasons->0->>'message' FROM pgstage.rejects") == [
         (2, "value too long for type character varying(3)")]
     assert table(sql) == [expected(1)]
+
+
+_examples = itertools.count()
+# Good and bad text for each column; some bad values are valid for another column's type ('1e5'),
+# hold a double quote (PostgreSQL quotes them in its message), or fail with a message that names
+# no value of the batch (an overflow, an unknown time zone).
+POOLS = {
+    "id": ["{i}", "{i}", "{i}", "99999999999999999999", "1e5", '1"2', ""],
+    "price": ["1.25", "7", "1e5", "abc", "1234567.891", '4"5', ""],
+    "day": ["2024-01-05", "2024-01-05", "2024-02-30", "N/A", '2024-01-"01', "0000-00-00", ""],
+    "seen": ["2024-01-05 10:00:00+00", "2024-01-05 10:00:00+00", "2024-13-01 10:00:00+00", "not a time",
+             "2024-01-05 10:00 Mars/Base", "today", ""],
+    "ok": ["t", "f", "yes", "maybe", "1e5", ""],
+    "code": ["c1", "c1", "abcd", ""],
+}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries({c: st.sampled_from(v) for c, v in POOLS.items()}), min_size=1, max_size=30),
+       batch_rows=st.sampled_from([3, 7, 1000]), workers=st.sampled_from([1, 2]))
+def test_cast_first_lands_and_rejects_exactly_what_the_full_pass_does(
+        tmp_path: Path, db_url: str, sql: Any, monkeypatch: pytest.MonkeyPatch,
+        rows: list[dict[str, str]], batch_rows: int, workers: int) -> None:
+    n = next(_examples)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(POOLS)
+    writer.writerows([v.format(i=i) for v in r.values()] for i, r in enumerate(rows, 1))
+    results = []
+    for mode in ("cast", "full"):
+        folder = tmp_path / f"ex{n}{mode}"
+        folder.mkdir()
+        (folder / "items.csv").write_text(out.getvalue(), encoding="utf-8", newline="")
+        spec = SPEC.format(batch_rows=batch_rows, workers=workers).replace('"items"', f'"items{n}{mode}"').replace(
+            "public.items", f"public.items{n}{mode}")
+        (folder / "spec.toml").write_text(spec, encoding="utf-8")
+        with monkeypatch.context() as patch:
+            if mode == "full":
+                patch.setattr(validate, "candidates", lambda spec, types: [])
+            report = pgstage.run(folder / "spec.toml", db=db_url)
+        assert_identity(report)
+        target = f"public.items{n}{mode}"
+        landed = sql(f"SELECT id, price::text, day::text, seen::text, ok, code FROM {target} ORDER BY id") \
+            if report.counts.inserted else []
+        rejects = sql("SELECT j.record, j.reasons FROM pgstage.rejects j JOIN pgstage.runs r USING (run_id)"
+                      " WHERE r.pipeline = %s ORDER BY j.record", (f"items{n}{mode}",))
+        results.append((report.counts.read, report.counts.rejected, report.counts.inserted, landed, rejects))
+    assert results[0] == results[1]

@@ -241,6 +241,24 @@ def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
     return validity(column, kind) in ("datetime", "input") and kind.category in ("D", "N", "B")
 
 
+def cast_guard(n: sql.Composable, column: ColumnSpec, kind: ColumnType, refused: tuple[str, ...] = ()) -> sql.Composable:
+    """What judges a column cast without `valid`, before the cast: cheap tests of known bad text.
+
+    Text that no date/time type accepts is refused without the parser, and so are the values
+    the run already saw the cast refuse (`refused`: invalid input for this type, each one).
+    A column whose bad values are all of those is still cast first; any other invalid value
+    makes the cast raise.
+    """
+    tests: list[sql.Composable] = []
+    if validity(column, kind) == "datetime":
+        tests.append(_may_be_datetime(n))
+    if refused:
+        tests.append(sql.SQL("{} <> ALL({}::text[])").format(n, sql.Literal(list(refused))))
+    if not tests:
+        return sql.SQL("true")
+    return sql.SQL("({} IS NULL OR ({}))").format(n, sql.SQL(" AND ").join(tests))
+
+
 def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: ColumnType) -> sql.Composable:
     """The typed value of a valid n."""
     path = validity(column, kind)

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import known, transform
+from pgstage.pipeline._cast_first import MAX_ATTEMPTS, CastLuck, CastPlan, candidates, culprit
 from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
 from pgstage.errors import DatabaseError, SpecError
@@ -113,7 +114,7 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, coll
 
 def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str,
                 context: "Context | None" = None, *, known_table: str | None = None,
-                all_known: bool = False, cast_first: bool = False) -> sql.Composed:
+                all_known: bool = False, cast_first: CastPlan | None = None) -> sql.Composed:
     """CREATE the checked table for one staged batch (pure: returns SQL, runs nothing).
 
     Levels, each a subquery fenced by `pgstage.fence()` so no expression is inlined twice:
@@ -121,9 +122,10 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     l5 one boolean per rule → the reasons, built only for rows where some rule failed.
     Records listed in `known_table` are not validated but appended as they are, key and
     version only (see pipeline/known.py); with `all_known` there is nothing else to validate.
-    With `cast_first`, values the cast alone can judge (`transform.cast_raises`) are cast
-    without being checked first: the statement fails on the first value that is not valid
-    input, and `check` then runs the full pass (see there).
+    With a `cast_first` plan, values the cast alone can judge (`transform.cast_raises`) are
+    cast without being checked first, except in the plan's checked columns, and the plan's
+    refused values are rejected uncast: the statement fails on the first other value that is
+    not valid input, and `check` learns from it (see pipeline/_cast_first.py).
     """
     context = context or Context()
     keys = set(spec.pipeline.key)
@@ -171,8 +173,9 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     parses = {n: transform.parsed(ids[n]["n"], c) for n, c in columns.items()}
     for n, c in columns.items():
         p = parses[n]
-        if p is None and cast_first and transform.cast_raises(c, types[n]):
-            l3_items += [ids[n]["n"], named(sql.SQL("true"), n, "ok")]   # the cast in l4 judges
+        if p is None and cast_first is not None and n not in cast_first.checked and transform.cast_raises(c, types[n]):
+            guard = transform.cast_guard(ids[n]["n"], c, types[n], cast_first.refused.get(n, ()))
+            l3_items += [ids[n]["n"], named(guard, n, "ok")]   # the cast in l4 judges the rest
         elif p is None:
             l3_items += [ids[n]["n"], named(transform.valid(ids[n]["n"], None, c, types[n]), n, "ok")]
         else:  # a `format` or money column: parse once here, judge and cast from the parsed value in l4
@@ -223,20 +226,6 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
         checked = sql.SQL("{} UNION ALL SELECT {} FROM {}").format(
             checked, sql.SQL(", ").join(appended), sql.Identifier(LEDGER_SCHEMA, known_table))
     return sql.SQL("CREATE UNLOGGED TABLE {}" + NO_AUTOVACUUM + " AS {}").format(sql.Identifier(LEDGER_SCHEMA, table), checked)
-
-
-@dataclass
-class CastLuck:
-    """Whether a batch of this run failed to cast first, shared by the run's batches.
-
-    Casting without `pg_input_is_valid` saves parsing every typed value twice (~1 µs a row
-    for three typed columns) when the batch is clean, and costs the pass up to its first bad
-    value when it is not: nothing when bad values are common, one wasted pass when a single
-    one sits at the end. After one failure the run's later batches validate in full at once,
-    as do batches whose staging already set records aside (the file is known to be dirty).
-    """
-
-    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -383,20 +372,26 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         known_rows = execute(conn, known.build_known(spec, types, staged, known_table, seed_value, context.collation),
                              label=f"validate: known rows {staged.source.name}").rowcount
     all_known = known_rows == staged.read
-    cast_first = (not staged.quarantined and not context.luck.failed and not all_known
-                  and any(transform.cast_raises(c, types[n]) for n, c in spec.columns.items() if c.from_ is not None))
-    if cast_first:
+    plan = None if all_known or not candidates(spec, types) else context.luck.plan()
+    attempts = 0
+    while plan is not None:
         try:
             with conn.transaction():   # a savepoint: a failed cast undoes this attempt only
                 execute(conn, build_check(spec, types, staged, table, context, known_table=known_table,
-                                          all_known=all_known, cast_first=True),
+                                          all_known=all_known, cast_first=plan),
                         label=f"validate (cast first) {staged.source.name}")
+            break
         except DatabaseError as exc:
             if not isinstance(exc.__cause__, (psycopg.errors.DataError, psycopg.errors.IntegrityError)):
                 raise
-            context.luck.failed = True
-            cast_first = False
-    if not cast_first:
+            attempts += 1
+            found = culprit(conn, spec, types, staged, plan, exc.__cause__, context.collation)
+            if found is None:
+                context.luck.give_up()
+            else:
+                context.luck.learn(*found)
+            plan = context.luck.plan() if attempts < MAX_ATTEMPTS else None
+    if plan is None:
         execute(conn, build_check(spec, types, staged, table, context, known_table=known_table,
                                   all_known=all_known), label=f"validate {staged.source.name}")
     rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount

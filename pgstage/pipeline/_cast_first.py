@@ -1,0 +1,109 @@
+"""Cast first: validate a batch by casting its typed values, learning the bad ones from the casts' errors.
+
+Checking a date with `pg_input_is_valid` and then casting it parses it twice. A pass that only
+casts parses it once, and fails at the first value that is not valid input. That failure names
+the value (`date/time field value out of range: "2024-02-30"`); the run finds which column of
+the batch holds it, and the batch's next attempt refuses that value uncast, as the full pass
+would. Bad values in exports repeat (`0000-00-00`, `N/A`, a broken default), so a few attempts
+usually learn them all and the batch, and the run's later batches, are cast once per value.
+
+A column that keeps failing on new values is checked again, and a failure that names no value
+of the batch (`numeric field overflow`) gives up casting first for the rest of the run. Nothing
+learnt here changes a result: a refused value is invalid input for the column's type, which is
+verified before it is refused, and it is rejected with the same reason as by the full pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage.db import execute
+from pgstage.pipeline import transform
+from pgstage.pipeline.stage import StagedBatch
+from pgstage.pipeline.transform import ColumnType
+from pgstage.spec import Spec
+
+# Attempts of one batch before its full pass: each failed one costs the work up to its first bad value.
+MAX_ATTEMPTS = 4
+# Different bad values of one column before the column is checked again instead of refusing them one by one.
+MAX_REFUSED = 8
+
+
+@dataclass(frozen=True)
+class CastPlan:
+    """How one pass casts first: the columns it still checks, and per column the values it refuses uncast."""
+
+    checked: frozenset[str] = frozenset()
+    refused: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class CastLuck:
+    """What the run's batches learnt about casting first, shared by them (they validate on several threads)."""
+
+    failed: bool = False          # a failure nothing could explain: the later batches validate in full
+    checked: set[str] = field(default_factory=set)
+    refused: dict[str, list[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def plan(self) -> CastPlan | None:
+        with self._lock:
+            if self.failed:
+                return None
+            return CastPlan(frozenset(self.checked), {c: tuple(v) for c, v in self.refused.items()})
+
+    def learn(self, column: str, value: str) -> None:
+        with self._lock:
+            values = self.refused.setdefault(column, [])
+            if value not in values:
+                values.append(value)
+            if len(values) > MAX_REFUSED:
+                self.checked.add(column)
+                del self.refused[column]
+
+    def give_up(self) -> None:
+        with self._lock:
+            self.failed = True
+
+
+def candidates(spec: Spec, types: dict[str, ColumnType]) -> list[str]:
+    """The columns a pass may cast first: those whose cast refuses exactly what the check refuses."""
+    return [n for n, c in spec.columns.items() if c.from_ is not None and transform.cast_raises(c, types[n])]
+
+
+def quoted_value(message: str) -> str | None:
+    """The input PostgreSQL quotes in its message: between its first and last double quote."""
+    first, last = message.find('"'), message.rfind('"')
+    return message[first + 1:last] if 0 <= first < last else None
+
+
+def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch,
+            plan: CastPlan, error: psycopg.Error, collation: str | None) -> tuple[str, str] | None:
+    """The column and value that failed a cast-first pass, or None when the error names none of the batch.
+
+    A column qualifies when its type refuses the value (asked once, of PostgreSQL) and the batch
+    holds the value there, normalized as the pass normalizes it; the search stops at the first
+    such record, which is near where the pass stopped.
+    """
+    value = quoted_value(error.diag.message_primary or "")
+    if value is None:
+        return None
+    columns = [n for n in candidates(spec, types) if n not in plan.checked and value not in plan.refused.get(n, ())]
+    for name in columns:
+        column = spec.columns[name]
+        refuses = execute(conn, sql.SQL("SELECT NOT pg_input_is_valid(%s, %s)"), (value, types[name].name),
+                          label="validate: cast first, the failed value").fetchone()
+        if not (refuses and refuses[0]):
+            continue
+        normalized = transform.normalize(transform.clean(staged.column(column.from_ or ""), column, spec.source.null),
+                                         column, collation)
+        found = execute(conn, sql.SQL("SELECT EXISTS (SELECT FROM {} s WHERE {} = {})").format(
+            staged.rows(), normalized, sql.Literal(value)), label="validate: cast first, the failed column").fetchone()
+        if found and found[0]:
+            return name, value
+    return None
