@@ -145,6 +145,24 @@ def test_a_value_valid_for_another_column_is_not_refused_there(loader: Loader, s
     assert sql("SELECT id, price::text FROM public.items ORDER BY id") == [(1, "100000.00"), (3, "100000.00")]
 
 
+def test_a_message_that_quotes_part_of_a_value_has_its_column_checked(loader: Loader, sql: Any,
+                                                                       passes: list[str]) -> None:
+    # PostgreSQL quotes only the zone, folded to lower case: the column holding it is checked from then on.
+    loader.spec(SPEC.format(batch_rows=2, workers=1))
+    loader.write("items.csv", HEADER + line(1) + "2,1.00,2024-01-01,2024-01-05 10:00 Mars/Base,t,x\n"
+                 + line(3) + "4,1.00,2024-02-30,2024-01-05 10:00 Venus/Base,t,x\n")
+    report = loader.run()
+    assert passes == ["cast first failed", "cast first", "cast first failed", "cast first"]
+    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (4, 2, 2)
+    rejects = sql("SELECT record, reasons FROM pgstage.rejects ORDER BY record")
+    assert [(r, [(x["column"], x["message"]) for x in rs]) for r, rs in rejects] == [
+        (2, [("seen", 'time zone "mars/base" not recognized')]),
+        (4, [("day", 'date/time field value out of range: "2024-02-30"'),
+             ("seen", 'time zone "venus/base" not recognized')]),
+    ]
+    assert table(sql) == [expected(1), expected(3)]
+
+
 def test_a_batch_with_ragged_records_is_still_cast_first(loader: Loader, sql: Any, passes: list[str]) -> None:
     loader.spec(SPEC.format(batch_rows=1000, workers=2))
     loader.write("items.csv", HEADER + line(1) + "2,1.00\n" + line(3))

@@ -7,8 +7,9 @@ the batch holds it, and the batch's next attempt refuses that value uncast, as t
 would. Bad values in exports repeat (`0000-00-00`, `N/A`, a broken default), so a few attempts
 usually learn them all and the batch, and the run's later batches, are cast once per value.
 
-A column that keeps failing on new values is checked again, and a failure that names no value
-of the batch (`numeric field overflow`) gives up casting first for the rest of the run. Nothing
+A column that keeps failing on new values, or whose failure quotes only part of a value (an
+unknown time zone), is checked again; a failure that names nothing of the batch (`numeric
+field overflow`) gives up casting first for the rest of the run. Nothing
 learnt here changes a result: a refused value is invalid input for the column's type, which is
 verified before it is refused, and it is rejected with the same reason as by the full pass.
 """
@@ -57,12 +58,13 @@ class CastLuck:
                 return None
             return CastPlan(frozenset(self.checked), {c: tuple(v) for c, v in self.refused.items()})
 
-    def learn(self, column: str, value: str) -> None:
+    def learn(self, column: str, value: str | None) -> None:
+        """Refuse `value` in `column` from now on; None, or one value too many: check the column."""
         with self._lock:
             values = self.refused.setdefault(column, [])
-            if value not in values:
+            if value is not None and value not in values:
                 values.append(value)
-            if len(values) > MAX_REFUSED:
+            if value is None or len(values) > MAX_REFUSED:
                 self.checked.add(column)
                 del self.refused[column]
 
@@ -83,27 +85,35 @@ def quoted_value(message: str) -> str | None:
 
 
 def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch,
-            plan: CastPlan, error: psycopg.Error, collation: str | None) -> tuple[str, str] | None:
-    """The column and value that failed a cast-first pass, or None when the error names none of the batch.
+            plan: CastPlan, error: psycopg.Error, collation: str | None) -> tuple[str, str | None] | None:
+    """The column and value that failed a cast-first pass; None as the value: check the column instead.
 
-    A column qualifies when its type refuses the value (asked once, of PostgreSQL) and the batch
-    holds the value there, normalized as the pass normalizes it; the search stops at the first
-    such record, which is near where the pass stopped.
+    A value is refused in a column whose type refuses it (asked once, of PostgreSQL) when the
+    batch holds it there, normalized as the pass normalizes it. A message that quotes only a
+    part of the value (`time zone "mars/base" not recognized`) names the first column that
+    holds the part, in any case, and that column is checked. None: the message names nothing
+    of the batch. Each search stops at the first record that matches, near where the pass stopped.
     """
     value = quoted_value(error.diag.message_primary or "")
     if value is None:
         return None
-    columns = [n for n in candidates(spec, types) if n not in plan.checked and value not in plan.refused.get(n, ())]
+    columns = [n for n in candidates(spec, types) if n not in plan.checked]
+    normalized = {n: transform.normalize(transform.clean(staged.column(spec.columns[n].from_ or ""), spec.columns[n],
+                                                         spec.source.null), spec.columns[n], collation) for n in columns}
     for name in columns:
-        column = spec.columns[name]
+        if value in plan.refused.get(name, ()):
+            continue
         refuses = execute(conn, sql.SQL("SELECT NOT pg_input_is_valid(%s, %s)"), (value, types[name].name),
                           label="validate: cast first, the failed value").fetchone()
-        if not (refuses and refuses[0]):
-            continue
-        normalized = transform.normalize(transform.clean(staged.column(column.from_ or ""), column, spec.source.null),
-                                         column, collation)
-        found = execute(conn, sql.SQL("SELECT EXISTS (SELECT FROM {} s WHERE {} = {})").format(
-            staged.rows(), normalized, sql.Literal(value)), label="validate: cast first, the failed column").fetchone()
-        if found and found[0]:
+        if refuses and refuses[0] and _holds(conn, staged, sql.SQL("{} = {}").format(normalized[name], sql.Literal(value))):
             return name, value
+    for name in columns:
+        if _holds(conn, staged, sql.SQL("strpos(lower({}), lower({})) > 0").format(normalized[name], sql.Literal(value))):
+            return name, None
     return None
+
+
+def _holds(conn: psycopg.Connection[Any], staged: StagedBatch, condition: sql.Composable) -> bool:
+    found = execute(conn, sql.SQL("SELECT EXISTS (SELECT FROM {} s WHERE {})").format(staged.rows(), condition),
+                    label="validate: cast first, the failed column").fetchone()
+    return bool(found and found[0])
