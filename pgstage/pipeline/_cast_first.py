@@ -4,13 +4,16 @@ Checking a date with `pg_input_is_valid` and then casting it parses it twice. A 
 casts parses it once, and fails at the first value that is not valid input. That failure names
 the value (`date/time field value out of range: "2024-02-30"`); the run finds which column of
 the batch holds it, and the batch's next attempt refuses that value uncast, as the full pass
-would. Bad values in exports repeat (`0000-00-00`, `N/A`, a broken default), so a few attempts
+would. Bad values in exports repeat (a placeholder date, `#N/A`, a broken default), so a few attempts
 usually learn them all and the batch, and the run's later batches, are cast once per value.
 
 A column that keeps failing on new values, or whose failure quotes only part of a value (an
 unknown time zone), is checked again; a failure that names nothing of the batch (`numeric
-field overflow`) gives up casting first for the rest of the run. Nothing
-learnt here changes a result: a refused value is invalid input for the column's type, which is
+field overflow`) gives up casting first for the rest of the run. The price: a failed attempt
+costs the pass up to its first bad value, nothing when bad values are common; a batch whose
+bad values are rare and all different pays up to `MAX_ATTEMPTS` of them before its full pass,
+and after `MAX_REFUSED` values the run checks that column, so this is paid for a few batches.
+Nothing learnt here changes a result: a refused value is invalid input for the column's type, which is
 verified before it is refused, and it is rejected with the same reason as by the full pass.
 """
 
