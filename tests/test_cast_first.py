@@ -231,3 +231,26 @@ def test_cast_first_lands_and_rejects_exactly_what_the_full_pass_does(
                       " WHERE r.pipeline = %s ORDER BY j.record", (f"items{n}{mode}",))
         results.append((report.counts.read, report.counts.rejected, report.counts.inserted, landed, rejects))
     assert results[0] == results[1]
+
+
+def test_the_cast_guard_renders_and_refuses_only_junk_and_the_refused_values(sql: Any) -> None:
+    from psycopg import sql as pgsql
+
+    from pgstage.pipeline import transform
+    from pgstage.spec import ColumnSpec
+
+    column = ColumnSpec.model_validate({"from": "seen", "type": "timestamptz"})
+    kind = transform.ColumnType("timestamp with time zone", "D")
+    guard = transform.cast_guard(pgsql.Identifier("n"), column, kind, ("ba'z", "2024-02-30", 'a,"b}'))
+    rendered = guard.as_string(None)
+    assert rendered.startswith('("n" IS NULL OR ((ascii("n") BETWEEN 48 AND 57')
+    assert rendered.endswith(""""n" <> ALL( E'{ba''z,2024-02-30,"a,\\\\"b}"}'::text[])))""")
+    values = [None, "2024-01-01 10:00:00+00", "N/A", "ba'z", "2024-02-30", "2024-13-01", "today", 'a,"b}', "a,"]
+    got = sql(pgsql.SQL("SELECT n, {} FROM unnest(%s::text[]) WITH ORDINALITY AS v(n, i) ORDER BY i").format(guard)
+              .as_string(None), (values,))
+    # Junk and the refused values are refused uncast; an unseen bad value is left to the cast.
+    assert got == [(None, True), ("2024-01-01 10:00:00+00", True), ("N/A", False), ("ba'z", False),
+                   ("2024-02-30", False), ("2024-13-01", True), ("today", True), ('a,"b}', False), ("a,", False)]
+    plain = transform.cast_guard(pgsql.Identifier("n"), ColumnSpec.model_validate({"from": "id", "type": "bigint"}),
+                                 transform.ColumnType("bigint", "N"))
+    assert plain.as_string(None) == "true"
