@@ -89,7 +89,7 @@ def test_a_clean_file_is_cast_first_in_every_batch(loader: Loader, sql: Any, pas
     assert table(sql) == [expected(i) for i in range(1, 31)] + [(31, None, None, None, None, None)]
 
 
-def test_a_bad_value_the_error_names_is_refused_uncast_and_one_it_does_not_name_ends_cast_first(
+def test_a_bad_value_the_error_names_is_refused_uncast_and_an_overflow_has_its_column_checked(
         loader: Loader, sql: Any, passes: list[str]) -> None:
     loader.spec(SPEC.format(batch_rows=10, workers=1))   # one worker: the batches validate in order
     rows = [line(i) for i in range(1, 31)]
@@ -97,8 +97,8 @@ def test_a_bad_value_the_error_names_is_refused_uncast_and_one_it_does_not_name_
     rows[14] = "15,1234567.891,2024-01-01,2024-01-01 10:00:00+00,t,abcd\n"  # record 15: too wide twice
     loader.write("items.csv", HEADER + "".join(rows))
     report = loader.run()
-    # Batch 1 learns that day '2024-02-30' is bad; batch 2's overflow names no value: the run gives up.
-    assert passes == ["cast first failed", "cast first", "cast first failed", "full", "full"]
+    # Batch 1 learns that day '2024-02-30' is bad; batch 2's overflow names no value: price is checked.
+    assert passes == ["cast first failed", "cast first", "cast first failed", "cast first", "cast first"]
     assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (30, 2, 28)
     rejects = sql("SELECT record, reasons FROM pgstage.rejects ORDER BY record")
     assert [(r, [(x["column"], x["rule"], x["message"]) for x in rs]) for r, rs in rejects] == [
@@ -161,6 +161,21 @@ def test_a_message_that_quotes_part_of_a_value_has_its_column_checked(loader: Lo
              ("seen", 'time zone "venus/base" not recognized')]),
     ]
     assert table(sql) == [expected(1), expected(3)]
+
+
+def test_a_failure_that_names_nothing_of_the_batch_ends_cast_first_for_the_run(loader: Loader, sql: Any,
+                                                                               passes: list[str]) -> None:
+    # A domain's message quotes its constraint's name, which no record holds.
+    sql("CREATE DOMAIN public.posint AS integer CHECK (VALUE > 0)")
+    loader.spec(SPEC.format(batch_rows=2, workers=1).replace('type = "bigint"', 'type = "posint"'))
+    loader.write("items.csv", HEADER + line(1) + line(2) + "-3,1.00,2024-01-01,2024-01-01 10:00:00+00,t,x\n" + line(4)
+                 + line(5))
+    report = loader.run()
+    assert passes == ["cast first", "cast first failed", "full", "full"]
+    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (5, 1, 4)
+    assert sql("SELECT record, reasons->0->>'column', reasons->0->>'message' FROM pgstage.rejects") == [
+        (3, "id", 'value for domain posint violates check constraint "posint_check"')]
+    assert table(sql) == [expected(i) for i in (1, 2, 4, 5)]
 
 
 def test_a_batch_with_ragged_records_is_still_cast_first(loader: Loader, sql: Any, passes: list[str]) -> None:

@@ -4,17 +4,19 @@ Checking a date with `pg_input_is_valid` and then casting it parses it twice. A 
 casts parses it once, and fails at the first value that is not valid input. That failure names
 the value (`date/time field value out of range: "2024-02-30"`); the run finds which column of
 the batch holds it, and the batch's next attempt refuses that value uncast, as the full pass
-would. Bad values in exports repeat (a placeholder date, `#N/A`, a broken default), so a few attempts
-usually learn them all and the batch, and the run's later batches, are cast once per value.
+would. Bad values in exports repeat (a placeholder date, `#N/A`, a broken default), so a few
+attempts usually learn them all, and the batch and the run's later batches are cast once.
 
 A column that keeps failing on new values, or whose failure quotes only part of a value (an
-unknown time zone), is checked again; a failure that names nothing of the batch (`numeric
-field overflow`) gives up casting first for the rest of the run. The price: a failed attempt
-costs the pass up to its first bad value, nothing when bad values are common; a batch whose
-bad values are rare and all different pays up to `MAX_ATTEMPTS` of them before its full pass,
-and after `MAX_REFUSED` values the run checks that column, so this is paid for a few batches.
-Nothing learnt here changes a result: a refused value is invalid input for the column's type, which is
-verified before it is refused, and it is rejected with the same reason as by the full pass.
+unknown time zone) or none (`numeric field overflow`), is checked again; a failure that names
+nothing of the batch (a domain's check constraint) ends casting first for the rest of the run.
+
+The price: a failed attempt costs the pass up to its first bad value, nothing when bad values
+are common; a batch whose bad values are rare and all different pays up to `MAX_ATTEMPTS` of
+them before its full pass, and after `MAX_REFUSED` values the run checks that column, so this
+is paid for a few batches. Nothing learnt here changes a result: a refused value is invalid
+input for the column's type, which is verified before it is refused, and it is rejected with
+the same reason as by the full pass.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pgstage.spec import Spec
 MAX_ATTEMPTS = 4
 # Different bad values of one column before the column is checked again instead of refusing them one by one.
 MAX_REFUSED = 8
+# The SQLSTATE of a value too wide for numeric(p, s), whose message quotes no value.
+NUMERIC_OVERFLOW = "22003"
 
 
 @dataclass(frozen=True)
@@ -88,19 +92,22 @@ def quoted_value(message: str) -> str | None:
 
 
 def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch,
-            plan: CastPlan, error: psycopg.Error, collation: str | None) -> tuple[str, str | None] | None:
-    """The column and value that failed a cast-first pass; None as the value: check the column instead.
+            plan: CastPlan, error: psycopg.Error, collation: str | None) -> list[tuple[str, str | None]]:
+    """The columns and values that failed a cast-first pass; None as a value: check that column instead.
 
     A value is refused in a column whose type refuses it (asked once, of PostgreSQL) when the
     batch holds it there, normalized as the pass normalizes it. A message that quotes only a
     part of the value (`time zone "mars/base" not recognized`) names the first column that
-    holds the part, in any case, and that column is checked. None: the message names nothing
+    holds the part, in any case, and that column is checked. `numeric field overflow` quotes
+    nothing: every numeric column with a precision is checked. Empty: the message names nothing
     of the batch. Each search stops at the first record that matches, near where the pass stopped.
     """
+    columns = [n for n in candidates(spec, types) if n not in plan.checked]
     value = quoted_value(error.diag.message_primary or "")
     if value is None:
-        return None
-    columns = [n for n in candidates(spec, types) if n not in plan.checked]
+        if error.diag.sqlstate == NUMERIC_OVERFLOW:
+            return [(n, None) for n in columns if types[n].category == "N" and "(" in types[n].name]
+        return []
     normalized = {n: transform.normalize(transform.clean(staged.column(spec.columns[n].from_ or ""), spec.columns[n],
                                                          spec.source.null), spec.columns[n], collation) for n in columns}
     for name in columns:
@@ -109,11 +116,11 @@ def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTy
         refuses = execute(conn, sql.SQL("SELECT NOT pg_input_is_valid(%s, %s)"), (value, types[name].name),
                           label="validate: cast first, the failed value").fetchone()
         if refuses and refuses[0] and _holds(conn, staged, sql.SQL("{} = {}").format(normalized[name], sql.Literal(value))):
-            return name, value
+            return [(name, value)]
     for name in columns:
         if _holds(conn, staged, sql.SQL("strpos(lower({}), lower({})) > 0").format(normalized[name], sql.Literal(value))):
-            return name, None
-    return None
+            return [(name, None)]
+    return []
 
 
 def _holds(conn: psycopg.Connection[Any], staged: StagedBatch, condition: sql.Composable) -> bool:

@@ -386,10 +386,10 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
                 raise
             attempts += 1
             found = culprit(conn, spec, types, staged, plan, exc.__cause__, context.collation)
-            if found is None:
+            if not found:
                 context.luck.give_up()
-            else:
-                context.luck.learn(*found)
+            for column, bad in found:
+                context.luck.learn(column, bad)
             plan = context.luck.plan() if attempts < MAX_ATTEMPTS else None
     if plan is None:
         execute(conn, build_check(spec, types, staged, table, context, known_table=known_table,
