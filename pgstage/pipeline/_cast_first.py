@@ -73,7 +73,7 @@ class CastLuck:
                 values.append(value)
             if value is None or len(values) > MAX_REFUSED:
                 self.checked.add(column)
-                del self.refused[column]
+                self.refused.pop(column)
 
     def give_up(self) -> None:
         with self._lock:
@@ -108,14 +108,14 @@ def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTy
         if error.diag.sqlstate == NUMERIC_OVERFLOW:
             return [(n, None) for n in columns if types[n].category == "N" and "(" in types[n].name]
         return []
-    normalized = {n: transform.normalize(transform.clean(staged.column(spec.columns[n].from_ or ""), spec.columns[n],
-                                                         spec.source.null), spec.columns[n], collation) for n in columns}
+    normalized = {n: transform.normalized(staged.column(spec.columns[n].from_ or ""), spec.columns[n], spec.source.null,
+                                          collation) for n in columns}
+    refusing = {t for (t,) in execute(conn, sql.SQL("SELECT t FROM unnest(%s::text[]) t WHERE NOT pg_input_is_valid(%s, t)"),
+                                      (sorted({types[n].name for n in columns}), value),
+                                      label="validate: cast first, the failed value").fetchall()}
     for name in columns:
-        if value in plan.refused.get(name, ()):
-            continue
-        refuses = execute(conn, sql.SQL("SELECT NOT pg_input_is_valid(%s, %s)"), (value, types[name].name),
-                          label="validate: cast first, the failed value").fetchone()
-        if refuses and refuses[0] and _holds(conn, staged, sql.SQL("{} = {}").format(normalized[name], sql.Literal(value))):
+        if (types[name].name in refusing and value not in plan.refused.get(name, ())
+                and _holds(conn, staged, sql.SQL("{} = {}").format(normalized[name], sql.Literal(value)))):
             return [(name, value)]
     for name in columns:
         if _holds(conn, staged, sql.SQL("strpos(lower({}), lower({})) > 0").format(normalized[name], sql.Literal(value))):

@@ -274,6 +274,12 @@ def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: 
     return sql.SQL("({})::{}").format(n, kind.cast)
 
 
+def normalized(raw: sql.Composable, column: ColumnSpec, nulls: tuple[str, ...], collation: str | None = None
+               ) -> sql.Composable:
+    """A raw field cleaned and normalized in one expression, as the validation pass does it over two levels."""
+    return normalize(clean(raw, column, nulls), column, collation)
+
+
 def typed(raw: sql.Composable, column: ColumnSpec, kind: ColumnType, nulls: tuple[str, ...],
           collation: str | None = None) -> sql.Composable:
     """A column's typed value computed from its raw text in one expression, NULL when not valid.
@@ -283,7 +289,7 @@ def typed(raw: sql.Composable, column: ColumnSpec, kind: ColumnType, nulls: tupl
     """
     if column.const is not None:
         return const(column, kind)
-    n = normalize(clean(raw, column, nulls), column, collation)
+    n = normalized(raw, column, nulls, collation)
     p = parsed(n, column)
     return sql.SQL("CASE WHEN {} THEN {} END").format(valid(n, p, column, kind), cast(n, p, column, kind))
 
