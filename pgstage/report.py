@@ -62,6 +62,7 @@ class RunReport:
     dry_run: bool = False
     merge_sql: str | None = None        # dry runs: the merge statement of the first batch
     sample_rejects: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()      # things that look wrong though nothing failed (key_warnings)
 
     def __post_init__(self) -> None:
         if self.status == "succeeded":
@@ -83,6 +84,25 @@ class RunReport:
                        "ignored_fields": list(f.ignored_fields)} for f in self.files],
             "message": self.message,
             "dry_run": self.dry_run,
+            "warnings": list(self.warnings),
             **({"merge_sql": self.merge_sql} if self.merge_sql else {}),
             **({"sample_rejects": list(self.sample_rejects)} if self.sample_rejects else {}),
         }
+
+
+# More than this share of the valid records collapsing as `duplicate` says the key is wrong.
+DUPLICATE_SHARE_WARNING = 0.5
+
+
+def key_warnings(counts: Counts, key: tuple[str, ...], version: str | None) -> tuple[str, ...]:
+    """A warning when most valid records collapse on the key of a strategy without `version`.
+
+    With a version column, repeated keys are expected (a change feed carries every update); without
+    one, a key that most records share is almost always a wrong key, and the run would otherwise
+    succeed with exit 0 while keeping a handful of rows.
+    """
+    if version is not None or not key or counts.duplicate <= counts.valid * DUPLICATE_SHARE_WARNING:
+        return ()
+    spelled = ", ".join('"' + k.replace("\\", "\\\\").replace('"', '\\"') + '"' for k in key)
+    return (f"{counts.duplicate:,} of {counts.valid:,} records share a key with a later record:"
+            f" is `key = [{spelled}]` right?",)

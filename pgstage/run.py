@@ -35,7 +35,7 @@ from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageE
                             UsageError)
 from pgstage.pipeline import known, ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
-from pgstage.report import Counts, FileReport, RunReport
+from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.spec import Spec, load_spec
 from pgstage.workers import InOrder, Workers, results
@@ -330,7 +330,8 @@ def _report(spec: Spec, run_id: int, part: str | None, status: str, per_file: di
     files = tuple(FileReport(name, file_status, counts, ignored.get(name, ())) for name, counts in per_file.items())
     totals = sum(per_file.values(), Counts())
     return RunReport(run_id, spec.pipeline.name, part, status, totals, by_rule, time.perf_counter() - started,
-                     spec.pipeline.target, (*files, *skipped))
+                     spec.pipeline.target, (*files, *skipped),
+                     warnings=key_warnings(totals, spec.pipeline.key, spec.pipeline.version))
 
 
 def _pre_merge(c: validate.Checked) -> Counts:

@@ -51,6 +51,8 @@ def report(rep: RunReport) -> None:
         console.print(rep.merge_sql, markup=False, soft_wrap=True)
     console.print(f"[{colour}]{'forecast' if rep.dry_run else rep.status}[/] into {escape(rep.target)} in {rep.duration_s:.2f}s"
                   + (f" — {escape(rep.message)}" if rep.message else ""))
+    for warning in rep.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def runs_table(rows: list[dict[str, Any]]) -> None:
