@@ -1,15 +1,16 @@
 """`pgstage init`: draft a pipeline spec from a sample file, with every type decided by PostgreSQL.
 
-The sample goes through pgstage's own reader and COPY into a TEMP table of text columns, and
-one aggregate query asks `pg_input_is_valid` which types every non-empty value fits. Guessing
-in Python would disagree with the load on the edge cases that matter (what PostgreSQL reads
-as a date, a number, an offset), so a draft loads its own sample without a reject.
+The sample goes through the reader and COPY a run stages files with, into a TEMP table of text
+columns, and aggregate queries ask `pg_input_is_valid` which types every non-empty value fits
+(`_init_types.py`). Guessing in Python would disagree with the load on the edge cases that
+matter (what PostgreSQL reads as a date, a number, an offset), so a draft loads its own sample
+without a reject.
 
-Candidates, narrowest first: boolean, smallint, integer, bigint, money_cents (amount-named
-columns of decimal text), numeric, date, timestamp, timestamptz, uuid; else text. Values
-PostgreSQL accepts but pgstage rejects by default (`now`, `infinity`, `NaN`) never make a
-column a date or a number, and numbers with leading zeros (zip codes, account numbers)
-stay text so that no digit is lost.
+The draft must also not lose data on the next file: null markers (`NA`) are written as
+`source.null` instead of keeping a number column text; integers are `bigint`, decimals
+`numeric` unless the column is plainly money; `required` only where a large sample says so;
+and the key is a combination of identifiers, dates and categories that is unique in the
+sample, never a measure, or no key at all (`_init_keys.py`).
 """
 
 from __future__ import annotations
@@ -19,31 +20,29 @@ import io
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import psycopg
 from psycopg import sql
 from pydantic import ValidationError
 
+from pgstage import _init_keys as keys
+from pgstage import _init_types as types
+from pgstage._init_types import SAMPLE, raw
 from pgstage.db import connect, execute, resolve_url, wrap
 from pgstage.errors import HeaderMismatch, SourceError, UsageError
-from pgstage.pipeline._quarantine import isolate, numbered
+from pgstage.pipeline import stage
+from pgstage.pipeline._quarantine import isolate
 from pgstage.pipeline.extract import CsvReader
-from pgstage.pipeline.transform import MONEY, OFFSET, SPECIAL_DATETIME, SPECIAL_NUMBER, ZERO_DATE
-from pgstage.spec import SourceSection, parse_spec, pg_encoding
+from pgstage.spec import PipelineSection, SourceSection, parse_spec
 
 DELIMITERS = (",", ";", "\t", "|")
-SAMPLE_TABLE = "pgstage_init_sample"
-# Column names that say "this is an amount of money" (money_cents needs a name AND the shape).
-_AMOUNT = re.compile(r"^(sub)?(total|amount|price|cost|sum)s?$")
+_SEQUENCE = "pgstage_init_sample_rec"
 _TRANSLITERATE = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "Ae", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "Oe",
                                 "đ": "d", "Đ": "D", "ł": "l", "Ł": "L", "þ": "th", "Þ": "Th"})
-# What COPY says about a record it cannot read at all.
-_UNREADABLE = (psycopg.errors.BadCopyFileFormat, psycopg.errors.CharacterNotInRepertoire,
-               psycopg.errors.UntranslatableCharacter)
-_DATE_TYPES = ("date", "timestamp", "timestamptz")
+KEYLESS_STRATEGY = "append"
 
 
 @dataclass(frozen=True)
@@ -60,17 +59,20 @@ class ColumnDraft:
     trim: bool = False
     zero_is_null: bool = False
     notes: tuple[str, ...] = ()
+    row_number: bool = False
 
 
 @dataclass(frozen=True)
 class SampleProfile:
-    """The sample as PostgreSQL saw it: records read, the columns, the candidate keys."""
+    """The sample as PostgreSQL saw it: records read, the columns, the key and why."""
 
     delimiter: str
     records: int
     more: bool                                   # the file has records beyond the sample
     columns: tuple[ColumnDraft, ...]
-    candidate_keys: tuple[str, ...]
+    key: tuple[str, ...]                         # () when no key qualifies: the draft appends
+    key_notes: tuple[str, ...] = ()              # comment lines above the key
+    nulls: tuple[str, ...] = ()                  # markers read as NULL (source.null)
     unreadable: tuple[int, ...] = ()             # record numbers COPY could not read
     left_out: tuple[str, ...] = field(default=())  # header names a spec cannot address (repeated)
 
@@ -93,8 +95,25 @@ def draft_spec(sample: Path, *, db: str | None = None, name: str | None = None, 
         source_path = Path(os.path.relpath(sample.resolve(), Path(output).resolve().parent)).as_posix()
     text = render_spec(profile, sample=sample, name=pipeline_name, target=table, source_path=source_path,
                        encoding=encoding)
-    parse_spec(text, output)  # a draft that would not load is a bug here, or a bad --name/--target
+    _check(text, output, keyless=not profile.key)
     return text
+
+
+def _check(text: str, output: Path | None, *, keyless: bool) -> None:
+    """A draft that would not load is a bug here, or a bad --name/--target.
+
+    Until this pgstage has the keyless strategy, a keyless draft is checked with a stand-in key
+    (every other part as written); `pgstage run` then says the strategy is unknown.
+    """
+    if keyless and KEYLESS_STRATEGY not in strategies():
+        first = next(line for line in text.splitlines() if " = { from = " in line).split(" = ")[0]
+        text = text.replace(f'strategy = "{KEYLESS_STRATEGY}"', f'key = [{toml_string(first)}]\nstrategy = "upsert"', 1)
+    parse_spec(text, output)
+
+
+def strategies() -> tuple[str, ...]:
+    """The strategies this pgstage's spec accepts."""
+    return tuple(get_args(PipelineSection.model_fields["strategy"].annotation))
 
 
 def profile_sample(sample: Path, *, db: str | None = None, sample_rows: int = 10_000, delimiter: str | None = None,
@@ -200,245 +219,109 @@ def _reader(sample: Path, options: SourceSection) -> CsvReader:
 
 
 def _create_sample_table(conn: psycopg.Connection[Any], n_fields: int) -> None:
-    columns = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"c{i + 1}")) for i in range(n_fields))
-    execute(conn, sql.SQL("CREATE TEMP TABLE {} (_rec bigint GENERATED BY DEFAULT AS IDENTITY, {})").format(
-        sql.Identifier(SAMPLE_TABLE), columns), label="init: sample table")
-
-
-def _copy_statement(options: SourceSection, n_fields: int, *, numbered_records: bool) -> sql.Composed:
-    names = [sql.Identifier(f"c{i + 1}") for i in range(n_fields)]
-    if numbered_records:
-        names.insert(0, sql.Identifier("_rec"))
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
-        sql.Identifier(SAMPLE_TABLE), sql.SQL(", ").join(names), sql.Literal(options.delimiter),
-        sql.Literal(options.quote), sql.Literal(pg_encoding(options.encoding)))
-
-
-def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes) -> int:
-    with conn.cursor() as cursor:
-        with cursor.copy(statement) as copy:
-            copy.write(data)
-        return cursor.rowcount
+    """A TEMP table shaped like a staging table (text f1..fN, `_rec` from its own sequence), so stage's COPY fits it."""
+    columns = sql.SQL(", ").join(sql.SQL("{} text").format(raw(i)) for i in range(n_fields))
+    execute(conn, sql.SQL("CREATE TEMP SEQUENCE {}").format(sql.Identifier(_SEQUENCE)), label="init: sample sequence")
+    execute(conn, sql.SQL("CREATE TEMP TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
+        SAMPLE, sql.Literal(f"pg_temp.{_SEQUENCE}"), columns), label="init: sample table")
 
 
 def _copy_sample(conn: psycopg.Connection[Any], reader: CsvReader, options: SourceSection, n_fields: int,
                  limit: int) -> tuple[list[int], bool]:
-    """COPY up to `limit` records; returns the numbers of records COPY could not read, and whether
-    a window ran past the limit (a quoted line break near it can make one longer than asked)."""
+    """COPY up to `limit` records as a run stages them; returns the numbers of records COPY could not read,
+    and whether a window ran past the limit (a quoted line break near it can make one longer than asked)."""
     record, unreadable = 1, []
-    plain = _copy_statement(options, n_fields, numbered_records=False)
-    with_numbers = _copy_statement(options, n_fields, numbered_records=True)
-    sequence = sql.SQL("SELECT setval(pg_get_serial_sequence({}, '_rec'), %s, false)").format(sql.Literal(SAMPLE_TABLE))
+    dialect = stage.CsvDialect(options.delimiter, options.quote, options.encoding)
+    plain = stage.csv_copy(SAMPLE, n_fields, dialect, numbered=False)
+    with_numbers = stage.csv_copy(SAMPLE, n_fields, dialect, numbered=True)
     while record <= limit:
         window = reader.next_window(max_lines=limit - record + 1)  # lines >= records: never past the limit
         if window is None:
             break
-        execute(conn, sequence, (record,), label="init: number")
+        stage.number_from(conn, f"pg_temp.{_SEQUENCE}", record)
         try:
-            record += _copy(conn, plain, window.data)
+            record += stage.copy_data(conn, plain, window.data)
             continue
-        except _UNREADABLE:
+        except stage.UNREADABLE:
             pass
         except psycopg.Error as exc:
             raise wrap(exc, f"init: copy {reader.path}") from exc
         found = isolate(window.data, first_record=record, n_fields=n_fields, encoding=options.encoding,
                         delimiter=options.delimiter, quote=options.quote)
-        unreadable += [q.record for q in found.bad]
-        try:
-            _copy(conn, with_numbers, numbered(found.good, delimiter=options.delimiter, encoding=options.encoding))
-        except _UNREADABLE:  # PostgreSQL refuses one the csv module took: one at a time, only here
-            for number, raw in found.good:
-                try:
-                    _copy(conn, with_numbers, numbered([(number, raw)], delimiter=options.delimiter,
-                                                       encoding=options.encoding))
-                except _UNREADABLE:
-                    unreadable.append(number)
+        refused = stage.copy_records(conn, with_numbers, found.good, dialect)
+        unreadable += [q.record for q in (*found.bad, *refused)]
         record += len(found.good) + len(found.bad)
-    execute(conn, sql.SQL("DELETE FROM {} WHERE _rec > %s").format(sql.Identifier(SAMPLE_TABLE)), (limit,),
-            label="init: cap")
+    execute(conn, sql.SQL("DELETE FROM {} WHERE _rec > %s").format(SAMPLE), (limit,), label="init: cap")
     return sorted(n for n in unreadable if n <= limit), record - 1 > limit
 
 
-# --- deciding the types ----------------------------------------------------------------------
+# --- deciding types, null markers and the key ------------------------------------------------
 
-_PARAMS = {
-    "money": MONEY, "offset": OFFSET, "special_dt": SPECIAL_DATETIME, "special_num": SPECIAL_NUMBER,
-    "zero_date": ZERO_DATE, "zero_marker": r"^0000-00-00([ T]00:00(:00)?)?$",
-    "integer": r"^[+-]?[0-9]+$", "decimal": r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$",
-    "leading_zero": r"^[+-]?0[0-9]", "time_of_day": r"[0-9]:[0-9]", "digits": r"^[0-9]+$",
-    "money_shape": r"(,|\.[0-9]{2}$)",
-}
-
-
-def _value(i: int) -> sql.Composable:
-    """A field as pgstage would see it after `normalize = ["trim"]`: spaces trimmed, empty → NULL."""
-    return sql.SQL("NULLIF(btrim({}), '')").format(sql.Identifier(f"c{i + 1}"))
-
-
-def _first_pass(n_fields: int) -> sql.Composed:
-    """Counts, whether values carry spaces, and whether a column holds MySQL zero dates."""
-    items: list[sql.Composable] = [sql.SQL("count(*)")]
-    for i in range(n_fields):
-        raw, v = sql.Identifier(f"c{i + 1}"), _value(i)
-        items += [sql.SQL("count({})").format(v),
-                  sql.SQL("coalesce(bool_or({0} <> btrim({0})), false)").format(raw),
-                  sql.SQL("coalesce(bool_or({} ~ %(zero_marker)s), false)").format(v)]
-    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), sql.Identifier(SAMPLE_TABLE))
-
-
-def _fields(i: int, zero: bool) -> tuple[sql.Composable, sql.Composable]:
-    """v: the trimmed value; d: the same for date/time types, with zero dates as NULL where the column has them."""
-    v = _value(i)
-    d = sql.SQL("CASE WHEN {0} ~* %(zero_date)s THEN NULL ELSE {0} END").format(v) if zero else v
-    return v, d
-
-
-def _predicates(v: sql.Composable, d: sql.Composable) -> dict[str, tuple[sql.Composable, sql.Composable]]:
-    """Per candidate type, in the order tried: (the value it judges, whether that value is valid input)."""
-    def ok(template: str, x: sql.Composable = v) -> tuple[sql.Composable, sql.Composable]:
-        return x, sql.SQL(template).format(x)
-
-    integer = "pg_input_is_valid({0}, '%s') AND {0} ~ %%(integer)s AND {0} !~ %%(leading_zero)s"
-    datetime = "pg_input_is_valid({0}, '%s') AND {0} !~* %%(special_dt)s"
-    return {
-        "boolean": ok("pg_input_is_valid({0}, 'boolean') AND {0} !~ %(digits)s"),
-        "smallint": ok(integer % "smallint"),
-        "integer": ok(integer % "integer"),
-        "bigint": ok(integer % "bigint"),
-        "money_cents": ok("{0} ~ %(money)s"),
-        "numeric": ok("pg_input_is_valid({0}, 'numeric') AND {0} ~ %(decimal)s AND {0} !~ %(leading_zero)s"
-                      " AND {0} !~* %(special_num)s"),
-        "date": ok((datetime % "date") + " AND {0} !~ %(time_of_day)s", d),
-        "timestamp": ok(datetime % "timestamp", d),
-        "uuid": ok("pg_input_is_valid({0}, 'uuid')"),
-    }
-
-
-_KINDS = tuple(_predicates(sql.SQL("x"), sql.SQL("x")))
-
-
-def _second_pass(n_fields: int, zero_columns: set[int]) -> sql.Composed:
-    """Per column: how many values fail each candidate, the money shape, offsets, and empties."""
-    items: list[sql.Composable] = []
-    for i in range(n_fields):
-        v, d = _fields(i, i in zero_columns)
-        items += [sql.SQL("count(*) FILTER (WHERE {} IS NOT NULL AND NOT ({}))").format(x, valid)
-                  for x, valid in _predicates(v, d).values()]
-        items.append(sql.SQL("coalesce(bool_or({} ~ %(money_shape)s), false)").format(v))
-        # An offset or zone: PostgreSQL's timestamp input silently drops it, timestamptz keeps it.
-        items.append(sql.SQL(
-            "coalesce(bool_or({0} ~ %(offset)s OR CASE WHEN pg_input_is_valid({0}, 'timestamp')"
-            " AND pg_input_is_valid({0}, 'timestamptz') AND {0} !~* %(special_dt)s"
-            " THEN ({0}::timestamptz AT TIME ZONE 'UTC') <> {0}::timestamp END), false)").format(d))
-        items.append(sql.SQL("count(*) FILTER (WHERE {} IS NULL)").format(d))
-    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), sql.Identifier(SAMPLE_TABLE))
-
-
-def _failing(conn: psycopg.Connection[Any], i: int, zero: bool, kind: str) -> tuple[str, ...]:
-    """Up to three values that keep column i from being `kind`, as they stand in the file."""
-    x, valid = _predicates(*_fields(i, zero))[kind]
-    raw = sql.Identifier(f"c{i + 1}")
-    rows = execute(conn, sql.SQL(
-        "SELECT {0} FROM {1} WHERE {2} IS NOT NULL AND NOT ({3}) GROUP BY {0} ORDER BY min(_rec) LIMIT 3").format(
-        raw, sql.Identifier(SAMPLE_TABLE), x, valid), _PARAMS, label="init: near miss").fetchall()
-    return tuple(str(r[0]) for r in rows)
-
-
-def _examples(conn: psycopg.Connection[Any], i: int) -> tuple[str, ...]:
-    raw = sql.Identifier(f"c{i + 1}")
-    rows = execute(conn, sql.SQL(
-        "SELECT {0} FROM {1} WHERE {2} IS NOT NULL GROUP BY {0} ORDER BY min(_rec) LIMIT 3").format(
-        raw, sql.Identifier(SAMPLE_TABLE), _value(i)), label="init: examples").fetchall()
-    return tuple(str(r[0]) for r in rows)
-
-
-_CAST = {"money_cents": "replace({}, ',', '')::numeric", "text": "{}"}
-
-
-def _unique(conn: psycopg.Connection[Any], columns: list[tuple[int, str]]) -> set[int]:
-    """Which never-empty columns are unique in the sample, compared as their typed values."""
-    if not columns:
-        return set()
-    items = [sql.SQL("count(DISTINCT " + _CAST.get(kind, "({})::" + kind) + ") = count(*)").format(_value(i))
-             for i, kind in columns]
-    row = execute(conn, sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(items), sql.Identifier(SAMPLE_TABLE)),
-                  label="init: keys").fetchone()
-    assert row is not None
-    return {i for (i, _), unique in zip(columns, row) if unique}
+# `required` for a column that is not part of the key only when a sample this large never leaves it
+# empty: a small sample without an empty value says little about next month's file.
+REQUIRED_FROM = 1_000
 
 
 def _profile(conn: psycopg.Connection[Any], fields: tuple[str, ...], delimiter: str, more: bool,
              unreadable: tuple[int, ...]) -> SampleProfile:
     n = len(fields)
-    first = execute(conn, _first_pass(n), _PARAMS, label="init: counts").fetchone()
-    assert first is not None
-    records = int(first[0])
-    zero_columns = {i for i in range(n) if first[1 + 3 * i + 2]}
-    second = execute(conn, _second_pass(n, zero_columns), _PARAMS, label="init: types").fetchone()
-    assert second is not None
     names = column_names(fields)
     repeated = {f for f in fields if fields.count(f) > 1}
-    width = len(_KINDS) + 3
+    kept = [i for i in range(n) if fields[i] not in repeated]
+    # Types with every marker found read as NULL; keep the markers that stood in for a typed value.
+    found = types.markers_found(conn, n)
+    nulls = tuple(m for m in types.MARKERS if any(m in found.get(i, {}) for i in kept))
+    records, facts = types.column_facts(conn, n, nulls)
+    kinds = {i: types.decide(names[i], fields[i], facts[i]) for i in kept}
+    markers = types.adopted({i: found[i] for i in kept if i in found}, kinds)
+    if markers != nulls:
+        nulls = markers
+        records, facts = types.column_facts(conn, n, nulls)
+        kinds = {i: types.decide(names[i], fields[i], facts[i]) for i in kept}
     drafts: dict[int, ColumnDraft] = {}
-    for i, header in enumerate(fields):
-        if header in repeated:
-            continue
-        values, needs_trim = int(first[1 + 3 * i]), bool(first[1 + 3 * i + 1])
-        results = second[width * i:width * (i + 1)]
-        failures = dict(zip(_KINDS, (int(r) for r in results[:len(_KINDS)])))
-        money_shape, zone, empty_after = bool(results[-3]), bool(results[-2]), int(results[-1])
-        kind = _decide(names[i], failures, values, money_shape, zone)
-        zero = i in zero_columns and kind in _DATE_TYPES
-        empty = empty_after if zero else records - values
+    for i in kept:
+        f, kind = facts[i], kinds[i]
+        zero = f.zero and kind in types.DATE_TYPES
+        empty = f.empty_after_zero if zero else records - f.values
         notes: list[str] = []
-        if values == 0:
+        as_null = {m: c for m, c in found.get(i, {}).items() if m in nulls}
+        if as_null:
+            notes.append(", ".join(f"{c:,} {toml_string(m)}" for m, c in as_null.items()) + " read as NULL (source.null)")
+        if f.values == 0:
             notes.append("every sampled value is empty: text until the data says otherwise")
-        if needs_trim:
+        if f.trim:
             notes.append("values carry leading or trailing spaces: trimmed")
         if zero:
             notes.append("0000-00-00 stands for 'no date': read as NULL")
-        if kind == "text" and values:
-            notes += _near_miss(conn, i, i in zero_columns, names[i], failures, values, zone)
-        drafts[i] = ColumnDraft(header, names[i], kind, required=values > 0 and empty == 0, values=records - empty,
-                                empty=empty, examples=_examples(conn, i), trim=needs_trim, zero_is_null=zero,
-                                notes=tuple(notes))
-    keyable = [(i, d.type) for i, d in drafts.items() if d.required and d.type != "boolean"]
-    unique = _unique(conn, keyable)
-    keys = tuple(drafts[i].name for i in sorted(unique))
-    return SampleProfile(delimiter, records, more, tuple(drafts.values()), keys, unreadable,
+        if kind == "text" and f.values:
+            miss = types.near_miss(conn, i, names[i], fields[i], f, nulls)
+            if miss is not None:
+                shown, failing, bad = miss
+                notes.append(f"{failing:,} of {f.values:,} values are not valid {shown} (e.g. {_example_text(bad)});"
+                             f" they keep this column text: with type = \"{shown}\" they would be rejected")
+        notes += _type_note(names[i], fields[i], kind, f)
+        row_number = kind in ("integer", "bigint") and empty == 0 and types.sequence_from_one(conn, i, nulls)
+        drafts[i] = ColumnDraft(fields[i], names[i], kind, required=False, values=records - empty, empty=empty,
+                                examples=types.examples(conn, i, nulls), trim=f.trim, zero_is_null=zero,
+                                notes=tuple(notes), row_number=row_number)
+    choice = keys.choose_key(conn, [keys.Column(i, d.name, d.type, d.empty == 0 and d.values > 0, d.row_number)
+                                    for i, d in drafts.items()], records, nulls)
+    columns = []
+    for d in drafts.values():
+        required = d.name in choice.key or (records >= REQUIRED_FROM and d.empty == 0 and d.values > 0)
+        columns.append(replace(d, required=required))
+    return SampleProfile(delimiter, records, more, tuple(columns), choice.key, choice.why, nulls, unreadable,
                          tuple(dict.fromkeys(f for f in fields if f in repeated)))
 
 
-def _amount_name(name: str) -> bool:
-    return any(_AMOUNT.match(token) for token in name.split("_"))
-
-
-def _decide(name: str, failures: dict[str, int], values: int, money_shape: bool, zone: bool) -> str:
-    """The narrowest candidate every value fits; money_cents needs an amount-like name and decimal shape too."""
-    if values == 0:
-        return "text"
-    for kind in _KINDS:
-        if kind == "money_cents" and not (money_shape and _amount_name(name)):
-            continue
-        if failures[kind] == 0:
-            return "timestamptz" if kind == "timestamp" and zone else kind
-    return "text"
-
-
-# A column stays text when a few values do not fit; say which type they kept it from.
-NEAR_MISS = 0.05
-
-
-def _near_miss(conn: psycopg.Connection[Any], i: int, zero: bool, name: str, failures: dict[str, int], values: int,
-               zone: bool) -> list[str]:
-    for kind in _KINDS:
-        if kind == "boolean" or (kind == "money_cents" and not _amount_name(name)):
-            continue
-        if failures[kind] <= values * NEAR_MISS:
-            shown = "timestamptz" if kind == "timestamp" and zone else kind
-            bad = _example_text(_failing(conn, i, zero, kind))
-            return [f"{failures[kind]:,} of {values:,} values are not valid {shown} (e.g. {bad}); they keep this"
-                    f" column text: with type = \"{shown}\" they would be rejected"]
+def _type_note(name: str, header: str, kind: str, facts: types.Facts) -> list[str]:
+    """Why a type is wider or plainer than the values alone would make it."""
+    if kind == "bigint" and facts.failures["integer"] == 0:
+        return ["bigint: integers that fit a smaller type now may not next year"]
+    if kind == "integer":
+        return ["integer: the name says a small code or a calendar part"]
+    if kind == "numeric" and facts.failures["money_cents"] == 0 and facts.money_shape:
+        return ["numeric, not money_cents: nothing in the name or header says money (amount, total, cost, a currency)"]
     return []
 
 
@@ -468,24 +351,26 @@ def render_spec(profile: SampleProfile, *, sample: Path, name: str, target: str,
                          hint="give the fields distinct names in the header")
     scope = f"the first {profile.records:,} records" if profile.more else f"all {profile.records:,} records"
     lines = [
-        f"# Drafted by `pgstage init` from {sample.name} ({scope}): each type is the narrowest one every",
-        "# sampled value fits, as PostgreSQL's pg_input_is_valid judged it. Review the types and the key,",
-        "# and add rules (min, max, regex, in, checks) before loading for real: see docs/init.md.",
+        f"# Drafted by `pgstage init` from {sample.name} ({scope}): each type is one every sampled value",
+        "# fits, as PostgreSQL's pg_input_is_valid judged it, wide enough for the next file (bigint, numeric).",
+        f"# required = true marks the key, and columns that none of {REQUIRED_FROM:,} or more sampled records leaves",
+        "# empty. Review the types and the key, and add rules (min, max, regex, in, checks) before loading for",
+        "# real: see docs/init.md.",
     ]
     if profile.unreadable:
         numbers = ", ".join(str(n) for n in profile.unreadable[:10]) + (" ..." if len(profile.unreadable) > 10 else "")
         lines.append(f"# {len(profile.unreadable)} record(s) could not be read at all (records {numbers}):"
                      " they will be rejected as `parse`.")
-    lines += ["", "[pipeline]", f"name = {toml_string(name)}", f"target = {toml_string(target)}"]
-    if profile.candidate_keys:
-        lines.append(f"# candidate keys (unique and never empty in the sample): {', '.join(profile.candidate_keys)}")
-        key = profile.candidate_keys[0]
+    lines += ["", "[pipeline]", f"name = {toml_string(name)}", f"target = {toml_string(target)}", *profile.key_notes]
+    if profile.key:
+        lines += [f"key = [{', '.join(toml_string(k) for k in profile.key)}]", 'strategy = "upsert"']
     else:
-        lines.append("# no column is unique and never empty in the sample: choose the business key"
-                     " (several columns may form it)")
-        key = next((c.name for c in columns if c.required), columns[0].name)
-    lines += [f"key = [{toml_string(key)}]", 'strategy = "upsert"', "", "[source]",
-              f"path = {toml_string(source_path)}", f"delimiter = {toml_string(profile.delimiter)}"]
+        lines.append(f"strategy = {toml_string(KEYLESS_STRATEGY)}")
+    lines += ["", "[source]", f"path = {toml_string(source_path)}", f"delimiter = {toml_string(profile.delimiter)}"]
+    if profile.nulls:
+        lines += ["# read as NULL: these stand for a missing value in columns of numbers or dates"
+                  " (and so in every column)",
+                  f"null = [{', '.join(toml_string(m) for m in profile.nulls)}]"]
     if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         lines.append(f"encoding = {toml_string(encoding)}")
     lines += ["", "[columns]"]

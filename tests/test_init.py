@@ -76,24 +76,27 @@ def test_messy_orders(tmp_path: Path, db_url: str, sql) -> None:
         "orders", "public.orders", ("order_id",), "upsert")
     assert (spec.source.path, spec.source.delimiter, spec.load.max_reject_ratio) == ("orders.csv", ",", 0.0)
     assert columns_of(spec_path) == {
-        "order_id": ("integer", "Order ID", True),
+        "order_id": ("bigint", "Order ID", True),              # the key: required
         "customer_email": ("text", "Customer Email", False),
-        "order_total": ("money_cents", "Order Total", True),
-        "qty": ("integer", "Qty", True),                       # 40000 is past smallint
-        "created_at": ("timestamptz", "Created At", True),     # offsets: timestamptz
+        "order_total": ("money_cents", "Order Total", False),  # 4 records are too few to require a value
+        "qty": ("bigint", "Qty", False),                       # integers are bigint
+        "created_at": ("timestamptz", "Created At", False),    # offsets: timestamptz
         "updated_at": ("timestamp", "Updated at", False),      # no offsets; 0000-00-00 is NULL
         "ship_date": ("date", "Ship Date", False),
-        "zip": ("text", "Zip", True),                          # leading zeros stay text
-        "gift": ("boolean", "Gift", True),
-        "ref": ("uuid", "Ref", True),
-        "score": ("text", "Score", True),                      # NaN is not a number pgstage accepts
+        "zip": ("text", "Zip", False),                         # leading zeros stay text
+        "gift": ("boolean", "Gift", False),
+        "ref": ("uuid", "Ref", False),
+        "score": ("text", "Score", False),                     # NaN is not a number pgstage accepts
         "note": ("text", "Note", False),
     }
     assert spec.columns["customer_email"].normalize == ("trim",)
     assert spec.columns["updated_at"].zero_is_null
     text = spec_path.read_text(encoding="utf-8")
-    assert ("# candidate keys (unique and never empty in the sample): order_id, order_total, qty, created_at,"
-            " zip, ref") in text
+    assert ("# key: the smallest combination of columns unique and never empty in the 4 sampled records\n"
+            "#   (identifiers first, then dates and times with categories; never measures)\n"
+            "#   also unique: ref, created_at, zip\n"
+            "#   unique in the sample but measures, not keys: order_total (money_cents), qty (bigint)\n"
+            'key = ["order_id"]\n') in text
     assert '# "Customer Email": 3 values, 1 empty; e.g. "a@x.com", "b@x.com", " c@x.com "' in text
     assert '# "Note": 3 values, 1 empty; e.g. "hello", "multi\\nline", "x"' in text
     assert "(all 4 records)" in text
@@ -113,10 +116,10 @@ def test_semicolons_sniffed_and_special_values_keep_text(tmp_path: Path, db_url:
     assert (spec.pipeline.name, spec.pipeline.target, spec.pipeline.key) == ("stock", "public.stock_2024", ("sku",))
     assert columns_of(spec_path) == {
         "sku": ("text", "sku", True),
-        "label": ("text", "label", True),
-        "price": ("money_cents", "price", True),
-        "stock": ("smallint", "stock", True),
-        "active": ("boolean", "active", True),
+        "label": ("text", "label", False),
+        "price": ("money_cents", "price", False),           # a price with thousands separators: money
+        "stock": ("bigint", "stock", False),
+        "active": ("boolean", "active", False),
         "restock_on": ("text", "restock on", False),        # `today` must not make it a date
     }
     assert_loads_itself(spec_path, db_url, 3)
@@ -126,17 +129,17 @@ def test_quotes_backslashes_and_non_ascii_in_header_names(tmp_path: Path, db_url
     spec_path = draft(tmp_path, db_url, "kunden.csv", ODD_NAMES)
     assert columns_of(spec_path) == {
         "kunden_nr": ("text", 'Kunden "Nr"', True),
-        "strasse": ("text", "Straße", True),
-        "grosse_cm": ("numeric", "Größe (cm)", True),
-        "back_slash": ("text", "back\\slash", True),
-        "column_5": ("text", "名前", True),
-        "col_2nd_value": ("text", "2nd value", True),
-        "id": ("smallint", "ID", True),
-        "id_2": ("smallint", "id", True),
+        "strasse": ("text", "Straße", False),
+        "grosse_cm": ("numeric", "Größe (cm)", False),
+        "back_slash": ("text", "back\\slash", False),
+        "column_5": ("text", "名前", False),
+        "col_2nd_value": ("text", "2nd value", False),
+        "id": ("bigint", "ID", False),
+        "id_2": ("bigint", "id", False),
     }
     text = spec_path.read_text(encoding="utf-8")
     assert 'kunden_nr = { from = "Kunden \\"Nr\\"", type = "text", required = true }' in text
-    assert 'back_slash = { from = "back\\\\slash", type = "text", required = true }' in text
+    assert 'back_slash = { from = "back\\\\slash", type = "text" }' in text
     assert load_spec(spec_path).pipeline.key == ("kunden_nr",)
     assert_loads_itself(spec_path, db_url, 2)
 

@@ -316,18 +316,27 @@ _SPLIT = ("COPY does not read this as one record: a quote inside an unquoted val
           " for PostgreSQL, and a carriage return outside quotes ends a line (quote the whole value)")
 
 
-def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) -> sql.Composed:
-    names = sql.SQL(", ").join(sql.Identifier(f"f{i + 1}") for i in range(len(batch.header.fields)))
+def csv_copy(table: sql.Composable, n_fields: int, dialect: CsvDialect, *, numbered: bool) -> sql.Composed:
+    """COPY of CSV into `table`'s text columns f1..fN (and `_rec` first when the data carries it)."""
+    names = sql.SQL(", ").join(sql.Identifier(f"f{i + 1}") for i in range(n_fields))
     columns = sql.SQL("_rec, {}").format(names) if numbered else names
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, DELIMITER {}, QUOTE {}, ENCODING {})").format(
-        batch.ident, columns, sql.Literal(dialect.delimiter), sql.Literal(dialect.quote),
+        table, columns, sql.Literal(dialect.delimiter), sql.Literal(dialect.quote),
         sql.Literal(pg_encoding(dialect.encoding)))
 
 
+def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) -> sql.Composed:
+    return csv_copy(batch.ident, len(batch.header.fields), dialect, numbered=numbered)
+
+
+def number_from(conn: psycopg.Connection[Any], sequence: str, record: int) -> None:
+    """The next row COPY inserts gets record number `record` (`sequence`: the qualified name of `_rec`'s)."""
+    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(sql.Literal(sequence), sql.Literal(record)),
+            label="stage: number")
+
+
 def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int) -> None:
-    """The next row COPY inserts gets record number `record`."""
-    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
-        sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
+    number_from(conn, f"{LEDGER_SCHEMA}.{batch.table}_rec", record)
 
 
 @dataclass
@@ -417,6 +426,12 @@ def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, record
     middle = len(records) // 2
     return (_copy_records(conn, statement, records[:middle], dialect)
             + _copy_records(conn, statement, records[middle:], dialect))
+
+
+# What `pgstage init` uses to COPY its sample the way a run stages a file.
+UNREADABLE = _UNREADABLE
+copy_data = _copy
+copy_records = _copy_records
 
 
 # --- JSON Lines -------------------------------------------------------------------------------------
