@@ -139,7 +139,8 @@ def _not_keys(measures: list[Column]) -> list[str]:
         return []
     said = [f"{c.name} (numbers the records 1, 2, 3, ...: a row number)" if c.row_number else f"{c.name} ({c.type})"
             for c in measures]
-    return [f"#   unique in the sample but measures, not keys: {', '.join(said)}"]
+    more = f" and {len(said) - 4} more" if len(said) > 4 else ""
+    return [f"#   unique in the sample but measures, not keys: {', '.join(said[:4])}{more}"]
 
 
 def _keyless(records: int, candidates: list[Column], notes: list[str]) -> KeyChoice:

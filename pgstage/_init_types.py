@@ -36,7 +36,7 @@ _PRICE_WORDS = frozenset(("price", "prices", "sum", "value"))
 _CURRENCY = re.compile(r"[$€£¥₹]|(^|[^a-z])(usd|eur|gbp|jpy|chf|cad|aud|cents?)([^a-z]|$)", re.IGNORECASE)
 # Integer columns whose name says they hold a small code or a calendar part: `integer`, not `bigint`.
 _SMALL_CODE_WORDS = frozenset(("code", "status", "type", "kind", "level", "class", "category", "grade", "rank", "year",
-                               "month", "day", "week", "quarter", "hour", "minute", "weekday", "age"))
+                               "month", "day", "week", "quarter", "hour", "minute", "weekday"))
 DATE_TYPES = ("date", "timestamp", "timestamptz")
 
 PARAMS: dict[str, Any] = {
