@@ -106,7 +106,8 @@ def _check(text: str, output: Path | None, *, keyless: bool) -> None:
     (every other part as written); `pgstage run` then says the strategy is unknown.
     """
     if keyless and KEYLESS_STRATEGY not in strategies():
-        first = next(line for line in text.splitlines() if " = { from = " in line).split(" = ")[0]
+        first = next(line for line in text.splitlines()
+                     if " = { from = " in line and not line.startswith("#")).split(" = ")[0]
         text = text.replace(f'strategy = "{KEYLESS_STRATEGY}"', f'key = [{toml_string(first)}]\nstrategy = "upsert"', 1)
     parse_spec(text, output)
 
