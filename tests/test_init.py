@@ -200,3 +200,31 @@ def test_a_few_bad_values_keep_text_and_say_why(tmp_path: Path, db_url: str) -> 
     assert ('#   1 of 25 values are not valid timestamp (e.g. "2024-02-30 25:61:00"); they keep this column text:'
             ' with type = "timestamp" they would be rejected') in spec_path.read_text(encoding="utf-8")
     assert_loads_itself(spec_path, db_url, 25)
+
+
+def test_roles_and_money_names() -> None:
+    from pgstage._init_keys import role
+    from pgstage._init_types import plainly_money, small_code
+
+    assert [role(n, k) for n, k in [("id", "bigint"), ("order_id", "bigint"), ("iso_code", "text"), ("sku", "text"),
+                                   ("ref", "uuid"), ("anything", "uuid"), ("station_id", "numeric"),
+                                   ("day", "date"), ("year", "integer"), ("seen_at", "timestamptz"),
+                                   ("region", "text"), ("count", "bigint"), ("lat", "numeric"), ("active", "boolean"),
+                                   ("total", "money_cents")]] == [
+        "identifier", "identifier", "identifier", "identifier", "identifier", "identifier", "identifier",
+        "time", "time", "time", "category", "measure", "measure", "measure", "measure"]
+    assert plainly_money("order_total", "Order Total", False) and plainly_money("fee", "fee", False)
+    assert plainly_money("price", "Price (€)", False) and plainly_money("price_usd", "price_usd", False)
+    assert plainly_money("price", "price", True)                  # 1,234.00: only money_cents reads it
+    assert not plainly_money("price", "price", False) and not plainly_money("close", "Close", False)
+    assert not plainly_money("reading", "reading", True)
+    assert small_code("status_code") and small_code("year") and not small_code("population") and not small_code("age_0_4")
+
+
+def test_a_price_with_a_currency_is_money_and_one_without_is_numeric(tmp_path: Path, db_url: str, sql) -> None:
+    spec_path = draft(tmp_path, db_url, "prices.csv", "sku,Price (€),price,Amount\nA,1.50,1.50,2.00\nB,12.00,12.00,3.10\n")
+    assert {n: t for n, (t, _, _) in columns_of(spec_path).items()} == {
+        "sku": "text", "price": "money_cents", "price_2": "numeric", "amount": "money_cents"}
+    assert_loads_itself(spec_path, db_url, 2)
+    assert sql("SELECT sku, price, price_2::text, amount FROM public.prices ORDER BY 1") == [
+        ("A", 150, "1.50", 200), ("B", 1200, "12.00", 310)]
