@@ -329,14 +329,10 @@ def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) 
     return csv_copy(batch.ident, len(batch.header.fields), dialect, numbered=numbered)
 
 
-def number_from(conn: psycopg.Connection[Any], sequence: str, record: int) -> None:
-    """The next row COPY inserts gets record number `record` (`sequence`: the qualified name of `_rec`'s)."""
-    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(sql.Literal(sequence), sql.Literal(record)),
-            label="stage: number")
-
-
 def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int) -> None:
-    number_from(conn, f"{LEDGER_SCHEMA}.{batch.table}_rec", record)
+    """The next row COPY inserts gets record number `record`."""
+    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
+        sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
 
 
 @dataclass
@@ -432,6 +428,11 @@ def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, record
 UNREADABLE = _UNREADABLE
 copy_data = _copy
 copy_records = _copy_records
+
+
+def number_from(conn: psycopg.Connection[Any], sequence: str, record: int) -> None:
+    """`_number_from` for a table of another schema: `sequence` is the qualified name of its `_rec` sequence."""
+    execute(conn, sql.SQL("SELECT setval(%s::regclass, %s, false)"), (sequence, record), label="stage: number")
 
 
 # --- JSON Lines -------------------------------------------------------------------------------------
