@@ -60,9 +60,9 @@ class RunReport:
     files: tuple[FileReport, ...] = ()
     message: str | None = None
     dry_run: bool = False
+    warnings: tuple[str, ...] = ()      # things that look wrong though nothing failed (key_warnings)
     merge_sql: str | None = None        # dry runs: the merge statement of the first batch
     sample_rejects: tuple[dict[str, Any], ...] = ()
-    warnings: tuple[str, ...] = ()      # things that look wrong though nothing failed (key_warnings)
 
     def __post_init__(self) -> None:
         if self.status == "succeeded":
