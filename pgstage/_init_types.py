@@ -251,3 +251,19 @@ def sequence_from_one(conn: psycopg.Connection[Any], i: int, nulls: tuple[str, .
     row = execute(conn, sql.SQL("SELECT coalesce(bool_and({0}::numeric = _rec), false) FROM {1}").format(
         value(i), SAMPLE), params(nulls), label="init: row numbers").fetchone()
     return bool(row and row[0])
+
+
+# Dates written with slashes or dots (`01/02/2024`) mean a different day under another DateStyle.
+_NUMERIC_DATE = r"^[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}"
+
+
+def date_style_note(conn: psycopg.Connection[Any], i: int, nulls: tuple[str, ...]) -> str | None:
+    """For a date/time column: whether its values read day and month by the session's DateStyle, said in words."""
+    row = execute(conn, sql.SQL("SELECT coalesce(bool_or({} ~ %(numeric_date)s), false), current_setting('DateStyle')"
+                                " FROM {}").format(value(i), SAMPLE),
+                  {**params(nulls), "numeric_date": _NUMERIC_DATE}, label="init: date style").fetchone()
+    if not row or not row[0]:
+        return None
+    order = str(row[1]).split(",")[-1].strip()
+    return (f"dates like 01/02/2024 were read with DateStyle {order} (this server's): a run on a server with"
+            " another DateStyle reads them otherwise; give `format` if the file's order is fixed")

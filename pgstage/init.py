@@ -301,6 +301,8 @@ def _profile(conn: psycopg.Connection[Any], fields: tuple[str, ...], delimiter: 
                 notes.append(f"{failing:,} of {f.values:,} values are not valid {shown} (e.g. {_example_text(bad)});"
                              f" they keep this column text: with type = \"{shown}\" they would be rejected")
         notes += _type_note(names[i], fields[i], kind, f)
+        if kind in types.DATE_TYPES and (style := types.date_style_note(conn, i, nulls)):
+            notes.append(style)
         row_number = kind in ("integer", "bigint") and empty == 0 and types.sequence_from_one(conn, i, nulls)
         drafts[i] = ColumnDraft(fields[i], names[i], kind, required=False, values=records - empty, empty=empty,
                                 examples=types.examples(conn, i, nulls), trim=f.trim, zero_is_null=zero,

@@ -228,3 +228,13 @@ def test_a_price_with_a_currency_is_money_and_one_without_is_numeric(tmp_path: P
     assert_loads_itself(spec_path, db_url, 2)
     assert sql("SELECT sku, price, price_2::text, amount FROM public.prices ORDER BY 1") == [
         ("A", 150, "1.50", 200), ("B", 1200, "12.00", 310)]
+
+
+def test_slash_dates_say_which_date_style_read_them(tmp_path: Path, db_url: str, sql) -> None:
+    spec_path = draft(tmp_path, db_url, "visits.csv", "visit_id,visited\n1,01/02/2024\n2,12/31/2024\n")
+    assert columns_of(spec_path)["visited"] == ("date", "visited", False)
+    assert ("#   dates like 01/02/2024 were read with DateStyle MDY (this server's): a run on a server with another"
+            " DateStyle reads them otherwise; give `format` if the file's order is fixed\n"
+            'visited = { from = "visited", type = "date" }') in spec_path.read_text(encoding="utf-8")
+    assert_loads_itself(spec_path, db_url, 2)
+    assert sql("SELECT visited::text FROM public.visits ORDER BY 1") == [("2024-01-02",), ("2024-12-31",)]
