@@ -300,7 +300,7 @@ def _profile(conn: psycopg.Connection[Any], fields: tuple[str, ...], delimiter: 
                 shown, failing, bad = miss
                 notes.append(f"{failing:,} of {f.values:,} values are not valid {shown} (e.g. {_example_text(bad)});"
                              f" they keep this column text: with type = \"{shown}\" they would be rejected")
-        notes += _type_note(names[i], fields[i], kind, f)
+        notes += _type_note(kind, f)
         if kind in types.DATE_TYPES and (style := types.date_style_note(conn, i, nulls)):
             notes.append(style)
         row_number = kind in ("integer", "bigint") and empty == 0 and types.sequence_from_one(conn, i, nulls)
@@ -317,7 +317,7 @@ def _profile(conn: psycopg.Connection[Any], fields: tuple[str, ...], delimiter: 
                          tuple(dict.fromkeys(f for f in fields if f in repeated)))
 
 
-def _type_note(name: str, header: str, kind: str, facts: types.Facts) -> list[str]:
+def _type_note(kind: str, facts: types.Facts) -> list[str]:
     """Why a type is wider or plainer than the values alone would make it."""
     if kind == "bigint" and facts.failures["integer"] == 0:
         return ["bigint: integers that fit a smaller type now may not next year"]
