@@ -104,9 +104,52 @@ class PipelineLocked(PgstageError):
     exit_code: int = 4
 
 
+# SQLSTATEs pgstage decides on (PostgreSQL's Appendix A), named once.
+DATA_EXCEPTION = "22"          # a class: a value that does not fit its type
+INTEGRITY_VIOLATION = "23"     # a class: a constraint refused a row
+NUMERIC_OVERFLOW = "22003"
+UNIQUE_VIOLATION = "23505"
+QUERY_CANCELED = "57014"       # statement_timeout, or a cancel request
+# The faults a run retries from its last checkpoint (docs/guarantees.md, "Transient faults"),
+# by SQLSTATE and nothing else: a statement timeout, a full disk (53100) or exhausted memory
+# (53200) would fail the same way again, so they fail the run at once with their message.
+TRANSIENT_SQLSTATES = frozenset({
+    "08000", "08001", "08003", "08004", "08006",   # connection exception: the connection was lost or refused
+    "57P01", "57P02", "57P03",                      # admin shutdown, crash shutdown, cannot connect now (restart)
+    "40001", "40P01",                               # serialization failure, deadlock detected
+    "55P03",                                        # lock not available: lock_timeout elapsed
+    "53300",                                        # too many connections
+})
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """PostgreSQL's own fields of an error (psycopg's `diag`), kept so callers need not dig in `__cause__`."""
+
+    message: str | None = None      # the primary message
+    detail: str | None = None
+    schema: str | None = None
+    table: str | None = None
+    column: str | None = None
+    datatype: str | None = None
+    constraint: str | None = None
+
+
 @dataclass
 class DatabaseError(PgstageError):
-    """PostgreSQL refused something; the message is PostgreSQL's, in the spec's terms."""
+    """PostgreSQL refused something; the message is PostgreSQL's, in the spec's terms.
+
+    `sqlstate` is the error's code (None when the client lost the server before any answer);
+    `diagnostics` the fields PostgreSQL sent with it.
+    """
+
+    sqlstate: str | None = None
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    @property
+    def sqlstate_class(self) -> str | None:
+        """The code's first two characters: 22 data exception, 23 integrity violation, 08 connection, ..."""
+        return self.sqlstate[:2] if self.sqlstate else None
 
 
 @dataclass

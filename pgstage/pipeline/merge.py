@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
-from pgstage.errors import DatabaseError, TransientDatabaseError
+from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
 from pgstage.pipeline.extract.postgres import DELETED_AT
@@ -434,7 +434,7 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup)
         row = execute(conn, query, label=label).fetchone()
     except DatabaseError as exc:
-        if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+        if exc.sqlstate == UNIQUE_VIOLATION:
             # Another load inserted some of these keys after this batch was classified: the
             # batch is rolled back and retried, and then sees those rows as existing.
             raise TransientDatabaseError(f"a concurrent load wrote keys of {checked.staged.source.name}: {exc.message}",

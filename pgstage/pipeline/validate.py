@@ -27,7 +27,7 @@ from pgstage.pipeline import known, transform
 from pgstage.pipeline._cast_first import MAX_ATTEMPTS, CastLuck, CastPlan, candidates, culprit
 from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
-from pgstage.errors import DatabaseError, SpecError
+from pgstage.errors import DATA_EXCEPTION, INTEGRITY_VIOLATION, DatabaseError, SpecError
 from pgstage.spec import ColumnSpec, Reference, Spec, parse_reference
 
 
@@ -382,10 +382,10 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
                         label=f"validate (cast first) {staged.source.name}")
             break
         except DatabaseError as exc:
-            if not isinstance(exc.__cause__, (psycopg.errors.DataError, psycopg.errors.IntegrityError)):
+            if exc.sqlstate_class not in (DATA_EXCEPTION, INTEGRITY_VIOLATION):
                 raise
             attempts += 1
-            found = culprit(conn, spec, types, staged, plan, exc.__cause__, context.collation)
+            found = culprit(conn, spec, types, staged, plan, exc, context.collation)
             if not found:
                 context.luck.give_up()
             for column, bad in found:
