@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage import faults
-from pgstage.db import execute
+from pgstage.db import execute, qualified, relation_exists
 from pgstage.spec import Spec
 
 REBUILD_MAINTENANCE_WORK_MEM = "512MB"
@@ -51,7 +51,7 @@ def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int
     if strategy == "rebuild":
         return True
     row = execute(conn, sql.SQL("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)"),
-                  (".".join(spec.target),), label="indexes: size").fetchone()
+                  (qualified(*spec.target),), label="indexes: size").fetchone()
     existing = int(row[0]) if row else 0
     return incoming_rows >= AUTO_MIN_ROWS and incoming_rows >= AUTO_FRACTION * existing
 
@@ -81,9 +81,7 @@ def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
         with conn.transaction():
             execute(conn, sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
                 sql.Literal(REBUILD_MAINTENANCE_WORK_MEM)), label="indexes: memory")
-            exists = execute(conn, sql.SQL("SELECT to_regclass(%s)"), (f'"{schema}"."{name}"',),
-                             label="indexes: exists").fetchone()
-            if not (exists and exists[0]):
+            if not relation_exists(conn, schema, name):
                 # The definition text comes from pg_get_indexdef, PostgreSQL's own rendering.
                 execute(conn, sql.SQL(definition), label=f"indexes: rebuild {name}")  # type: ignore[arg-type]
             faults.hit("index.rebuild")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pgstage.errors import SpecError
+from pgstage.names import AUDIT_COLUMNS
 
 Strategy = Literal["insert_only", "upsert", "upsert_if_newer"]
 Normalizer = Literal["trim", "lower", "upper"]
@@ -255,7 +256,7 @@ class Spec(_Model):
         if bad:
             raise ValueError(f"column names are 1-63 characters and may not start with '_' (reserved): {bad}")
         raw = self.load.raw_column
-        if raw is not None and (raw in self.columns or raw in ("_loaded_at", "_updated_at", "_run_id")):
+        if raw is not None and (raw in self.columns or raw in AUDIT_COLUMNS):
             raise ValueError(f"load.raw_column {raw!r} is already a column")
         if self.source.on_new_fields == "keep_raw" and raw is None:
             raise ValueError("source.on_new_fields = \"keep_raw\" needs load.raw_column, the JSONB column that keeps them")

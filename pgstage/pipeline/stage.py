@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage import faults
-from pgstage.db import execute, wrap
+from pgstage.db import execute, qualified, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
 from pgstage.pipeline._screen import applies, screen
@@ -33,9 +33,9 @@ from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetRead
 from pgstage.pipeline.extract.csv import ByteWindows
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
 from pgstage.pipeline.extract.postgres import PostgresReader
+from pgstage.names import LEDGER_SCHEMA
 from pgstage.spec import Spec, pg_encoding
 
-LEDGER_SCHEMA = "pgstage"
 # For the run's own tables (staging, checked, known, beaten), which live minutes and are read
 # in full: autovacuum would vacuum and analyze each one after its COPY (a 1M-row table passes
 # every threshold), spending a core the load needs, and a DROP waits a second
@@ -223,7 +223,7 @@ def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) 
         # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
         execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
         execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})" + NO_AUTOVACUUM).format(
-            ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
+            ident, sql.Literal(qualified(LEDGER_SCHEMA, f"{table}_rec")), columns), label="stage: create")
 
 
 def drop(conn: psycopg.Connection[Any], table: str) -> None:
@@ -326,8 +326,8 @@ def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) 
 
 def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int) -> None:
     """The next row COPY inserts gets record number `record`."""
-    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
-        sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
+    execute(conn, sql.SQL("SELECT setval(%s::regclass, %s, false)"), (qualified(LEDGER_SCHEMA, f"{batch.table}_rec"), record),
+            label="stage: number")
 
 
 @dataclass

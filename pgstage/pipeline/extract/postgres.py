@@ -27,13 +27,11 @@ from psycopg import sql
 
 from pgstage.db import execute, mask, wrap
 from pgstage.errors import DatabaseError, Location, SourceError, SpecError
+from pgstage.names import SOURCE_CHANGED_AT, SOURCE_DELETED_AT
 from pgstage.pipeline.extract.csv import ByteWindows, Header
 from pgstage.pipeline.extract.files import SourceFile
 from pgstage.spec import SourceSection
 
-# Names of the computed fields in the staging table; a ':' keeps them apart from any `from`.
-CHANGED_AT = "pgstage:changed_at"
-DELETED_AT = "pgstage:deleted_at"
 _TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 
 
@@ -178,7 +176,7 @@ class PostgresReader(ByteWindows):
     def select(self, fields: Sequence[str]) -> tuple[str, ...]:
         """Choose the table's columns to stage; returns the staged fields, computed ones last."""
         self._fields = tuple(fields)
-        return (*self._fields, CHANGED_AT, *((DELETED_AT,) if self.source.deleted_at else ()))
+        return (*self._fields, SOURCE_CHANGED_AT, *((SOURCE_DELETED_AT,) if self.source.deleted_at else ()))
 
     def _start(self) -> None:
         statement = build_copy_out(self.source, self._fields, self.since)
