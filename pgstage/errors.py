@@ -153,6 +153,11 @@ class DatabaseError(PgstageError):
 
 
 @dataclass
+class UntrustedIndexDefinition(PgstageError):
+    """A definition in pgstage.index_rebuilds is not one pgstage wrote: it is refused, never run."""
+
+
+@dataclass
 class MissingDependency(PgstageError):
     """An optional extra is needed; the hint names the pip command."""
 
