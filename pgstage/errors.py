@@ -1,12 +1,24 @@
 """One error tree: every failure a user can see says what, where and what to do.
 
-The CLI maps these to exit codes in one place (`cli/_errors.py`); library callers catch
+The CLI maps these to exit statuses (`ExitStatus`) in one place (`cli/_errors.py`); library callers catch
 `PgstageError` and read `.exit_code`, `.location` and `.hint`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """The `pgstage` command's exit statuses (SPEC §6), named once; each error class carries its own."""
+
+    OK = 0
+    FAILED = 1            # a run failed (database, source), or a bug
+    USAGE = 2             # bad spec, option, header or target: fix the input, do not retry
+    REJECT_LIMIT = 3      # too many rejects: nothing merged
+    LOCKED = 4            # another run holds the pipeline
+    INTERRUPTED = 130     # Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,7 @@ class PgstageError(Exception):
     message: str
     location: Location = field(default_factory=Location)
     hint: str | None = None
-    exit_code: int = 1
+    exit_code: int = ExitStatus.FAILED
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -55,7 +67,7 @@ class SpecError(PgstageError):
     """The pipeline spec is wrong; `problems` lists every problem found, not just the first."""
 
     problems: tuple[str, ...] = ()
-    exit_code: int = 2
+    exit_code: int = ExitStatus.USAGE
 
     def __str__(self) -> str:
         if not self.problems:
@@ -68,7 +80,7 @@ class SpecError(PgstageError):
 class UsageError(PgstageError):
     """A command was called in a way that cannot work (bad option, bad date)."""
 
-    exit_code: int = 2
+    exit_code: int = ExitStatus.USAGE
 
 
 @dataclass
@@ -80,28 +92,28 @@ class SourceError(PgstageError):
 class HeaderMismatch(SourceError):
     """The source's header does not provide what the spec needs: a usage problem (exit 2)."""
 
-    exit_code: int = 2
+    exit_code: int = ExitStatus.USAGE
 
 
 @dataclass
 class TargetMismatch(PgstageError):
     """An existing target table disagrees with the spec (column missing, other type, no key)."""
 
-    exit_code: int = 2
+    exit_code: int = ExitStatus.USAGE
 
 
 @dataclass
 class RejectLimitExceeded(PgstageError):
     """Too many rejected rows: nothing was merged, the rejects were recorded."""
 
-    exit_code: int = 3
+    exit_code: int = ExitStatus.REJECT_LIMIT
 
 
 @dataclass
 class PipelineLocked(PgstageError):
     """Another run holds this pipeline's lock."""
 
-    exit_code: int = 4
+    exit_code: int = ExitStatus.LOCKED
 
 
 # SQLSTATEs pgstage decides on (PostgreSQL's Appendix A), named once.
@@ -161,7 +173,7 @@ class UntrustedIndexDefinition(PgstageError):
 class MissingDependency(PgstageError):
     """An optional extra is needed; the hint names the pip command."""
 
-    exit_code: int = 2
+    exit_code: int = ExitStatus.USAGE
 
 
 @dataclass

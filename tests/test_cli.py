@@ -161,3 +161,20 @@ def test_every_command_is_documented() -> None:
     for command in ("pgstage run", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
                     "pgstage rejects", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
         assert f"## `{command}" in docs, command
+
+
+def test_exit_statuses_are_named_once_and_carried_by_the_errors() -> None:
+    from pgstage import errors
+    from pgstage.errors import ExitStatus
+    assert [(s.name, int(s)) for s in ExitStatus] == [("OK", 0), ("FAILED", 1), ("USAGE", 2), ("REJECT_LIMIT", 3),
+                                                     ("LOCKED", 4), ("INTERRUPTED", 130)]
+    expected = {errors.PgstageError: 1, errors.SpecError: 2, errors.UsageError: 2, errors.SourceError: 1,
+                errors.HeaderMismatch: 2, errors.TargetMismatch: 2, errors.RejectLimitExceeded: 3,
+                errors.PipelineLocked: 4, errors.DatabaseError: 1, errors.MissingDependency: 2,
+                errors.ConnectionFailed: 1, errors.TransientDatabaseError: 1, errors.UntrustedIndexDefinition: 1}
+    assert {cls: cls("x").exit_code for cls in expected} == expected
+
+
+def test_a_bad_option_exits_2_with_the_usage(tmp_path: Path) -> None:
+    code, out = invoke("run", str(write(tmp_path)), "--bogus")
+    assert code == 2 and "No such option: --bogus" in out
