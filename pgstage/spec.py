@@ -387,13 +387,13 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
     for loc, message in _raw_cross_checks(data):
         problems.append(f"{name}:{_line_of(text, loc)}: {'.'.join(loc)}: {message}")
     if spec is not None and spec.checks:
-        from pgstage.checks import compile_check
+        from pgstage.checks import validate_checks   # sqlglot only for a spec with checks
 
-        for check_name, expression in spec.checks.items():
-            try:
-                compile_check(check_name, expression, {c: col.pg_type for c, col in spec.columns.items()})
-            except SpecError as exc:
-                problems.append(f"{name}:{_line_of(text, ('checks', check_name))}: {exc.message}")
+        try:
+            validate_checks(spec.checks, {c: col.pg_type for c, col in spec.columns.items()},
+                            locate=lambda check: f"{name}:{_line_of(text, ('checks', check))}")
+        except SpecError as exc:
+            problems += exc.problems
     if problems or spec is None:
         raise SpecError(f"{name}: {len(problems)} problem(s) in the pipeline spec", problems=tuple(problems),
                         hint="see docs/spec.md for every field")
