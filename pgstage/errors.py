@@ -7,6 +7,7 @@ The CLI maps these to exit statuses (`ExitStatus`) in one place (`cli/_errors.py
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 from enum import IntEnum
 
 
@@ -51,7 +52,12 @@ class PgstageError(Exception):
     message: str
     location: Location = field(default_factory=Location)
     hint: str | None = None
-    exit_code: int = ExitStatus.FAILED
+    exit_code: ClassVar[ExitStatus] = ExitStatus.FAILED    # a subclass names its own: `class X(..., exit_code=...)`
+
+    def __init_subclass__(cls, exit_code: ExitStatus | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -63,11 +69,10 @@ class PgstageError(Exception):
 
 
 @dataclass
-class SpecError(PgstageError):
+class SpecError(PgstageError, exit_code=ExitStatus.USAGE):
     """The pipeline spec is wrong; `problems` lists every problem found, not just the first."""
 
     problems: tuple[str, ...] = ()
-    exit_code: int = ExitStatus.USAGE
 
     def __str__(self) -> str:
         if not self.problems:
@@ -77,10 +82,8 @@ class SpecError(PgstageError):
 
 
 @dataclass
-class UsageError(PgstageError):
+class UsageError(PgstageError, exit_code=ExitStatus.USAGE):
     """A command was called in a way that cannot work (bad option, bad date)."""
-
-    exit_code: int = ExitStatus.USAGE
 
 
 @dataclass
@@ -89,31 +92,23 @@ class SourceError(PgstageError):
 
 
 @dataclass
-class HeaderMismatch(SourceError):
+class HeaderMismatch(SourceError, exit_code=ExitStatus.USAGE):
     """The source's header does not provide what the spec needs: a usage problem (exit 2)."""
 
-    exit_code: int = ExitStatus.USAGE
-
 
 @dataclass
-class TargetMismatch(PgstageError):
+class TargetMismatch(PgstageError, exit_code=ExitStatus.USAGE):
     """An existing target table disagrees with the spec (column missing, other type, no key)."""
 
-    exit_code: int = ExitStatus.USAGE
-
 
 @dataclass
-class RejectLimitExceeded(PgstageError):
+class RejectLimitExceeded(PgstageError, exit_code=ExitStatus.REJECT_LIMIT):
     """Too many rejected rows: nothing was merged, the rejects were recorded."""
 
-    exit_code: int = ExitStatus.REJECT_LIMIT
-
 
 @dataclass
-class PipelineLocked(PgstageError):
+class PipelineLocked(PgstageError, exit_code=ExitStatus.LOCKED):
     """Another run holds this pipeline's lock."""
-
-    exit_code: int = ExitStatus.LOCKED
 
 
 # SQLSTATEs pgstage decides on (PostgreSQL's Appendix A), named once.
@@ -170,10 +165,8 @@ class UntrustedIndexDefinition(PgstageError):
 
 
 @dataclass
-class MissingDependency(PgstageError):
+class MissingDependency(PgstageError, exit_code=ExitStatus.USAGE):
     """An optional extra is needed; the hint names the pip command."""
-
-    exit_code: int = ExitStatus.USAGE
 
 
 @dataclass

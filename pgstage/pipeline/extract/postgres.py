@@ -204,6 +204,3 @@ class PostgresReader(ByteWindows):
     def close(self) -> None:
         """Closing the connection ends the read-only transaction (and a COPY left unfinished)."""
         self._conn.close()
-
-    def __enter__(self) -> "PostgresReader":
-        return self
