@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -122,6 +123,18 @@ def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params
                f"-- {label}: {ended - started:.3f}s, {cursor.rowcount} rows, ended at {ended - _EPOCH:.3f}s"
                f" [{threading.current_thread().name}]")
     return cursor
+
+
+def copy(cursor: psycopg.Cursor[Any], statement: sql.Composed, *, label: str) -> AbstractContextManager[psycopg.Copy]:
+    """Start a COPY: the door for COPY as execute() is for other statements, so tracing shows it too.
+
+    psycopg's errors pass through unwrapped: a refused COPY is data for its caller (a window
+    to screen, a record to quarantine), which wraps what it does not handle.
+    """
+    if TRACE:
+        _trace(f"-- {label}\n{statement.as_string(cursor.connection)};\n-- {label}: started"
+               f" [{threading.current_thread().name}]")
+    return cursor.copy(statement)
 
 
 _EPOCH = time.perf_counter()   # trace lines tell when each statement ended, to see what overlapped

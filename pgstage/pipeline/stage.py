@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage import faults
+from pgstage.db import copy as db_copy
 from pgstage.db import execute, qualified, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
@@ -387,7 +388,7 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
 def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes | list[bytes | memoryview]) -> int:
     """COPY the bytes, given whole or in pieces (a screened window), in one statement."""
     with conn.cursor() as cursor:
-        with cursor.copy(statement) as copy:
+        with db_copy(cursor, statement, label="stage: copy") as copy:
             for piece in [data] if isinstance(data, bytes) else data:
                 copy.write(piece)
             faults.hit("stage.copy")
@@ -468,7 +469,8 @@ def _isolate_json(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes
         texts, undecodable = json_lines(data, first_record=record)
         try:
             with conn.cursor() as cursor:
-                with cursor.copy(sql.SQL("COPY {} (n, line) FROM STDIN").format(lines)) as copy:
+                with db_copy(cursor, sql.SQL("COPY {} (n, line) FROM STDIN").format(lines),
+                             label="stage: copy json lines") as copy:
                     for number, text in texts:
                         copy.write_row((number - record + 1, text))
         except psycopg.Error as exc:

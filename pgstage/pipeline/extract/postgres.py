@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgstage.db import copy as db_copy
 from pgstage.db import execute, mask, wrap
 from pgstage.errors import DatabaseError, Location, SourceError, SpecError
 from pgstage.names import SOURCE_CHANGED_AT, SOURCE_DELETED_AT
@@ -183,7 +184,7 @@ class PostgresReader(ByteWindows):
         self._cursor = self._conn.cursor()
         try:
             # Kept referenced: a dropped context manager would end the COPY when collected.
-            self._copy_cm = self._cursor.copy(statement)
+            self._copy_cm = db_copy(self._cursor, statement, label=f"source: copy out {self.label}")
             copy = self._copy_cm.__enter__()
         except psycopg.Error as exc:
             raise wrap(exc, f"source: copy out {self.label}") from exc
