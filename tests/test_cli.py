@@ -203,9 +203,9 @@ def test_every_option_of_every_command_is_in_its_docs_section() -> None:
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     sections = {}   # "pgstage db url" -> its heading and text
     for section in re.split(r"^(?=## )", docs, flags=re.M)[1:]:
-        words = re.match(r"## `([^`]*)`", section)
-        assert words, section.splitlines()[0]
-        sections[" ".join(w for w in words[1].split() if w.islower() and not w.startswith(("[", "-")))] = section
+        heading = re.match(r"## `([^`]*)`", section)
+        assert heading, section.splitlines()[0]
+        sections[" ".join(w for w in heading[1].split() if w.islower() and not w.startswith(("[", "-")))] = section
     missing = []
     for words, command in _commands(typer.main.get_command(app)):
         name = " ".join(("pgstage", *words))
