@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from pgstage import _init_keys as keys
 from pgstage import _init_types as types
 from pgstage._init_types import SAMPLE, raw
-from pgstage.db import connect, execute, resolve_url, wrap
+from pgstage.db import connect, execute, qualified, resolve_url, wrap
 from pgstage.errors import HeaderMismatch, SourceError, UsageError
 from pgstage.pipeline import stage
 from pgstage.pipeline._quarantine import isolate
@@ -224,7 +224,7 @@ def _create_sample_table(conn: psycopg.Connection[Any], n_fields: int) -> None:
     columns = sql.SQL(", ").join(sql.SQL("{} text").format(raw(i)) for i in range(n_fields))
     execute(conn, sql.SQL("CREATE TEMP SEQUENCE {}").format(sql.Identifier(_SEQUENCE)), label="init: sample sequence")
     execute(conn, sql.SQL("CREATE TEMP TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})").format(
-        SAMPLE, sql.Literal(f"pg_temp.{_SEQUENCE}"), columns), label="init: sample table")
+        SAMPLE, sql.Literal(qualified("pg_temp", _SEQUENCE)), columns), label="init: sample table")
 
 
 def _copy_sample(conn: psycopg.Connection[Any], reader: CsvReader, options: SourceSection, n_fields: int,
@@ -239,7 +239,7 @@ def _copy_sample(conn: psycopg.Connection[Any], reader: CsvReader, options: Sour
         window = reader.next_window(max_lines=limit - record + 1)  # lines >= records: never past the limit
         if window is None:
             break
-        stage.number_from(conn, f"pg_temp.{_SEQUENCE}", record)
+        stage.number_from(conn, qualified("pg_temp", _SEQUENCE), record)
         try:
             record += stage.copy_data(conn, plain, window.data)
             continue

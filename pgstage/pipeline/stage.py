@@ -331,9 +331,12 @@ def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) 
 
 
 def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int) -> None:
-    """The next row COPY inserts gets record number `record`."""
-    execute(conn, sql.SQL("SELECT setval(%s::regclass, %s, false)"), (qualified(LEDGER_SCHEMA, f"{batch.table}_rec"), record),
-            label="stage: number")
+    number_from(conn, qualified(LEDGER_SCHEMA, f"{batch.table}_rec"), record)
+
+
+def number_from(conn: psycopg.Connection[Any], sequence: str, record: int) -> None:
+    """The next row COPY inserts gets record number `record` (`sequence`: `_rec`'s, as db.qualified spells it)."""
+    execute(conn, sql.SQL("SELECT setval(%s::regclass, %s, false)"), (sequence, record), label="stage: number")
 
 
 @dataclass
@@ -429,11 +432,6 @@ def _copy_records(conn: psycopg.Connection[Any], statement: sql.Composed, record
 UNREADABLE = _UNREADABLE
 copy_data = _copy
 copy_records = _copy_records
-
-
-def number_from(conn: psycopg.Connection[Any], sequence: str, record: int) -> None:
-    """`_number_from` for a table of another schema: `sequence` is the qualified name of its `_rec` sequence."""
-    execute(conn, sql.SQL("SELECT setval(%s::regclass, %s, false)"), (sequence, record), label="stage: number")
 
 
 # --- JSON Lines -------------------------------------------------------------------------------------
