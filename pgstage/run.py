@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -126,7 +127,8 @@ def _run_once(conn: psycopg.Connection[Any], url: str, spec: Spec, files: list[S
         skipped = tuple(FileReport(f.name, "skipped") for f in files if f not in todo)
         if run_id is None:
             run_id = ledger.start_run(conn, spec.pipeline.name, part, spec.pipeline.target,
-                                      str(spec.path) if spec.path else None, dry_run=dry_run)
+                                      str(spec.path) if spec.path else None, dry_run=dry_run,
+                                      spec=ledger.spec_document(spec))
         state["run_id"] = run_id
         if not todo and not ledger.batch_counts(conn, run_id):
             why = ("every file was loaded before (use --force to load again)" if files else
@@ -180,7 +182,7 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
                                       start=start, batch_rows=spec.load.batch_rows, since=since,
                                       parallel=spec.load.workers)
         validating.append((source, [pool.submit(partial(_validate, spec=spec, types=types, batch=batch, run_id=run_id,
-                                                        context=context)) for batch in batches]))
+                                                        context=context, staged=span)) for batch, span in _timed(batches)]))
     staged.set()
     for source, futures in validating:
         file_checked = results(futures)
@@ -257,12 +259,15 @@ def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[
 
 
 def _validate(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transform.ColumnType],
-              batch: stage.StagedBatch, run_id: int, context: validate.Context) -> validate.Checked:
+              batch: stage.StagedBatch, run_id: int, context: validate.Context,
+              staged: tuple[float, float] | None = None) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job)."""
     with conn.transaction():
+        began = time.time()
         checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{batch.file_no}_{batch.batch_no}", run_id,
                                  context)
-        ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated")
+        timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
+        ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated", timings)
     faults.hit("validate.after")
     return checked
 
@@ -273,12 +278,14 @@ def _merge(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transf
     """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
     try:
         with conn.transaction():
+            began = time.time()
             m = merge.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts)
+            merged = time.time()
             pre = _pre_merge(checked)
             counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
                             inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,
                             deleted=m.deleted)
-            ledger.record_batch(conn, run_id, checked.staged, counts, "merged")
+            ledger.record_batch(conn, run_id, checked.staged, counts, "merged", {"merge": (began, merged)})
             if last_of_file and spec.source.kind == "postgres":
                 if seen is not None:
                     ledger.record_watermark(conn, spec.pipeline.name, checked.staged.source.name, seen, run_id)
@@ -331,6 +338,15 @@ def _report(spec: Spec, run_id: int, part: str | None, status: str, per_file: di
     totals = sum(per_file.values(), Counts())
     return RunReport(run_id, spec.pipeline.name, part, status, totals, by_rule, time.perf_counter() - started,
                      spec.pipeline.target, (*files, *skipped))
+
+
+def _timed(batches: Iterator[stage.StagedBatch]) -> Iterator[tuple[stage.StagedBatch, tuple[float, float]]]:
+    """Each batch with when its staging began and ended (Unix seconds), for the report's timeline."""
+    began = time.time()
+    for batch in batches:
+        ended = time.time()
+        yield batch, (began, ended)
+        began = time.time()
 
 
 def _pre_merge(c: validate.Checked) -> Counts:
