@@ -47,6 +47,8 @@ class Chromium:
         self.timeout = timeout
         self._next_id = 0
         self._events: list[dict[str, Any]] = []
+        self._responses: dict[int, dict[str, Any]] = {}
+        self._visit = PageVisit("about:blank")
 
     def __enter__(self) -> "Chromium":
         self._profile = tempfile.TemporaryDirectory(prefix="pgstage-chromium-")
@@ -100,26 +102,35 @@ class Chromium:
             return list(json.load(response))
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """Send one command and return its result; events received meanwhile are kept."""
+        """Send one command and return its result.
+
+        Events that hold the page back (a paused request, a dialog) are answered at once, even
+        while waiting for a result (a navigation waits for its own paused request); the others
+        are kept for `_pump`.
+        """
         self._next_id += 1
         mine = self._next_id
         self._ws.send(json.dumps({"id": mine, "method": method, "params": params}))
-        while True:
+        while mine not in self._responses:
             message = json.loads(self._ws.recv())
-            if message.get("id") == mine:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return dict(message.get("result", {}))
-            if "method" in message:
+            if "id" in message:
+                self._responses[message["id"]] = message
+            elif message.get("method") in ("Fetch.requestPaused", "Page.javascriptDialogOpening"):
+                self._handle(message)
+            elif "method" in message:
                 self._events.append(message)
+        message = self._responses.pop(mine)
+        if "error" in message:
+            raise RuntimeError(f"{method}: {message['error']}")
+        return dict(message.get("result", {}))
 
-    def _pump(self, until: str | None, visit: PageVisit, seconds: float) -> None:
-        """Handle events (requests, dialogs) until `until` arrives, or for `seconds` of quiet."""
+    def _pump(self, until: str | None, seconds: float) -> None:
+        """Handle events until `until` arrives, or for `seconds` of quiet."""
         deadline = time.monotonic() + (self.timeout if until else seconds)
         while True:
             while self._events:
                 event = self._events.pop(0)
-                self._handle(event, visit)
+                self._handle(event)
                 if until and event["method"] == until:
                     return
             remaining = deadline - time.monotonic()
@@ -129,25 +140,31 @@ class Chromium:
                 return
             self._ws.settimeout(remaining)
             try:
-                self._events.append(json.loads(self._ws.recv()))
+                message = json.loads(self._ws.recv())
             except websocket.WebSocketTimeoutException:
                 if until:
                     raise TimeoutError(f"no {until} within {self.timeout}s") from None
                 return
             finally:
                 self._ws.settimeout(self.timeout)
+            if "id" in message:
+                self._responses[message["id"]] = message
+            else:
+                self._events.append(message)
 
-    def _handle(self, event: dict[str, Any], visit: PageVisit) -> None:
-        method, params = event["method"], event.get("params", {})
+    def _handle(self, event: dict[str, Any]) -> None:
+        visit, method, params = self._visit, event["method"], event.get("params", {})
         if method == "Fetch.requestPaused":
             url = params["request"]["url"]
             if url == visit.url:
                 self.call("Fetch.continueRequest", requestId=params["requestId"])
             else:
+                visit.requests.append(url)
                 self.call("Fetch.failRequest", requestId=params["requestId"], errorReason="BlockedByClient")
         elif method == "Network.requestWillBeSent":
-            if params["request"]["url"] != visit.url:
-                visit.requests.append(params["request"]["url"])
+            url = params["request"]["url"]
+            if url != visit.url and url not in visit.requests:
+                visit.requests.append(url)
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
             visit.console_errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params["args"]))
         elif method == "Runtime.exceptionThrown":
@@ -162,11 +179,11 @@ class Chromium:
     def open(self, path: Path, *, width: int = 1280, height: int = 900, mobile: bool = False) -> PageVisit:
         """Load a file, wait for its load event and a moment of quiet, and return what it did."""
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=mobile)
-        visit = PageVisit(path.resolve().as_uri())
+        visit = self._visit = PageVisit(path.resolve().as_uri())
         self._events.clear()
         self.call("Page.navigate", url=visit.url)
-        self._pump("Page.loadEventFired", visit, 0)
-        self._pump(None, visit, 0.5)
+        self._pump("Page.loadEventFired", 0)
+        self._pump(None, 0.5)
         return visit
 
     def evaluate(self, expression: str) -> Any:

@@ -105,3 +105,14 @@ def _write(path: Path, html: str) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     return path
+
+
+def write_demo_reports(workdir: Path, run_ids: list[int], pipelines: list[str], *,
+                       db: str | None = None) -> Path | None:
+    """The demo's pages: `report.html` for its last run that loaded rows, `report-<pipeline>.html` for each pipeline."""
+    if run_ids:
+        write_run_report(run_ids[-1], workdir / "report.html", db=db)
+    for name in dict.fromkeys(pipelines):
+        write_pipeline_report(name, workdir / f"report-{name}.html", days=366, db=db)
+    page = workdir / "report.html"     # a demo that only skipped keeps the page of the one before
+    return page if page.exists() else None
