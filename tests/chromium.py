@@ -10,7 +10,10 @@ a failed load) and JavaScript dialog is recorded.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import os
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -51,13 +54,15 @@ class Chromium:
         self._visit = PageVisit("about:blank")
 
     def __enter__(self) -> "Chromium":
-        self._profile = tempfile.TemporaryDirectory(prefix="pgstage-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="pgstage-chromium-", ignore_cleanup_errors=True)
+        assert self.executable is not None
+        # Its own process group: the browser's helpers (zygote, renderer, GPU) end with it.
         self._process = subprocess.Popen(
             [self.executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
              "--disable-sync", "--disable-component-update", "--hide-scrollbars", "--remote-debugging-port=0",
              f"--user-data-dir={self._profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = self._port()
             page = next(t for t in self._targets(port) if t.get("type") == "page")
@@ -78,12 +83,24 @@ class Chromium:
     def _stop(self) -> None:
         if getattr(self, "_ws", None) is not None:
             self._ws.close()
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        group = self._process.pid                  # the group this browser leads (start_new_session)
+        for signal_, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(group, signal_)
+            except ProcessLookupError:
+                break
+            try:
+                self._process.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:       # helpers may outlive the browser by a moment
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
         self._profile.cleanup()
 
     def _port(self) -> int:
@@ -159,7 +176,8 @@ class Chromium:
             if url == visit.url:
                 self.call("Fetch.continueRequest", requestId=params["requestId"])
             else:
-                visit.requests.append(url)
+                if url not in visit.requests:
+                    visit.requests.append(url)
                 self.call("Fetch.failRequest", requestId=params["requestId"], errorReason="BlockedByClient")
         elif method == "Network.requestWillBeSent":
             url = params["request"]["url"]
@@ -195,3 +213,25 @@ class Chromium:
     def screenshot(self, full_page: bool = True) -> bytes:
         return base64.b64decode(self.call("Page.captureScreenshot", format="png",
                                           captureBeyondViewport=full_page)["data"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.chromium PAGE.html SHOT.png [WIDTH]`: a full-page screenshot (the docs' images)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3):
+        raise SystemExit("usage: python -m tests.chromium PAGE.html SHOT.png [WIDTH]")
+    with Chromium() as browser:
+        visit = browser.open(Path(args[0]), width=int(args[2]) if len(args) == 3 else 1100)
+        if visit.console_errors or visit.requests:
+            raise SystemExit(f"{args[0]}: console errors {visit.console_errors}, requests {visit.requests}")
+        png = browser.screenshot()
+    from PIL import Image   # a palette of 128 colours: a quarter of the bytes, no visible loss on these pages
+
+    with Image.open(io.BytesIO(png)) as image:
+        image.convert("RGB").quantize(colors=128).save(args[1], optimize=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -115,7 +115,7 @@ def test_run_page_numbers_equal_the_ledger(loaded: Loader, sql: Any, tmp_path: P
     assert XSS not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<script") == 0
     # Every sample reject with its file and record number, in file order.
-    rows = re.findall(r"<tr><td>[^<]*/(orders_[^<]+)</td><td class=\"n\">(\d+)</td>", html)
+    rows = re.findall(r"<tr><td class=\"file\">[^<]*/(orders_[^<]+)</td><td class=\"n\">(\d+)</td>", html)
     assert rows == [("orders_2024-01-01.csv", "2"), ("orders_2024-01-01.csv", "3"), ("orders_2024-01-01.csv", "4")]
 
 
@@ -295,5 +295,5 @@ def test_pipeline_page_in_chromium(browser: Chromium, loaded: Loader, tmp_path: 
     assert visit.console_errors == [] and visit.requests == [] and visit.dialogs == []
     charts = browser.evaluate("[...document.querySelectorAll('figure.chart > svg[data-chart]')]"
                               ".map(s => [s.dataset.chart, s.querySelectorAll('path').length > 3])")
-    assert charts == [["history", True]]
+    assert charts == [["history", True], ["changes", True]]
     assert pixel_stddev(browser.screenshot()) > 10

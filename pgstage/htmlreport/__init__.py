@@ -21,7 +21,7 @@ from pgstage.htmlreport.page import render_pipeline, render_run
 from pgstage.pipeline import ledger
 from pgstage.rejects import list_rejects
 
-SAMPLE_REJECTS = 50
+SAMPLE_REJECTS = 20
 
 # A run's day: its partition when that is a date, else the day it started (UTC). The window is
 # the last N days of the pipeline's own history, so a backfill of 2022 can be looked at today.

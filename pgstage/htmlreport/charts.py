@@ -16,7 +16,7 @@ import pygal
 from markupsafe import Markup
 from pygal.style import Style
 
-from pgstage.htmlreport.model import PHASES, AnomalyDay, BatchSpan, HistoryDay, RunPage
+from pgstage.htmlreport.model import FUNNEL, PHASES, AnomalyDay, BatchSpan, HistoryDay, RunPage
 
 # One colour per §5 count, the same in every chart and in the tables' legend.
 COLOURS = {
@@ -25,13 +25,15 @@ COLOURS = {
     "stage": "#4c6ef5", "validate": "#f59f00", "merge": "#2f9e44", "paused": "#e03131", "waiting": "#e9ecef",
 }
 TRANSPARENT = "rgba(0,0,0,0)"
+# Drawing widths close to the widths the page shows them at, so that their text stays legible.
+WIDE, NARROW = 1000, 560
 
 
 def _style(colours: list[str]) -> Style:
     return Style(background="transparent", plot_background="transparent", foreground="#212529",
                  foreground_strong="#212529", foreground_subtle="#ced4da", font_family="system-ui, sans-serif",
-                 label_font_size=13, major_label_font_size=13, legend_font_size=13, title_font_size=15,
-                 value_font_size=12, tooltip_font_size=12, colors=tuple(colours))
+                 label_font_size=14, major_label_font_size=14, legend_font_size=14, title_font_size=16,
+                 value_font_size=13, tooltip_font_size=13, opacity=".9", opacity_hover="1", colors=tuple(colours))
 
 
 def _options(name: str, colours: list[str], **extra: Any) -> dict[str, Any]:
@@ -57,25 +59,24 @@ def _svg(chart: Any, name: str) -> Markup:
 
 
 def funnel_chart(page: RunPage) -> Markup:
-    """read, then rejected + valid, then what the merge made of the valid rows; deleted beside them."""
+    """The §5 counts top to bottom: read, its split into rejected and valid, what the merge made of valid."""
     c = page.counts
-    columns = ["read", "rejected / valid", "duplicate … stale", "deleted"]
-    series = [("read", 0), ("rejected", 1), ("valid", 1), ("duplicate", 2), ("inserted", 2), ("updated", 2),
-              ("unchanged", 2), ("stale", 2), ("deleted", 3)]
-    shown = [(key, col) for key, col in series if c[key] or key in ("read", "rejected", "valid")]
-    chart = pygal.StackedBar(**_options("funnel", [COLOURS[k] for k, _ in shown], height=360,
-                                        title="rows: read → rejected / valid → merge"))
-    chart.x_labels = columns
-    for key, col in shown:
-        chart.add(f"{key} {c[key]:,}", [c[key] if i == col else None for i in range(len(columns))])
+    shown = [k for k in FUNNEL if c[k] or k in ("read", "rejected", "valid", "inserted")]
+    chart = pygal.HorizontalBar(**_options("funnel", [COLOURS["read"]], width=WIDE, height=70 + 34 * len(shown),
+                                           show_legend=False, print_values=True, print_values_position="top",
+                                           value_formatter=lambda n: f"{n:,.0f}",
+                                           title="rows: read → rejected / valid → duplicate / inserted / updated / …"))
+    chart.x_labels = list(reversed(shown))            # pygal draws the first label at the bottom
+    chart.add("rows", [{"value": c[k], "color": COLOURS[k]} for k in reversed(shown)])
     return _svg(chart, "funnel")
 
 
 def rejects_chart(page: RunPage) -> Markup:
     """Rejected records per rule, the most frequent first (a record failing two rules counts under both)."""
     rules = page.rejects_by_rule[:15]
-    chart = pygal.HorizontalBar(**_options("rejects", [COLOURS["rejected"]], show_legend=False,
-                                           height=max(160, 40 + 32 * len(rules)), title="rejects by rule"))
+    chart = pygal.HorizontalBar(**_options("rejects", [COLOURS["rejected"]], show_legend=False, width=NARROW,
+                                           height=max(180, 70 + 30 * len(rules)), title="rejected records by rule",
+                                           print_values=True, print_values_position="top"))
     chart.x_labels = [rule for rule, _ in reversed(rules)]
     chart.add("rejects", [n for _, n in reversed(rules)])
     return _svg(chart, "rejects")
@@ -106,7 +107,8 @@ def timeline_chart(batches: tuple[BatchSpan, ...]) -> Markup:
             at = max(at, span[1])
     colours = [TRANSPARENT if n == "offset" else COLOURS["waiting"] if n.startswith("queued") else COLOURS[n]
                for n in names]
-    chart = pygal.HorizontalStackedBar(**_options("timeline", colours, height=max(220, 110 + 24 * len(batches)),
+    chart = pygal.HorizontalStackedBar(**_options("timeline", colours, width=WIDE,
+                                                  height=max(220, 110 + 24 * len(batches)),
                                                   title="batches over time (seconds from the first stage)"))
     chart.x_labels = [b.label for b in reversed(batches)]
     for name in names:
@@ -115,22 +117,37 @@ def timeline_chart(batches: tuple[BatchSpan, ...]) -> Markup:
 
 
 def history_chart(history: tuple[HistoryDay, ...], anomalies: tuple[AnomalyDay, ...] = ()) -> Markup:
-    """Records read, inserted and rejected per day; with #16's band and flagged runs when they exist."""
-    keys = ["read", "inserted", "updated", "rejected"]
+    """Records read and inserted per day; with #16's expected band and flagged runs once they exist."""
+    keys = ["read", "inserted"]
     colours = [COLOURS[k] for k in keys]
     band = {a.day: a for a in anomalies}
     if band:
-        colours += ["#adb5bd", "#adb5bd", "#e03131"]
-    chart = pygal.Line(**_options("history", colours, height=380, x_label_rotation=30, show_minor_x_labels=True,
-                                  title="records per day", dots_size=3))
+        colours += ["#868e96", "#868e96", "#e03131"]
+    chart = pygal.Line(**_options("history", colours, width=WIDE, height=380, x_label_rotation=30 if len(history) > 10
+                                  else 0, show_minor_x_labels=len(history) <= 31, title="records read and inserted per day",
+                                  dots_size=3, value_formatter=lambda n: f"{n:,.0f}"))
     chart.x_labels = [h.day.isoformat() for h in history]
     for key in keys:
         chart.add(key, [h.counts[key] for h in history])
     if band:
         chart.add("expected low", [band[h.day].low if h.day in band else None for h in history],
-                  stroke_style={"dasharray": "4, 4"}, show_dots=False)
+                  stroke_style={"dasharray": "6, 4", "width": 2}, show_dots=False)
         chart.add("expected high", [band[h.day].high if h.day in band else None for h in history],
-                  stroke_style={"dasharray": "4, 4"}, show_dots=False)
+                  stroke_style={"dasharray": "6, 4", "width": 2}, show_dots=False)
         chart.add("flagged", [h.counts["read"] if h.day in band and band[h.day].flagged else None for h in history],
-                  stroke=False, dots_size=7)
+                  stroke=False, dots_size=8)
     return _svg(chart, "history")
+
+
+def changes_chart(history: tuple[HistoryDay, ...]) -> Markup:
+    """What each day changed besides inserts, and what it refused: on their own scale, not under `read`."""
+    keys = ["rejected", "updated", "duplicate", "stale", "deleted"]
+    keys = [k for k in keys if any(h.counts[k] for h in history)] or ["rejected"]
+    chart = pygal.Bar(**_options("changes", [COLOURS[k] for k in keys], width=WIDE, height=320,
+                                 x_label_rotation=30 if len(history) > 10 else 0,
+                                 show_minor_x_labels=len(history) <= 31, title="rejected, updated and more per day",
+                                 value_formatter=lambda n: f"{n:,.0f}"))
+    chart.x_labels = [h.day.isoformat() for h in history]
+    for key in keys:
+        chart.add(key, [h.counts[key] for h in history])
+    return _svg(chart, "changes")

@@ -35,7 +35,7 @@ class BatchSpan:
 
     @property
     def label(self) -> str:
-        return f"{self.file} #{self.batch_no}"
+        return f"{self.file.rsplit('/', 1)[-1]} #{self.batch_no}"     # the file's name: short enough for an axis
 
 
 @dataclass(frozen=True)

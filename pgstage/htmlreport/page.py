@@ -29,12 +29,14 @@ h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.1rem;margin:1.6rem 0 .4rem;bor
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:.5rem 0}
 dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px;align-items:start}
-figure.chart{margin:0}figure.chart svg{width:100%;height:auto;display:block}
+figure.chart{margin:0 0 12px}figure.chart svg{width:100%;height:auto;display:block}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{padding:.25rem .5rem;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-td.raw{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all}
+td.raw{font-family:ui-monospace,monospace;font-size:.85rem;white-space:pre-wrap;word-break:break-all;min-width:16rem;width:40%}
+td.file{word-break:break-all;min-width:8rem}
+summary{cursor:pointer;color:var(--muted)}
 pre{background:#f8f9fa;padding:.75rem;overflow-x:auto;font-size:.85rem}
 .key{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.3em;vertical-align:-.05em}
 .cal{display:grid;grid-template-columns:repeat(7,1.6rem);gap:3px}
@@ -73,11 +75,11 @@ _RUN = """{% extends "base" %}
 </dl></header>
 
 <section id="rows"><h2>Rows</h2>
-<div class="grid"><figure class="chart" id="chart-funnel">{{ funnel }}</figure>
-<div class="scroll"><table id="counts"><thead><tr><th>count</th><th class="n">rows</th></tr></thead><tbody>
+<figure class="chart" id="chart-funnel">{{ funnel }}</figure>
+<div class="grid"><div class="scroll"><table id="counts"><thead><tr><th>count</th><th class="n">rows</th></tr></thead><tbody>
 {% for k in funnel_keys %}<tr><td><span class="key" style="background:{{ colours[k] }}"></span>{{ k }}</td><td class="n" data-count="{{ k }}">{{ "{:,}".format(p.counts[k]) }}</td></tr>{% endfor %}
 </tbody></table>
-<p class="muted">read = rejected + valid; valid = duplicate + inserted + updated + unchanged + stale</p></div></div>
+</div><p class="muted">read = rejected + valid<br>valid = duplicate + inserted + updated + unchanged + stale<br>deleted: rows the merge removed from the target</p></div>
 {% if p.files %}<div class="scroll"><table id="files"><thead><tr><th>file</th><th>status</th>{% for k in funnel_keys %}<th class="n">{{ k }}</th>{% endfor %}</tr></thead><tbody>
 {% for f in p.files %}<tr data-file="{{ f.path }}"><td>{{ f.path }}</td><td>{{ f.status }}</td>{{ counts_row(f.counts, funnel_keys) }}</tr>{% endfor %}
 </tbody></table></div>{% endif %}
@@ -91,7 +93,7 @@ _RUN = """{% extends "base" %}
 </tbody></table></div></div>
 <p>{{ "{:,}".format(p.rejected_records) }} rejected records; the first {{ p.samples|length }} by file and record:</p>
 <div class="scroll"><table id="samples"><thead><tr><th>file</th><th class="n">record</th><th>reasons</th><th>raw values</th></tr></thead><tbody>
-{% for s in p.samples %}<tr><td>{{ s.file }}</td><td class="n">{{ s.record }}</td><td>{% for r in s.reasons %}<div>{{ r }}</div>{% endfor %}</td>
+{% for s in p.samples %}<tr><td class="file">{{ s.file }}</td><td class="n">{{ s.record }}</td><td>{% for r in s.reasons %}<div>{{ r }}</div>{% endfor %}</td>
 <td class="raw">{% for k, v in s.raw %}<div><span class="muted">{{ k }}:</span> {% if v is none %}<i class="muted">null</i>{% else %}<span class="value">{{ v }}</span>{% endif %}</div>{% endfor %}</td></tr>{% endfor %}
 </tbody></table></div>
 {% else %}<p>No record was rejected.</p>{% endif %}
@@ -108,8 +110,8 @@ _RUN = """{% extends "base" %}
 </section>
 
 <section id="spec"><h2>Spec</h2>
-{% if p.spec is not none %}<p class="muted">as resolved for this run{% if p.spec_path %}, from {{ p.spec_path }}{% endif %}; secrets masked</p>
-<pre>{{ spec_json }}</pre>{% else %}<p class="muted">This run did not record its spec{% if p.spec_path %} ({{ p.spec_path }}){% endif %}.</p>{% endif %}
+{% if p.spec is not none %}<details><summary>as resolved for this run{% if p.spec_path %}, from {{ p.spec_path }}{% endif %}; secrets masked</summary>
+<pre>{{ spec_json }}</pre></details>{% else %}<p class="muted">This run did not record its spec{% if p.spec_path %} ({{ p.spec_path }}){% endif %}.</p>{% endif %}
 </section>
 {% endblock %}
 """
@@ -123,6 +125,7 @@ _PIPELINE = """{% extends "base" %}
 
 <section id="history"><h2>History</h2>
 {% if p.history %}<figure class="chart" id="chart-history">{{ history }}</figure>
+<figure class="chart" id="chart-changes">{{ changes }}</figure>
 <div class="scroll"><table id="days"><thead><tr><th>day</th><th class="n">runs</th><th>status</th>{% for k in funnel_keys %}<th class="n">{{ k }}</th>{% endfor %}</tr></thead><tbody>
 {% for h in p.history %}<tr data-day="{{ h.day }}"><td>{{ h.day }}</td><td class="n">{{ h.runs }}</td><td><span class="badge s-{{ h.status }}">{{ h.status }}</span></td>{{ counts_row(h.counts, funnel_keys) }}</tr>{% endfor %}
 <tr id="totals"><th>total</th><th></th><th></th>{{ counts_row(p.totals, funnel_keys) }}</tr>
@@ -173,4 +176,5 @@ def render_pipeline(page: PipelinePage) -> str:
     """The pipeline page: records per day (with anomalies), backfill calendar and reconciliation once they exist."""
     return _ENV.get_template("pipeline").render(
         p=page, generated_at=page.generated_at.strftime("%Y-%m-%d %H:%M UTC") if page.generated_at else None,
-        history=charts.history_chart(page.history, page.anomalies) if page.history else "", **_common())
+        history=charts.history_chart(page.history, page.anomalies) if page.history else "",
+        changes=charts.changes_chart(page.history) if page.history else "", **_common())
