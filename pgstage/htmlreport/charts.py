@@ -125,7 +125,7 @@ def history_chart(history: tuple[HistoryDay, ...], anomalies: tuple[AnomalyDay, 
         colours += ["#868e96", "#868e96", "#e03131"]
     chart = pygal.Line(**_options("history", colours, width=WIDE, height=380, x_label_rotation=30 if len(history) > 10
                                   else 0, show_minor_x_labels=len(history) <= 31, title="records read and inserted per day",
-                                  dots_size=3, value_formatter=lambda n: f"{n:,.0f}"))
+                                  dots_size=3, include_x_axis=True, margin_right=48, value_formatter=lambda n: f"{n:,.0f}"))
     chart.x_labels = [h.day.isoformat() for h in history]
     for key in keys:
         chart.add(key, [h.counts[key] for h in history])
@@ -145,7 +145,7 @@ def changes_chart(history: tuple[HistoryDay, ...]) -> Markup:
     keys = [k for k in keys if any(h.counts[k] for h in history)] or ["rejected"]
     chart = pygal.Bar(**_options("changes", [COLOURS[k] for k in keys], width=WIDE, height=320,
                                  x_label_rotation=30 if len(history) > 10 else 0,
-                                 show_minor_x_labels=len(history) <= 31, title="rejected, updated and more per day",
+                                 show_minor_x_labels=len(history) <= 31, title="rejected, updated and more per day", margin_right=48,
                                  value_formatter=lambda n: f"{n:,.0f}"))
     chart.x_labels = [h.day.isoformat() for h in history]
     for key in keys:
