@@ -16,6 +16,7 @@ from hypothesis import given, strategies as st
 from typer.testing import CliRunner
 
 from pgstage.cli import app
+from pgstage.errors import RejectLimitExceeded
 from pgstage.htmlreport import model, write_pipeline_report, write_run_report
 from pgstage.htmlreport.page import render_pipeline, render_run
 from tests.chromium import Chromium, find_chromium
@@ -136,6 +137,50 @@ def test_spec_is_recorded_with_the_password_masked(loader: Loader, sql: Any, tmp
     assert spec["pipeline"]["name"] == "orders" and spec["columns"]["note"]["regex"] == "^[a-z]+$" and spec["columns"]["id"]["from"] == "id"
     html = write_run_report(1, tmp_path / "r.html", db=loader.db_url).read_text()
     assert "regex" in html and "&#34;orders&#34;" in html
+
+
+def test_page_of_a_run_over_the_reject_threshold(loader: Loader, sql: Any, tmp_path: Path) -> None:
+    loader.spec(SPEC.replace("max_reject_ratio = 0.9", "max_reject_ratio = 0.1"))
+    loader.write("orders_2024-01-01.csv", "id,amount,note\n1,-1,a\n2,2,b\n")
+    with pytest.raises(RejectLimitExceeded, match="nothing was merged"):
+        loader.run(partition="2024-01-01")
+    html = write_run_report(1, tmp_path / "r.html", db=loader.db_url).read_text()
+    (counts, message), = sql("SELECT counts, message FROM pgstage.runs WHERE run_id = 1")
+    found = cells(html)
+    assert {k: number(t) for a, k, t in found[:40] if a == "data-count"} == {k: counts.get(k, 0) for k in model.FUNNEL}
+    fields = {k: t for a, k, t in found if a == "data-field"}
+    assert fields["status"] == "rejected_threshold" and fields["message"] == message
+    assert sql("SELECT count(*) FROM pgstage.batches WHERE run_id = 1 AND status = 'merged'") == [(0,)]
+    assert "<td>validated</td>" in html            # the batch was validated, never merged
+
+
+def test_page_of_a_run_from_an_older_ledger(loaded: Loader, sql: Any, tmp_path: Path) -> None:
+    """Runs recorded before batches had timings and runs had a spec still get a page, which says so."""
+    sql("UPDATE pgstage.batches SET timings = NULL WHERE run_id = 1")
+    sql("UPDATE pgstage.runs SET spec = NULL WHERE run_id = 1")
+    html = write_run_report(1, tmp_path / "old.html", db=loaded.db_url).read_text()
+    assert "1 batch(es) have no recorded timings" in html and 'id="chart-timeline"' not in html
+    assert "This run did not record its spec" in html
+
+
+@given(st.lists(st.tuples(st.floats(0, 1e4), st.floats(0, 100), st.floats(0, 100), st.floats(0, 100)),
+                min_size=1, max_size=8))
+def test_batch_spans_share_one_clock_from_the_first_phase(starts: list[tuple[float, float, float, float]]) -> None:
+    base = 1.7e9
+    batches = [{"file": "f.csv", "batch_no": i, "record_start": 1, "record_end": 2, "status": "merged",
+                "timings": {"stage": [base + t, base + t + a], "validate": [base + t + a, base + t + a + b],
+                            "merge": [base + t + a + b, base + t + a + b + c]}}
+               for i, (t, a, b, c) in enumerate(starts)]
+    spans, untimed = model.batch_spans(batches + [{"file": "f.csv", "batch_no": 99, "record_start": 1,
+                                                   "record_end": 2, "status": "validated", "timings": None}])
+    assert untimed == 1 and len(spans) == len(starts)
+    first = min(t for t, *_ in starts)
+    assert min(s.phases["stage"][0] for s in spans) == pytest.approx(0.0)
+    for span in spans:
+        t, a, b, c = starts[span.batch_no]
+        assert span.phases["stage"][0] == pytest.approx(t - first, abs=1e-3)
+        assert span.phases["merge"][1] - span.phases["stage"][0] == pytest.approx(a + b + c, abs=1e-3)
+    assert [s.phases["stage"][0] for s in spans] == sorted(s.phases["stage"][0] for s in spans)
 
 
 def test_secrets_are_masked_on_the_page() -> None:
