@@ -251,6 +251,18 @@ def fail_run(conn: psycopg.Connection[Any], run_id: int, message: str) -> None:
                           " WHERE run_id = %s"), (message, run_id), label="ledger: fail")
 
 
+def fail_own_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, message: str) -> None:
+    """Mark failed the run this process left `running` for (pipeline, partition), once its retries gave up.
+
+    Found by host and pid, which `start_run` and `reopen_run` record: the attempt that started
+    it may have died before its caller learned the run id.
+    """
+    execute(conn, sql.SQL(
+        "UPDATE pgstage.runs SET status = 'failed', finished_at = clock_timestamp(), message = %s"
+        " WHERE pipeline = %s AND partition IS NOT DISTINCT FROM %s AND status = 'running' AND host = %s AND pid = %s"),
+        (message, pipeline, partition, socket.gethostname(), os.getpid()), label="ledger: fail own run")
+
+
 def loaded_before(conn: psycopg.Connection[Any], pipeline: str, source: SourceFile) -> int | None:
     """The run that already loaded exactly these bytes under this path, if any."""
     row = execute(conn, sql.SQL("SELECT run_id FROM pgstage.files WHERE pipeline = %s AND path = %s AND sha256 = %s"),
