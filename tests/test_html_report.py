@@ -257,6 +257,29 @@ def test_report_command_writes_the_file_and_says_where(loaded: Loader, tmp_path:
     assert "<h1>orders</h1>" in out.read_text()
 
 
+def test_run_page_of_many_batches_draws_the_first_hundred() -> None:
+    started = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    run = {"run_id": 7, "pipeline": "big", "partition": None, "target": "s.t", "status": "succeeded",
+           "started_at": started, "finished_at": started + timedelta(seconds=90), "counts": {"read": 150, "valid": 150,
+                                                                                          "inserted": 150},
+           "rejects_by_rule": {}, "files": [], "spec": None, "spec_path": None}
+    batches = [{"file": "data/big.csv", "batch_no": i, "record_start": i + 1, "record_end": i + 1, "status": "merged",
+                "timings": {"stage": [1e9 + i, 1e9 + i + 0.5], "merge": [1e9 + i + 0.5, 1e9 + i + 0.9]}}
+               for i in range(150)]
+    html = render_run(model.run_page(run, batches, [], 0))
+    assert "the first 100 of 150 batches" in html
+    assert html.count("<td>big.csv #") == 100 and "<td>big.csv #99</td>" in html and "big.csv #100<" not in html
+    assert "No record was rejected." in html and 'data-chart="rejects"' not in html
+
+
+def test_report_command_has_help_and_a_docs_section() -> None:
+    result = CliRunner().invoke(app, ["report", "--help"])
+    assert result.exit_code == 0 and "--pipeline" in result.output and "--html" in result.output
+    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    assert "## `pgstage report RUN_ID --html FILE" in docs and "`pgstage report --pipeline NAME" in docs
+    assert (Path(__file__).parents[1] / "docs" / "report.md").is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["report", "99", "--html", "{out}"], "there is no run 99 in this database"),
     (["report", "--pipeline", "nope", "--html", "{out}"], "there is no run of pipeline 'nope' in this database"),

@@ -16,6 +16,8 @@ from markupsafe import Markup
 from pgstage.htmlreport import charts
 from pgstage.htmlreport.model import FUNNEL, PipelinePage, RunPage
 
+MAX_BATCHES = 100      # a timeline of more bars is unreadable, and a page of them heavy
+
 _STYLE = """
 :root{color-scheme:light;--muted:#6c757d;--line:#dee2e6}
 *{box-sizing:border-box}
@@ -101,8 +103,9 @@ _RUN = """{% extends "base" %}
 
 <section id="timeline"><h2>Batches</h2>
 {% if p.batches %}<figure class="chart" id="chart-timeline">{{ timeline }}</figure>
+{% if p.batches|length > max_batches %}<p class="muted">the first {{ max_batches }} of {{ p.batches|length }} batches</p>{% endif %}
 <div class="scroll"><table id="batches"><thead><tr><th>batch</th><th>records</th><th>status</th>{% for ph in phases %}<th class="n">{{ ph }} s</th>{% endfor %}</tr></thead><tbody>
-{% for b in p.batches %}<tr><td>{{ b.label }}</td><td>{{ "{:,}".format(b.records[0]) }}–{{ "{:,}".format(b.records[1]) }}</td><td>{{ b.status }}</td>
+{% for b in p.batches[:max_batches] %}<tr><td>{{ b.label }}</td><td>{{ "{:,}".format(b.records[0]) }}–{{ "{:,}".format(b.records[1]) }}</td><td>{{ b.status }}</td>
 {% for ph in phases %}<td class="n">{% if ph in b.phases %}{{ "%.3f"|format(b.phases[ph][1] - b.phases[ph][0]) }}{% endif %}</td>{% endfor %}</tr>{% endfor %}
 </tbody></table></div>{% endif %}
 {% if p.untimed_batches %}<p class="muted">{{ p.untimed_batches }} batch(es) have no recorded timings (loaded by an earlier pgstage).</p>{% endif %}
@@ -168,7 +171,7 @@ def render_run(page: RunPage, generated_at: str | None = None) -> str:
     return _ENV.get_template("run").render(
         p=page, generated_at=generated_at, phases=phases, funnel=charts.funnel_chart(page),
         rejects=charts.rejects_chart(page) if page.rejects_by_rule else "",
-        timeline=charts.timeline_chart(page.batches) if page.batches else "",
+        timeline=charts.timeline_chart(page.batches[:MAX_BATCHES]) if page.batches else "", max_batches=MAX_BATCHES,
         spec_json=json.dumps(page.spec, indent=2, ensure_ascii=False) if page.spec is not None else "", **_common())
 
 
