@@ -272,6 +272,24 @@ def test_run_page_of_many_batches_draws_the_first_hundred() -> None:
     assert "No record was rejected." in html and 'data-chart="rejects"' not in html
 
 
+def test_markup_in_names_is_text_in_tables_and_charts() -> None:
+    """File names, rule names, messages and spec values are data everywhere, the SVG of the charts included."""
+    evil = "<img src=x onerror=alert(1)>"
+    started = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    run = {"run_id": 1, "pipeline": f"p{evil}", "partition": None, "target": "s.t", "status": "failed",
+           "started_at": started, "finished_at": None, "message": evil,
+           "counts": {"read": 2, "rejected": 1, "valid": 1, "inserted": 1},
+           "rejects_by_rule": {f"c.{evil}": 1}, "files": [{"path": f"{evil}.csv", "status": "loaded", "rows": {}}],
+           "spec": {"pipeline": {"name": evil}}, "spec_path": evil}
+    batches = [{"file": f"{evil}.csv", "batch_no": 0, "record_start": 1, "record_end": 2, "status": "merged",
+                "timings": {"stage": [1.0, 2.0]}}]
+    sample = {"file": f"{evil}.csv", "record": 1, "reasons": [{"column": "c", "rule": evil, "message": evil}],
+              "raw": {evil: evil}}
+    html = render_run(model.run_page(run, batches, [sample], 1))
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert html.count("<script") == 0
+
+
 def test_report_command_has_help_and_a_docs_section() -> None:
     result = CliRunner().invoke(app, ["report", "--help"])
     assert result.exit_code == 0 and "--pipeline" in result.output and "--html" in result.output
