@@ -346,6 +346,11 @@ def test_the_harness_sees_console_errors_requests_and_dialogs(browser: Chromium,
     visit = browser.open(noisy)
     assert visit.requests == ["http://127.0.0.1:9/x.png"]
     assert any("boom" in e for e in visit.console_errors) and visit.dialogs == ["hi"]
+    quiet = tmp_path / "quiet.html"     # requests without a script: an SVG image, a CSS background, a stylesheet
+    quiet.write_text("<!doctype html><link rel=stylesheet href='https://cdn.example.com/a.css'>"
+                     "<svg><image href='y.png'/></svg><div style='background:url(z.png)'>x</div>")
+    assert sorted(browser.open(quiet).requests) == sorted([
+        "https://cdn.example.com/a.css", (tmp_path / "y.png").as_uri(), (tmp_path / "z.png").as_uri()])
     strict = tmp_path / "strict.html"
     strict.write_text("<!doctype html><meta http-equiv='Content-Security-Policy' content=\"default-src 'none'\">"
                       "<img src='http://127.0.0.1:9/y.png'>")
