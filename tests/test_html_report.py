@@ -84,6 +84,15 @@ def number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+def chart_values(html: str, name: str) -> dict[str, int]:
+    """What a pygal chart of the page says about each bar: its label and value (pygal's <desc> elements)."""
+    svg = re.search(r'<svg data-chart="' + name + r'".*?</svg>', html, re.DOTALL)
+    assert svg, name
+    pairs = re.findall(r'<desc class="value">([^<]*)</desc>(?:<desc class="[^"]*">[^<]*</desc>)*?'
+                       r'<desc class="x_label">([^<]*)</desc>', svg.group(0))
+    return {label: number(value) for value, label in pairs}
+
+
 @pytest.fixture
 def loaded(loader: Loader) -> Loader:
     """Two days of orders: day 1 with rejects (one raw value is a script tag), day 2 updating day 1."""
@@ -110,6 +119,10 @@ def test_run_page_numbers_equal_the_ledger(loaded: Loader, sql: Any, tmp_path: P
                        " jsonb_array_elements(j.reasons) r WHERE run_id = 1 GROUP BY 1"))
     assert {k: number(t) for attr, k, t in found if attr == "data-rule"} == by_rule == {
         "amount.min": 1, "note.regex": 1, "id.type": 1}
+    # The charts draw the same numbers.
+    assert chart_values(html, "funnel") == {k: counts[k] for k in model.FUNNEL
+                                            if counts[k] or k in ("read", "rejected", "valid", "inserted")}
+    assert chart_values(html, "rejects") == by_rule
     fields = {k: t for attr, k, t in found if attr == "data-field"}
     assert fields["run_id"] == "1" and fields["status"] == "succeeded"
     # The script tag is data: escaped in the markup, never a tag of the page.
