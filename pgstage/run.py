@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -249,7 +250,8 @@ def _recover(conn: psycopg.Connection[Any], ctx: RunContext
     skipped = tuple(FileReport(f.name, "skipped") for f in sources if f not in todo)
     if run_id is None:
         run_id = ledger.start_run(conn, spec.pipeline.name, ctx.partition, spec.pipeline.target,
-                                  str(spec.path) if spec.path else None, dry_run=ctx.dry_run)
+                                  str(spec.path) if spec.path else None, dry_run=ctx.dry_run,
+                                  spec=ledger.spec_document(spec))
     return run_id, sources, todo, skipped
 
 
@@ -297,8 +299,8 @@ def _stage_and_validate(load: Load) -> Validated:
         batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=staged_prefix(load.run_id, file_no),
                                       start=start, batch_rows=spec.load.batch_rows, since=since,
                                       parallel=spec.load.workers)
-        validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch))
-                                    for batch in batches]))
+        validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span))
+                                    for batch, span in _timed(batches)]))
     assert load.validation.staged is not None
     load.validation.staged.set()
     pending: list[tuple[validate.Checked, bool]] = []
@@ -312,12 +314,15 @@ def _stage_and_validate(load: Load) -> Validated:
     return Validated(tuple(pending), ledger.batch_counts(conn, load.run_id), ignored)
 
 
-def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch) -> validate.Checked:
+def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch,
+                    staged: tuple[float, float] | None = None) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
     with session.transaction():
+        began = time.time()
         checked = validate.check(session, load.spec, load.types, batch,
                                  checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id, load.validation)
-        ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated")
+        timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
+        ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated", timings)
     faults.hit("validate.after")
     return checked
 
@@ -415,9 +420,12 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     spec = load.spec
     try:
         with session.transaction():
+            began = time.time()
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
                             upserts=plan.upserts)
-            ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged")
+            merged = time.time()
+            ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged",
+                                {"merge": (began, merged)})
             if last_of_file and load.run.cdc:
                 if plan.seen is not None:
                     ledger.record_watermark(session, spec.pipeline.name, checked.staged.source.name, plan.seen,
@@ -464,6 +472,15 @@ def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[
     return RunReport(load.run_id, ctx.spec.pipeline.name, ctx.partition, status, totals, by_rule,
                      time.perf_counter() - ctx.started, ctx.spec.pipeline.target, (*files, *load.skipped),
                      warnings=key_warnings(totals, ctx.spec.pipeline.key, ctx.spec.pipeline.version))
+
+
+def _timed(batches: Iterator[stage.StagedBatch]) -> Iterator[tuple[stage.StagedBatch, tuple[float, float]]]:
+    """Each batch with when its staging began and ended (Unix seconds), for the report's timeline."""
+    began = time.time()
+    for batch in batches:
+        ended = time.time()
+        yield batch, (began, ended)
+        began = time.time()
 
 
 def _pre_merge(c: validate.Checked) -> Counts:

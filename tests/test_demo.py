@@ -38,3 +38,9 @@ def test_demo_command_prints_runs_and_revenue(tmp_path: Path, db_url: str) -> No
     assert result.exit_code == 0, result.output
     assert "shopify_orders" in result.output and "stripe_payments" in result.output
     assert "confirmed revenue per day and source" in result.output
+    page = tmp_path / "d" / "report.html"
+    assert f"report: {page}" in result.output.replace("\n", "")
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and "stripe_payments" in html and 'data-chart="funnel"' in html
+    for name in ("shopify_orders", "woocommerce_orders", "stripe_payments"):
+        assert "<h1>" + name + "</h1>" in (tmp_path / "d" / f"report-{name}.html").read_text()

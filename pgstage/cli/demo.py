@@ -50,3 +50,5 @@ def demo_command(
         revenue.add_row(str(day), source, f"{orders:,}", f"{amount:,.2f}")
     render.console.print(revenue)
     render.console.print("see every run with `pgstage runs`, one run's rejects with `pgstage show RUN_ID`")
+    if result.report_html:
+        render.console.print(f"report: {result.report_html}", markup=False)

@@ -18,6 +18,7 @@ from psycopg import sql
 from pgstage.db import connect, execute, resolve_url
 from pgstage.demo.generate import SOURCES, generate
 from pgstage.errors import SourceError
+from pgstage.htmlreport import write_demo_reports
 from pgstage.report import RunReport
 from pgstage.run import run
 from pgstage.spec import load_spec
@@ -30,6 +31,7 @@ class DemoResult:
     workdir: Path
     reports: tuple[RunReport, ...]
     revenue: tuple[tuple[Any, ...], ...]   # (day, source, orders, revenue) of confirmed orders
+    report_html: Path | None = None        # the last loaded run's page (pipeline pages beside it)
 
 
 def specs_dir() -> Path:
@@ -59,4 +61,6 @@ def run_demo(workdir: Path, *, days: int = 7, orders_per_day: int = 50_000, seed
             "SELECT (ordered_at AT TIME ZONE 'UTC')::date AS day, source, count(*) AS orders,"
             " sum(amount_cents - coalesce(refunded_cents, 0)) / 100.0 AS revenue"
             " FROM sales.orders WHERE status = 'confirmed' GROUP BY 1, 2 ORDER BY 1, 2"), label="demo: revenue").fetchall()
-    return DemoResult(workdir, tuple(reports), tuple(tuple(r) for r in revenue))
+    page = write_demo_reports(workdir, [r.run_id for r in reports if r.run_id is not None and r.status == "succeeded"],
+                              [r.pipeline for r in reports], db=url)
+    return DemoResult(workdir, tuple(reports), tuple(tuple(r) for r in revenue), page)

@@ -15,12 +15,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.db import execute, relation_exists
+from pgstage.db import execute, mask, relation_exists
 from pgstage.names import CHECKED_PREFIX, DUPLICATES_PREFIX, LEDGER_SCHEMA, STAGED_PREFIX
 from pgstage.pipeline._functions import INSTALL
 from pgstage.pipeline.extract import SourceFile
 from pgstage.pipeline.stage import StagedBatch, StartPoint
 from pgstage.report import Counts
+from pgstage.spec import Spec
 
 SCHEMA_VERSION = 1
 
@@ -99,7 +100,10 @@ _UPGRADES = [
       for table, column, definition in (("runs", "attempts", "integer NOT NULL DEFAULT 1"),
                                         ("rejects", "batch_no", "integer NOT NULL DEFAULT 0"),
                                         ("runs", "dry_run", "boolean NOT NULL DEFAULT false"),
-                                        ("rejects", "resolved_by", "bigint"))),
+                                        ("rejects", "resolved_by", "bigint"),
+                                        # when each phase of a batch ran and the spec a run used (the HTML report)
+                                        ("batches", "timings", "jsonb"),
+                                        ("runs", "spec", "jsonb"))),
     # No foreign key from rejects to runs: its per-row check cost 10 us a reject (a fifth of a
     # dirty file's overhead). Rejects are only written in the transaction of their batch's row
     # in pgstage.batches, which references the run.
@@ -126,11 +130,13 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
 
 
 def start_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, target: str,
-              spec_path: str | None, *, dry_run: bool = False) -> int:
+              spec_path: str | None, *, dry_run: bool = False, spec: dict[str, Any] | None = None) -> int:
+    """`spec` is the resolved spec with its secrets already masked (see `spec_document`)."""
     row = execute(conn, sql.SQL(
-        "INSERT INTO pgstage.runs (pipeline, partition, target, spec_path, status, host, pid, dry_run)"
-        " VALUES (%s, %s, %s, %s, 'running', %s, %s, %s) RETURNING run_id"),
-        (pipeline, partition, target, spec_path, socket.gethostname(), os.getpid(), dry_run),
+        "INSERT INTO pgstage.runs (pipeline, partition, target, spec_path, status, host, pid, dry_run, spec)"
+        " VALUES (%s, %s, %s, %s, 'running', %s, %s, %s, %s) RETURNING run_id"),
+        (pipeline, partition, target, spec_path, socket.gethostname(), os.getpid(), dry_run,
+         None if spec is None else json.dumps(spec)),
         label="ledger: start").fetchone()
     assert row is not None
     return int(row[0])
@@ -188,14 +194,18 @@ def start_point(conn: psycopg.Connection[Any], run_id: int, source: SourceFile) 
     return StartPoint(byte_offset=int(byte_end), record=int(record_end) + 1, batch_no=int(last_batch) + 1)
 
 
-def record_batch(conn: psycopg.Connection[Any], run_id: int, batch: StagedBatch, counts: Counts, status: str) -> None:
+def record_batch(conn: psycopg.Connection[Any], run_id: int, batch: StagedBatch, counts: Counts, status: str,
+                 timings: dict[str, tuple[float, float]] | None = None) -> None:
+    """`timings`: phase name -> (start, end) in Unix seconds, added to those already recorded."""
     execute(conn, sql.SQL(
         "INSERT INTO pgstage.batches (run_id, file, sha256, batch_no, byte_start, byte_end, record_start, record_end,"
-        " status, counts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " status, counts, timings) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (run_id, file, batch_no) DO UPDATE SET status = EXCLUDED.status, counts = EXCLUDED.counts,"
-        " committed_at = clock_timestamp()"),
+        " committed_at = clock_timestamp(),"
+        " timings = coalesce(pgstage.batches.timings, '{}') || coalesce(EXCLUDED.timings, '{}')"),
         (run_id, batch.source.name, batch.source.sha256, batch.batch_no, batch.byte_start, batch.byte_end,
-         batch.record_start, batch.record_end, status, json.dumps(counts.as_dict())), label="ledger: batch")
+         batch.record_start, batch.record_end, status, json.dumps(counts.as_dict()),
+         json.dumps(timings) if timings else None), label="ledger: batch")
 
 
 def batch_counts(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Counts]:
@@ -295,7 +305,7 @@ def get_run(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any] | None
 
 def run_batches(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
     cursor = execute(conn, sql.SQL(
-        "SELECT file, batch_no, record_start, record_end, byte_start, byte_end, status, counts, committed_at"
+        "SELECT file, batch_no, record_start, record_end, byte_start, byte_end, status, counts, committed_at, timings"
         " FROM pgstage.batches WHERE run_id = %s ORDER BY file, batch_no"), (run_id,), label="ledger: batches")
     return [{d.name: v for d, v in zip(cursor.description or [], row)} for row in cursor.fetchall()]
 
@@ -304,6 +314,14 @@ def sample_rejects(conn: psycopg.Connection[Any], run_id: int, limit: int = 5) -
     rows = execute(conn, sql.SQL("SELECT file, record, reasons, raw FROM pgstage.rejects WHERE run_id = %s"
                                  " ORDER BY file, record LIMIT %s"), (run_id, limit), label="ledger: sample").fetchall()
     return [{"file": f, "record": r, "reasons": reasons, "raw": raw} for f, r, reasons, raw in rows]
+
+
+def spec_document(spec: Spec) -> dict[str, Any]:
+    """The resolved spec as JSON for the ledger, the source URL's password masked."""
+    document = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
+    if spec.source.url:
+        document.setdefault("source", {})["url"] = mask(spec.source.url)
+    return document
 
 
 def watermark(conn: psycopg.Connection[Any], pipeline: str, source: str) -> datetime | None:

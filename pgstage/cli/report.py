@@ -1,0 +1,33 @@
+"""`pgstage report RUN_ID --html FILE` and `pgstage report --pipeline NAME --html FILE`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pgstage.cli import render
+from pgstage.cli._errors import exits
+from pgstage.cli.run import DbOption
+from pgstage.errors import UsageError
+from pgstage.htmlreport import write_pipeline_report, write_run_report
+
+
+def report_command(
+    run_id: Annotated[Optional[int], typer.Argument(help="A run id from `pgstage runs`.", show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="The HTML file to write.", show_default=False)] = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="A pipeline's page instead of one run's.")] = None,
+    days: Annotated[int, typer.Option("--days", help="With --pipeline: the last N days of its history.")] = 30,
+    db: DbOption = None,
+) -> None:
+    """Write a self-contained HTML page with charts: one run, or a pipeline's history."""
+    with exits():
+        if html is None:
+            raise UsageError("say where to write the page with --html FILE", hint="pgstage report 12 --html run.html")
+        if (run_id is None) == (pipeline is None):
+            raise UsageError("give either a RUN_ID or --pipeline NAME",
+                             hint="pgstage report 12 --html run.html, or pgstage report --pipeline orders --html orders.html")
+        written = (write_run_report(run_id, html, db=db) if run_id is not None
+                   else write_pipeline_report(str(pipeline), html, days=days, db=db))
+        render.console.print(f"wrote {written}", markup=False)

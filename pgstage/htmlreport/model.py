@@ -1,0 +1,233 @@
+"""The page model: what a report page shows, built from ledger data by pure functions.
+
+Ledger rows (dicts as `pgstage.pipeline.ledger` returns them) go in; frozen dataclasses come
+out, with every number already counted, so the charts and the template only lay them out.
+Sections whose data does not exist yet (anomalies, reconciliation, backfills) are empty
+tuples here and are left out of the page: the functions that will fill them are the seams.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from pgstage.db import mask
+
+# The §5 identity in the order the funnel reads: read splits into rejected and valid, valid
+# into what the merge did with it; `deleted` stands beside them.
+FUNNEL = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale", "deleted")
+PHASES = ("stage", "validate", "merge", "paused")
+MASKED = "***"
+_SECRET_KEY = re.compile(r"password|passwd|secret|token|webhook|api_?key", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BatchSpan:
+    """One batch on the timeline: each phase as (start, end) in seconds from the run's first stage."""
+
+    file: str
+    batch_no: int
+    records: tuple[int, int]
+    status: str
+    phases: dict[str, tuple[float, float]]
+
+    @property
+    def label(self) -> str:
+        return f"{self.file.rsplit('/', 1)[-1]} #{self.batch_no}"     # the file's name: short enough for an axis
+
+
+@dataclass(frozen=True)
+class RejectSample:
+    file: str
+    record: int
+    reasons: tuple[str, ...]                 # "column.rule: message"
+    raw: tuple[tuple[str, str | None], ...]  # (field, value) in the source's order
+
+
+@dataclass(frozen=True)
+class FileRow:
+    path: str
+    status: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RunPage:
+    run_id: int
+    pipeline: str
+    partition: str | None
+    target: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    host: str | None
+    pid: int | None
+    attempts: int
+    dry_run: bool
+    message: str | None
+    counts: dict[str, int]                   # FUNNEL keys, zero when the run recorded none
+    rejects_by_rule: tuple[tuple[str, int], ...]
+    rejected_records: int                    # a record failing two rules counts once here
+    samples: tuple[RejectSample, ...]
+    files: tuple[FileRow, ...]
+    batches: tuple[BatchSpan, ...]           # with recorded timings only
+    untimed_batches: int                     # batches from before timings were recorded
+    spec: Any                                # the resolved spec, secrets masked; None if not recorded
+    spec_path: str | None
+
+
+@dataclass(frozen=True)
+class HistoryDay:
+    day: date
+    runs: int
+    status: str                              # the worst status of the day's runs
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class AnomalyDay:
+    """Seam for #16: the expected band of a day's records read, and whether the run was flagged."""
+
+    day: date
+    low: float
+    high: float
+    flagged: bool
+    verdict: str = ""
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Seam for #16: one reconcile result."""
+
+    checked_at: datetime
+    partition: str | None
+    status: str                              # matched | differences
+    missing: int
+    extra: int
+    different: int
+
+
+@dataclass(frozen=True)
+class BackfillUnit:
+    """Seam for #18: one (spec, day) unit of a backfill, for the calendar."""
+
+    day: date
+    status: str                              # pending | running | succeeded | failed | skipped
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: int
+    partition: str | None
+    status: str
+    started_at: datetime
+    duration_s: float | None
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PipelinePage:
+    pipeline: str
+    days: int
+    first_day: date | None
+    last_day: date | None
+    history: tuple[HistoryDay, ...]
+    runs: tuple[RunRow, ...]
+    totals: dict[str, int]
+    anomalies: tuple[AnomalyDay, ...] = ()
+    reconciliations: tuple[Reconciliation, ...] = ()
+    backfill: tuple[BackfillUnit, ...] = ()
+    generated_at: datetime | None = field(default=None)
+
+
+_SEVERITY = {"failed": 5, "rejected_threshold": 4, "running": 3, "succeeded": 2, "skipped": 1}
+
+
+def counts_of(recorded: dict[str, Any] | None) -> dict[str, int]:
+    """A ledger `counts` document as the FUNNEL's numbers (a run that recorded none counts zero)."""
+    recorded = recorded or {}
+    return {key: int(recorded.get(key) or 0) for key in FUNNEL}
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """Mask every value under a key that names a secret, and every password in a connection URL.
+
+    The ledger stores the spec masked already; the page masks again, so a ledger written by
+    another version, or a secret under a key pgstage does not know yet, stays hidden.
+    """
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if isinstance(value, str):
+        if _SECRET_KEY.search(key):
+            return MASKED
+        if key in ("url", "dsn", "conninfo") or "://" in value and "@" in value:
+            return mask(value)
+    return value
+
+
+def batch_spans(batches: list[dict[str, Any]]) -> tuple[tuple[BatchSpan, ...], int]:
+    """Timed batches on one clock that starts at the run's first recorded phase, and how many had no timings."""
+    timed = [b for b in batches if b.get("timings")]
+    starts = [float(span[0]) for b in timed for span in b["timings"].values() if _is_span(span)]
+    origin = min(starts, default=0.0)
+    spans = tuple(BatchSpan(str(b["file"]), int(b["batch_no"]), (int(b["record_start"]), int(b["record_end"])),
+                            str(b["status"]),
+                            {phase: (float(span[0]) - origin, float(span[1]) - origin)
+                             for phase, span in b["timings"].items() if phase in PHASES and _is_span(span)})
+                  for b in sorted(timed, key=lambda b: (min(float(s[0]) for s in b["timings"].values() if _is_span(s)),
+                                                        str(b["file"]), int(b["batch_no"]))))
+    return spans, len(batches) - len(timed)
+
+
+def _is_span(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2
+
+
+def run_page(run: dict[str, Any], batches: list[dict[str, Any]], samples: list[dict[str, Any]],
+             rejected_records: int) -> RunPage:
+    """A run's page from its ledger row, its batches and some of its rejects (as `rejects.list_rejects` gives them)."""
+    spans, untimed = batch_spans(batches)
+    finished = run.get("finished_at")
+    by_rule = run.get("rejects_by_rule") or {}
+    return RunPage(
+        run_id=int(run["run_id"]), pipeline=str(run["pipeline"]), partition=run.get("partition"),
+        target=str(run.get("target") or ""), status=str(run["status"]), started_at=run["started_at"],
+        finished_at=finished, duration_s=(finished - run["started_at"]).total_seconds() if finished else None,
+        host=run.get("host"), pid=run.get("pid"), attempts=int(run.get("attempts") or 1),
+        dry_run=bool(run.get("dry_run")), message=run.get("message"), counts=counts_of(run.get("counts")),
+        rejects_by_rule=tuple(sorted(((str(k), int(v)) for k, v in by_rule.items()), key=lambda kv: (-kv[1], kv[0]))),
+        rejected_records=rejected_records,
+        samples=tuple(RejectSample(str(s["file"]), int(s["record"]),
+                                   tuple(f"{r.get('column') or 'record'}.{r.get('rule')}: {r.get('message')}"
+                                         for r in s["reasons"]),
+                                   tuple((str(k), None if v is None else str(v)) for k, v in s["raw"].items()))
+                      for s in samples),
+        files=tuple(FileRow(str(f.get("path")), str(f.get("status")), counts_of(f.get("rows")))
+                    for f in run.get("files") or []),
+        batches=spans, untimed_batches=untimed,
+        spec=None if run.get("spec") is None else mask_secrets(run["spec"]), spec_path=run.get("spec_path"))
+
+
+def pipeline_page(pipeline: str, days: int, runs: list[dict[str, Any]], *,
+                  anomalies: tuple[AnomalyDay, ...] = (), reconciliations: tuple[Reconciliation, ...] = (),
+                  backfill: tuple[BackfillUnit, ...] = (), generated_at: datetime | None = None) -> PipelinePage:
+    """A pipeline's page from its runs (each with a `day`: its partition, else the day it started)."""
+    by_day: dict[date, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_day.setdefault(r["day"], []).append(r)
+    history = tuple(
+        HistoryDay(day, len(rs), max((str(r["status"]) for r in rs), key=lambda s: _SEVERITY.get(s, 0)),
+                   {key: sum(counts_of(r.get("counts"))[key] for r in rs) for key in FUNNEL})
+        for day, rs in sorted(by_day.items()))
+    rows = tuple(RunRow(int(r["run_id"]), r.get("partition"), str(r["status"]), r["started_at"],
+                        (r["finished_at"] - r["started_at"]).total_seconds() if r.get("finished_at") else None,
+                        counts_of(r.get("counts")))
+                 for r in sorted(runs, key=lambda r: -int(r["run_id"])))
+    totals = {key: sum(h.counts[key] for h in history) for key in FUNNEL}
+    return PipelinePage(pipeline, days, history[0].day if history else None, history[-1].day if history else None,
+                        history, rows, totals, anomalies, reconciliations, backfill, generated_at)
