@@ -1,0 +1,169 @@
+"""PgstageOperator with real Airflow classes against the embedded server: outcomes and XComs.
+
+`execute()` is called as Airflow's task runner calls it; the context's task instance is a
+small recorder of XCom pushes (the DAG tests run the full runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+pytest.importorskip("airflow")
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException  # noqa: E402
+
+from pgstage.integrations.airflow import FAILURE_KEY, PgstageOperator, connection_url, day_summary, empty_sources  # noqa: E402
+from tests.conftest import assert_identity  # noqa: E402
+
+SPEC = """\
+[pipeline]
+name = "orders"
+target = "shop.orders"
+key = ["id"]
+strategy = "upsert"
+
+[source]
+path = "orders_{date}.csv"
+
+[columns]
+id = { from = "Id", type = "bigint" }
+total = { from = "Total", type = "money_cents", min = 0 }
+
+[load]
+max_reject_ratio = 0.25
+"""
+
+
+class Recorder:
+    """Stands in for the runtime task instance: keeps what the operator pushes."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        json.dumps(value)                       # XComs must be JSON-serializable
+        self.pushed[key] = value
+
+
+def folder(tmp_path: Path, csv: str = "Id,Total\n1,1.00\n2,2.50\n3,3\n") -> Path:
+    (tmp_path / "spec.toml").write_text(SPEC)
+    (tmp_path / "orders_2024-01-01.csv").write_text(csv)
+    return tmp_path / "spec.toml"
+
+
+def execute(op: PgstageOperator) -> tuple[dict[str, Any], Recorder]:
+    ti = Recorder()
+    return op.execute({"ti": ti}), ti
+
+
+def test_success_returns_the_report_and_a_rerun_is_a_visible_skip(tmp_path: Path, db_url: str, sql,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSTAGE_DATABASE_URL", db_url)          # the URL from the environment
+    op = PgstageOperator(task_id="load", spec=str(folder(tmp_path)), partition="2024-01-01")
+    doc, ti = execute(op)
+    assert doc["status"] == "succeeded" and doc["pipeline"] == "orders" and doc["partition"] == "2024-01-01"
+    assert doc["rows"] == {"read": 3, "rejected": 0, "valid": 3, "duplicate": 0, "inserted": 3, "updated": 0,
+                           "unchanged": 0, "stale": 0, "deleted": 0}
+    assert sql("SELECT id, total FROM shop.orders ORDER BY id") == [(1, 100), (2, 250), (3, 300)]
+    assert sql("SELECT run_id, status, counts FROM pgstage.runs") == [(doc["run_id"], "succeeded", doc["rows"])]
+    assert ti.pushed == {}
+    again, _ = execute(op)
+    assert again["status"] == "skipped" and again["rows"]["read"] == 0
+    assert [f["status"] for f in again["files"]] == ["skipped"]
+    assert sql("SELECT count(*) FROM shop.orders") == [(3,)]
+
+
+def test_reject_threshold_fails_without_retry_with_pgstages_message(tmp_path: Path, db_url: str, sql,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSTAGE_DATABASE_URL", db_url)
+    op = PgstageOperator(task_id="load", spec=str(folder(tmp_path, "Id,Total\n1,1.00\n2,-2\n3,x\n4,4\n")),
+                         partition="2024-01-01")
+    with pytest.raises(AirflowFailException) as failed:
+        execute(op)
+    message = "2 of 4 records rejected (50.0%), above max_reject_ratio 0.25: nothing was merged"
+    assert str(failed.value).startswith("orders: ") and message in str(failed.value)
+    assert sql("SELECT to_regclass('shop.orders')") == [(None,)]         # nothing merged
+    assert sql("SELECT status FROM pgstage.runs") == [("rejected_threshold",)]
+
+
+def test_failure_xcom_names_the_pipeline_and_carries_the_report(tmp_path: Path, db_url: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSTAGE_DATABASE_URL", db_url)
+    op = PgstageOperator(task_id="load", spec=str(folder(tmp_path, "Id,Total\n1,1.00\n2,-2\n3,x\n4,4\n")),
+                         partition="2024-01-01")
+    ti = Recorder()
+    with pytest.raises(AirflowFailException):
+        op.execute({"ti": ti})
+    failure = ti.pushed[FAILURE_KEY]
+    assert failure["pipeline"] == "orders" and failure["exit_code"] == 3 and failure["partition"] == "2024-01-01"
+    assert failure["report"]["status"] == "rejected_threshold"
+    assert failure["report"]["rows"]["read"] == 4 and failure["report"]["rows"]["rejected"] == 2
+    assert failure["report"]["rejects_by_rule"] == {"total.min": 1, "total.type": 1}
+
+
+def test_lock_held_fails_so_that_airflow_retries(tmp_path: Path, db_url: str, sql) -> None:
+    sql("SELECT pg_advisory_lock(hashtextextended('pgstage:orders:2024-01-01', 0))")   # another session's run
+    op = PgstageOperator(task_id="load", spec=str(folder(tmp_path)), partition="2024-01-01",
+                         db_conn_id="pgstage_test")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_CONN_PGSTAGE_TEST", connection_json(db_url))
+        ti = Recorder()
+        with pytest.raises(AirflowException) as failed:
+            op.execute({"ti": ti})
+    assert not isinstance(failed.value, AirflowFailException)          # retried, not failed for good
+    assert "pipeline 'orders' partition 2024-01-01 is being loaded by another session" in str(failed.value)
+    assert ti.pushed[FAILURE_KEY]["exit_code"] == 4 and ti.pushed[FAILURE_KEY]["report"] is None
+    assert op.retries == 3
+    assert sql("SELECT count(*) FROM pgstage.runs WHERE status <> 'running'") == [(0,)]
+
+
+def test_bad_spec_fails_without_retry_and_lists_the_problem(tmp_path: Path, db_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSTAGE_DATABASE_URL", db_url)
+    spec = folder(tmp_path)
+    spec.write_text(SPEC.replace("min = 0", 'min = "zero"'))
+    op = PgstageOperator(task_id="load", spec=str(spec), partition="2024-01-01")
+    ti = Recorder()
+    with pytest.raises(AirflowFailException) as failed:
+        op.execute({"ti": ti})
+    assert "columns.total.min" in str(failed.value)
+    assert ti.pushed[FAILURE_KEY]["pipeline"] is None and ti.pushed[FAILURE_KEY]["exit_code"] == 2
+
+
+def connection_json(url: str) -> str:
+    parts = conninfo_to_dict(url)
+    return json.dumps({"conn_type": "postgres", "host": parts.get("host"), "port": int(parts.get("port") or 5432),
+                       "schema": parts.get("dbname"), "login": parts.get("user"), "password": parts.get("password"),
+                       "extra": {"sslmode": "disable", "cursor": "dictcursor"}})
+
+
+def test_connection_url_from_an_airflow_connection(db_url: str, sql, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", connection_json(db_url))
+    url = connection_url("warehouse")
+    expected = {k: v for k, v in conninfo_to_dict(db_url).items() if v}
+    assert conninfo_to_dict(url) == {**expected, "port": expected.get("port", "5432"), "sslmode": "disable"}
+    monkeypatch.setenv("AIRFLOW_CONN_NOTPG", json.dumps({"conn_type": "mysql", "host": "h"}))
+    with pytest.raises(Exception) as wrong:
+        connection_url("notpg")
+    assert "Airflow connection 'notpg' is of type 'mysql', not postgres" in str(wrong.value)
+
+
+def test_empty_sources_and_day_summary() -> None:
+    ok = {"pipeline": "a", "status": "succeeded", "rows": {"read": 5}, "message": None}
+    empty = {"pipeline": "b", "status": "succeeded", "rows": {"read": 0}, "message": None}
+    skipped = {"pipeline": "c", "status": "skipped", "rows": {"read": 0}, "message": "already loaded"}
+    assert empty_sources([ok, empty, skipped]) == ["b"]
+    failure = {"spec": "/x/d.toml", "pipeline": "d", "exit_code": 3, "message": "too many", "report": None}
+    summary = day_summary(dag_id="sales_daily", run_id="r", partition="2024-01-01", reports=[ok, skipped],
+                          failures=[failure], task_states={"load_0": "success", "load_1": "failed", "dbt": "skipped"})
+    assert summary["status"] == "failed" and summary["failed_sources"] == ["d"]
+    assert summary["failed_tasks"] == ["load_1"]
+    assert [s["pipeline"] for s in summary["sources"]] == ["a", "c", "d"]
+    clean = day_summary(dag_id="s", run_id="r", partition=None, reports=[ok], failures=[], task_states={"load_0": "success"})
+    assert clean["status"] == "succeeded" and clean["failed_sources"] == []
