@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised where Airflow is abse
                             hint='pip install "pgstage[airflow]"') from exc
 
 __all__ = ["FAILURE_KEY", "PgstageOperator", "connection_url", "day_summary", "deliver", "empty_sources",
-           "webhook_url"]
+           "pull_mapped", "webhook_url"]
 
 FAILURE_KEY = "pgstage_failure"
 WEBHOOK_VARIABLE = "pgstage_alert_webhook_url"
@@ -119,6 +119,18 @@ class PgstageOperator(BaseOperator):
             return load_spec(self.spec).pipeline.name
         except (PgstageError, SpecError, OSError):
             return None
+
+
+def pull_mapped(ti: Any, task_id: str, key: str = "return_value") -> list[Any]:
+    """Every XCom a mapped task pushed under key, as a list.
+
+    Airflow's `xcom_pull` returns a mapped task's values as a list, except when exactly one
+    of its instances pushed one: then it is the bare value. A day with one failed feed is that case.
+    """
+    found = ti.xcom_pull(task_ids=task_id, key=key)
+    if found is None:
+        return []
+    return [found] if isinstance(found, dict) or not isinstance(found, Iterable) or isinstance(found, str) else list(found)
 
 
 def empty_sources(reports: Iterable[Mapping[str, Any]]) -> list[str]:
