@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised where Airflow is abse
     raise MissingDependency("the Airflow integration needs Apache Airflow 3",
                             hint='pip install "pgstage[airflow]"') from exc
 
-__all__ = ["FAILURE_KEY", "PgstageOperator", "connection_url", "day_summary", "deliver", "empty_sources",
+__all__ = ["FAILURE_KEY", "PgstageOperator", "airflow_error", "connection_url", "day_summary", "deliver", "empty_sources",
            "pull_mapped", "webhook_url"]
 
 FAILURE_KEY = "pgstage_failure"
@@ -96,10 +96,7 @@ class PgstageOperator(BaseOperator):
         except PgstageError as exc:
             failure = self._failure(exc)
             context["ti"].xcom_push(key=FAILURE_KEY, value=failure)
-            message = f"{failure['pipeline'] or self.spec}: {exc}"
-            if exc.exit_code in NO_RETRY:
-                raise AirflowFailException(message) from None
-            raise AirflowException(message) from None
+            raise airflow_error(exc, failure["pipeline"] or str(self.spec)) from None
         if report.status == "skipped":
             self.log.warning("pgstage: %s %s skipped: %s", report.pipeline, report.partition, report.message)
         else:
@@ -119,6 +116,12 @@ class PgstageOperator(BaseOperator):
             return load_spec(self.spec).pipeline.name
         except (PgstageError, SpecError, OSError):
             return None
+
+
+def airflow_error(exc: PgstageError, pipeline: str) -> AirflowException:
+    """pgstage's failure as the Airflow exception that makes Airflow retry it, or not."""
+    message = f"{pipeline}: {exc}"
+    return AirflowFailException(message) if exc.exit_code in NO_RETRY else AirflowException(message)
 
 
 def pull_mapped(ti: Any, task_id: str, key: str = "return_value") -> list[Any]:

@@ -18,8 +18,9 @@ pytest.importorskip("airflow")
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException  # noqa: E402
 
-from pgstage.integrations.airflow import FAILURE_KEY, PgstageOperator, connection_url, day_summary, empty_sources  # noqa: E402
-from tests.conftest import assert_identity  # noqa: E402
+from pgstage import PgstageError  # noqa: E402
+from pgstage.integrations.airflow import (FAILURE_KEY, PgstageOperator, airflow_error, connection_url, day_summary,  # noqa: E402
+                                          deliver, empty_sources, webhook_url)
 
 SPEC = """\
 [pipeline]
@@ -136,10 +137,12 @@ def test_bad_spec_fails_without_retry_and_lists_the_problem(tmp_path: Path, db_u
     assert ti.pushed[FAILURE_KEY]["pipeline"] is None and ti.pushed[FAILURE_KEY]["exit_code"] == 2
 
 
-def connection_json(url: str) -> str:
+def connection_json(url: str, password: str | None = None) -> str:
+    """An Airflow connection (JSON form) for a libpq URL; the test server trusts, so any password passes."""
     parts = conninfo_to_dict(url)
     return json.dumps({"conn_type": "postgres", "host": parts.get("host"), "port": int(parts.get("port") or 5432),
-                       "schema": parts.get("dbname"), "login": parts.get("user"), "password": parts.get("password"),
+                       "schema": parts.get("dbname"), "login": parts.get("user"),
+                       "password": password or parts.get("password"),
                        "extra": {"sslmode": "disable", "cursor": "dictcursor"}})
 
 
@@ -167,3 +170,84 @@ def test_empty_sources_and_day_summary() -> None:
     assert [s["pipeline"] for s in summary["sources"]] == ["a", "c", "d"]
     clean = day_summary(dag_id="s", run_id="r", partition=None, reports=[ok], failures=[], task_states={"load_0": "success"})
     assert clean["status"] == "succeeded" and clean["failed_sources"] == []
+
+
+@pytest.mark.parametrize(("code", "retried"), [(1, True), (2, False), (3, False), (4, True), (5, False)])
+def test_exit_codes_map_to_retry_or_not(code: int, retried: bool) -> None:
+    error = airflow_error(PgstageError("volume 12 is 95% below the median of 7 days", exit_code=code), "shopify_orders")
+    assert isinstance(error, AirflowException) and isinstance(error, AirflowFailException) is not retried
+    assert str(error) == "shopify_orders: volume 12 is 95% below the median of 7 days"
+
+
+def test_the_connections_password_never_reaches_the_log(tmp_path: Path, db_url: str,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", connection_json(db_url, password="pw-Zq81-secret"))
+    op = PgstageOperator(task_id="load", spec=str(folder(tmp_path, "Id,Total\n1,1.00\n2,-2\n3,x\n4,4\n")),
+                         partition="2024-01-01", db_conn_id="warehouse")
+    ti = Recorder()
+    with pytest.raises(AirflowFailException) as failed:
+        op.execute({"ti": ti})
+    out = capsys.readouterr()
+    seen = out.out + out.err + caplog.text + str(failed.value) + json.dumps(ti.pushed)
+    assert "rejected" in seen and "pw-Zq81-secret" not in seen
+
+
+class Hook:
+    """A real HTTP endpoint on 127.0.0.1 for one test."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        bodies: list[Any] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                bodies.append((self.path, self.headers["Content-Type"],
+                               json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(500 if "fail" in self.path else 200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_deliver_posts_json_and_says_where_it_failed_without_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = Hook()
+    try:
+        payload = {"status": "failed", "failed_sources": ["stripe_payments"]}
+        assert deliver(payload, f"{hook.base}/hook?token=tok-Zq81-secret") is True
+        assert hook.bodies == [("/hook?token=tok-Zq81-secret", "application/json", payload)]
+        with pytest.raises(AirflowException) as refused:
+            deliver(payload, f"{hook.base}/fail?token=tok-Zq81-secret")
+        assert str(refused.value) == "posting the notification to 127.0.0.1 failed: 500"
+        with pytest.raises(AirflowFailException) as scheme:
+            deliver(payload, "file:///etc/passwd")
+        assert "must be an http(s) URL, not file://" in str(scheme.value)
+        # nothing configured: nothing posted, and the caller is told so
+        monkeypatch.delenv("PGSTAGE_ALERT_WEBHOOK_URL", raising=False)
+        monkeypatch.delenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK_URL", raising=False)
+        assert webhook_url() is None and deliver(payload) is False
+        # the environment, then the Airflow Variable, which wins
+        monkeypatch.setenv("PGSTAGE_ALERT_WEBHOOK_URL", f"{hook.base}/from-env")
+        assert webhook_url() == f"{hook.base}/from-env"
+        monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK_URL", f"{hook.base}/from-variable")
+        assert deliver(payload) is True and hook.bodies[-1][0] == "/from-variable"
+        assert len(hook.bodies) == 3
+    finally:
+        hook.close()
+    with pytest.raises(AirflowException) as gone:
+        deliver({"x": 1}, f"{hook.base}/hook?token=tok-Zq81-secret")      # the server is closed now
+    assert str(gone.value).startswith("posting the notification to 127.0.0.1 failed: ")
+    assert "tok-Zq81-secret" not in str(gone.value)

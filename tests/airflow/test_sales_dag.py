@@ -127,7 +127,8 @@ def bad_amounts(path: Path, count: int) -> range:
 
 
 def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales: ModuleType, sql, webhook: Webhook,
-                                                                          tmp_path: Path) -> None:
+                                                                          tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     stripe = tmp_path / "data" / "stripe" / "orders_2024-01-02.csv"
     appended = bad_amounts(stripe, 20)           # ~80 orders + 20 refused: well above 5%
     assert sales.dag.test(logical_date=DAY_1).state == "success"
@@ -165,6 +166,9 @@ def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales
                        "message": failure[0]["message"]}]
     assert "above max_reject_ratio 0.05: nothing was merged" in failed[0]["message"]
     assert {s["pipeline"] for s in summary["sources"] if s["status"] == "succeeded"} == {"shopify_orders", "woocommerce_orders"}
+    logged = capsys.readouterr()
+    assert failure[0]["message"].splitlines()[0] in logged.out + logged.err     # the task log has pgstage's words
+    assert "s3cret-token" not in logged.out + logged.err                # the webhook's secret is never logged
 
 
 def test_an_empty_export_fails_the_volume_check(sales: ModuleType, webhook: Webhook, tmp_path: Path) -> None:
