@@ -109,13 +109,20 @@ def test_two_days_load_every_feed_and_match_the_ledger(sales: ModuleType, sql, w
         assert summary["status"] == "succeeded" and summary["partition"] == day and summary["failed_sources"] == []
         assert {s["pipeline"]: s["rows"] for s in summary["sources"]} == {r["pipeline"]: r["rows"] for r in reports}
     assert len(webhook.received) == 2
+    # the first day again: every feed is skipped (the same bytes were loaded), and the day is green
+    rerun = sales.dag.test(logical_date=DAY_1)
+    assert str(rerun.state) == "success" and states(rerun)["check_volumes"] == "success"
+    assert [(r["pipeline"], r["status"], r["rows"]["read"]) for r in xcoms(rerun, "return_value")] == [
+        (p, "skipped", 0) for p in PIPELINES.values()]
+    assert [s["status"] for s in webhook.received[-1]["sources"]] == ["skipped"] * 3
     # the table holds exactly the rows the ledger says were inserted, per source
     ledger = dict(sql("SELECT pipeline, sum((counts->>'inserted')::int) FROM pgstage.runs"
                       " WHERE status = 'succeeded' GROUP BY pipeline"))
     table = dict(sql("SELECT source, count(*) FROM sales.orders GROUP BY source"))
     assert {PIPELINES[s]: n for s, n in table.items()} == ledger
-    assert sql("SELECT pipeline, partition FROM pgstage.runs ORDER BY partition, pipeline") == [
-        (p, d) for d in ("2024-01-01", "2024-01-02") for p in sorted(PIPELINES.values())]
+    assert sql("SELECT pipeline, partition, status FROM pgstage.runs ORDER BY status, partition, pipeline") == [
+        *((p, "2024-01-01", "skipped") for p in sorted(PIPELINES.values())),
+        *((p, d, "succeeded") for d in ("2024-01-01", "2024-01-02") for p in sorted(PIPELINES.values()))]
 
 
 def bad_amounts(path: Path, count: int) -> range:
