@@ -1,10 +1,22 @@
 """Read this first: one run of a pipeline, top to bottom as in SPEC §4.
 
-    lock → resume an interrupted run, or start one; skip files already loaded
-    → phase 1, per file and batch: extract + stage → validate (+ transform) → checkpoint
-    → reject threshold over the whole run
-    → phase 2, per batch, one transaction each: merge + checkpoint (+ the file's fingerprint
-      with its last batch) → rebuild indexes → close the run → report.
+`run()` parses what it is given into a frozen `RunContext`, then retries `_attempt` on
+transient faults. One attempt is a row of named phases, in this order:
+
+    _prepare            ledger, session settings, column types, target and references checked
+    pipeline_lock       one run per (pipeline, partition)
+    _recover            rebuild indexes a killed run dropped, drop its tables, resume its run id
+    _stage_and_validate phase 1, per file and batch: extract + stage → validate (+ transform) → checkpoint
+    _enforce_reject_limit  the reject threshold over the whole run: nothing merged above it
+    _predict            (dry run) phase 2 forecast read-only, then stop
+    _plan_merge         target created, indexes dropped for a large load, cross-batch losers set aside
+    _merge_batches      phase 2, per batch, one transaction each: merge + checkpoint (+ the file's
+                        fingerprint with its last batch)
+    _finish             indexes rebuilt, rejects resolved, run closed → report
+
+Each phase takes the attempt's frozen `Load` and returns what the next one needs, so a new
+merge strategy belongs in `_merge_batches` (and pipeline/merge.py), a throttle between
+batches in the pool jobs `_validate_batch` / `_merge_batch`, an alert hook around `_finish`.
 
 Nothing reaches the target unless the whole run is under its reject threshold. A killed
 run resumes at its first unmerged batch under the same run id; transient database faults
@@ -33,6 +45,7 @@ from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
+from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
 from pgstage.pipeline import known, ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
@@ -57,6 +70,77 @@ def parse_partition(value: str | date | None) -> date | None:
         raise UsageError(f"--partition {value!r} is not a date", hint="use YYYY-MM-DD, e.g. 2024-01-15") from None
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a run is asked to do, parsed once at its start; every attempt reads it, none changes it."""
+
+    spec: Spec
+    url: str
+    partition: str | None           # the ISO day, as the ledger and the lock key spell it
+    files: tuple[SourceFile, ...]   # the source files in load order; none for a postgres source
+    force: bool
+    dry_run: bool
+    started: float                  # perf_counter at the start: the report's duration
+
+    @property
+    def cdc(self) -> bool:
+        return self.spec.source.kind == "postgres"
+
+    def sources(self) -> tuple[SourceFile, ...]:
+        """This attempt's sources: a postgres source is one pseudo-file, extracted anew by every attempt."""
+        return (postgres.pseudo_file(self.spec.source),) if self.cdc else self.files
+
+
+@dataclass(frozen=True)
+class Load:
+    """One attempt under the pipeline lock: the run context plus what the session found.
+
+    `conn` is the main session, which stages; pool jobs get their own session and must not use it.
+    """
+
+    run: RunContext
+    conn: psycopg.Connection[Any]
+    pool: Workers
+    run_id: int
+    types: dict[str, transform.ColumnType]
+    sources: tuple[SourceFile, ...]     # every source of the attempt; file numbers index it
+    todo: tuple[SourceFile, ...]        # those not loaded before (or all of them with --force)
+    skipped: tuple[FileReport, ...]
+    validation: validate.Context
+
+    @property
+    def spec(self) -> Spec:
+        return self.run.spec
+
+    @property
+    def duplicates(self) -> str:
+        """The run's table of cross-batch losers (kept until the run succeeds, see `_plan_merge`)."""
+        return duplicates_table(self.run_id)
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Phase 1's result: every batch validated and checkpointed, nothing merged yet."""
+
+    pending: tuple[tuple[validate.Checked, bool], ...]   # (batch, is the last batch of its file), in merge order
+    per_file: dict[str, Counts]
+    ignored: dict[str, tuple[str, ...]]                  # fields of each file the spec does not know
+
+    @property
+    def batches(self) -> list[validate.Checked]:
+        return [checked for checked, _ in self.pending]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What every batch's merge shares, decided once before the first one starts."""
+
+    beaten: str | None          # the table of cross-batch losers, if batches repeat a key
+    into_empty: bool            # each key is merged by one batch at most: into an empty target, inserts only
+    upserts: bool               # the target has a unique index on the key that ON CONFLICT can use
+    seen: datetime | None       # a postgres source's new watermark, committed with the last merge
+
+
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
         base_dir: Path | None = None, force: bool = False, dry_run: bool = False) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
@@ -64,81 +148,68 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     With dry_run, stage and validate as usual, then predict the merge's counts by a read-only
     comparison with the target, which is neither created nor written.
     """
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
-    day = parse_partition(partition)
-    base = base_dir or (spec.path.parent if spec.path else Path.cwd())
-    cdc = spec.source.kind == "postgres"
-    files = [] if cdc else resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing)
-    url = resolve_url(db)
-    started = time.perf_counter()
-    state: dict[str, int] = {}
-
-    def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, Transient) or ("connected" in state and isinstance(exc, ConnectionFailed))
-
-    retrying = Retrying(retry=retry_if_exception(retryable), stop=stop_after_attempt(spec.load.max_retries + 1),
+    ctx = _context(spec, partition, db, base_dir, force, dry_run)
+    # The first connection is made outside the retries: a wrong URL or a server that is down
+    # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
+    first: psycopg.Connection[Any] | None = connect(ctx.url)
+    retrying = Retrying(retry=retry_if_exception(lambda exc: isinstance(exc, (Transient, ConnectionFailed))),
+                        stop=stop_after_attempt(ctx.spec.load.max_retries + 1),
                         wait=wait_random_exponential(multiplier=0.5, max=10), reraise=True)
     try:
         for attempt in retrying:
             with attempt:
+                conn, first = first or connect(ctx.url), None
                 try:
-                    with connect(url) as conn:
-                        state["connected"] = 1
-                        # A postgres source is one pseudo-file, extracted anew by every attempt.
-                        return _run_once(conn, url, spec, [postgres.pseudo_file(spec.source)] if cdc else files,
-                                         day.isoformat() if day else None, force, started, state, dry_run)
+                    with conn:
+                        return _attempt(conn, ctx)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
-        if "run_id" in state:
-            _mark_failed(url, state["run_id"], f"gave up after {spec.load.max_retries} retries: {exc}")
+        _mark_failed(ctx, f"gave up after {ctx.spec.load.max_retries} retries: {exc}")
         raise
+    finally:
+        if first is not None:
+            first.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _mark_failed(url: str, run_id: int, message: str) -> None:
+def _context(spec: Spec | str | Path, partition: str | date | None, db: str | None, base_dir: Path | None,
+             force: bool, dry_run: bool) -> RunContext:
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    day = parse_partition(partition)
+    base = base_dir or (spec.path.parent if spec.path else Path.cwd())
+    files = () if spec.source.kind == "postgres" else tuple(
+        resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing))
+    return RunContext(spec, resolve_url(db), day.isoformat() if day else None, files, force, dry_run,
+                      time.perf_counter())
+
+
+def _mark_failed(ctx: RunContext, message: str) -> None:
     """Best effort: the database may still be unreachable; a run left `running` is resumed anyway."""
     try:
-        with connect(url) as conn:
-            ledger.fail_run(conn, run_id, message)
+        with connect(ctx.url) as conn:
+            ledger.fail_own_run(conn, ctx.spec.pipeline.name, ctx.partition, message)
     except PgstageError:
         pass
 
 
-def _run_once(conn: psycopg.Connection[Any], url: str, spec: Spec, files: list[SourceFile], part: str | None,
-              force: bool, started: float, state: dict[str, int], dry_run: bool = False) -> RunReport:
-    ledger.ensure(conn)
-    apply_session_settings(conn, spec.load)
-    types = transform.resolve_types(conn, spec)
-    target.check(conn, spec, types)
-    validate.check_references(conn, spec)
-    with pipeline_lock(conn, spec.pipeline.name, part):
-        if not dry_run:
-            indexes.rebuild(conn, spec)      # repair what a killed run may have left dropped
-        _drop_tables(conn, ledger.orphan_tables(conn))
-        _drop_tables(conn, ledger.finished_duplicate_tables(conn))
-        run_id = None if dry_run else ledger.resumable_run(conn, spec.pipeline.name, part)
-        if run_id is not None:
-            ledger.reopen_run(conn, run_id)
-            ledger.discard_unmerged(conn, run_id)
-            _drop_tables(conn, ledger.orphan_tables(conn, run_id))
-        todo = [f for f in files if force or ledger.loaded_before(conn, spec.pipeline.name, f) is None]
-        skipped = tuple(FileReport(f.name, "skipped") for f in files if f not in todo)
-        if run_id is None:
-            run_id = ledger.start_run(conn, spec.pipeline.name, part, spec.pipeline.target,
-                                      str(spec.path) if spec.path else None, dry_run=dry_run)
-        state["run_id"] = run_id
+def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
+    """One try at the whole run, on one session; a retry starts here again and resumes the run."""
+    types = _prepare(conn, ctx)
+    with pipeline_lock(conn, ctx.spec.pipeline.name, ctx.partition):
+        run_id, sources, todo, skipped = _recover(conn, ctx)
         if not todo and not ledger.batch_counts(conn, run_id):
-            why = ("every file was loaded before (use --force to load again)" if files else
-                   f"no source file matches {spec.source.path!r}" + (f" for partition {part}" if part else "")
-                   + " (source.allow_missing = true)")
-            report = RunReport(run_id, spec.pipeline.name, part, "skipped", Counts(), {},
-                               time.perf_counter() - started, spec.pipeline.target, skipped, why)
-            ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files), why)
-            return report
+            return _skip(conn, ctx, run_id, skipped)
         try:
-            with Workers(url, spec.load, f"{spec.pipeline.name}:{part or ''}") as pool:
-                return _load(conn, pool, spec, types, files, todo, skipped, run_id, part, started, dry_run)
+            with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
+                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped, _validation_context(conn, ctx.spec))
+                validated = _stage_and_validate(load)
+                _enforce_reject_limit(load, validated)
+                if ctx.dry_run:
+                    return _predict(load, validated)
+                plan = _plan_merge(load, validated)
+                by_rule = _merge_batches(load, validated, plan)
+                return _finish(load, validated, plan, by_rule)
         except BaseException as exc:
             if not conn.closed and not isinstance(exc, (RejectLimitExceeded, Transient)):
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -150,172 +221,148 @@ def _run_once(conn: psycopg.Connection[Any], url: str, spec: Spec, files: list[S
                 _drop_tables(conn, ledger.orphan_tables(conn, run_id))
 
 
-def _load(conn: psycopg.Connection[Any], pool: Workers, spec: Spec, types: dict[str, transform.ColumnType],
-          files: list[SourceFile], todo: list[SourceFile], skipped: tuple[FileReport, ...], run_id: int,
-          part: str | None, started: float, dry_run: bool = False) -> RunReport:
-    # Phase 1: stage every remaining batch here while the pool validates the ones already staged;
-    # each batch's rejects and checkpoint commit together.
-    pending: list[tuple[validate.Checked, bool]] = []     # (batch, is the last batch of its file)
-    validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
-    ignored: dict[str, tuple[str, ...]] = {}
+def _prepare(conn: psycopg.Connection[Any], ctx: RunContext) -> dict[str, transform.ColumnType]:
+    """Everything that can refuse the run before it takes the lock: the spec's types against the server and target."""
+    ledger.ensure(conn)
+    apply_session_settings(conn, ctx.spec.load)
+    types = transform.resolve_types(conn, ctx.spec)
+    target.check(conn, ctx.spec, types)
+    validate.check_references(conn, ctx.spec)
+    return types
+
+
+def _recover(conn: psycopg.Connection[Any], ctx: RunContext
+             ) -> tuple[int, tuple[SourceFile, ...], tuple[SourceFile, ...], tuple[FileReport, ...]]:
+    """Put back what a killed run left, resume its run id or start one; which sources are still to load."""
+    spec = ctx.spec
+    if not ctx.dry_run:
+        indexes.rebuild(conn, spec)      # repair what a killed run may have left dropped
+    _drop_tables(conn, ledger.orphan_tables(conn))
+    _drop_tables(conn, ledger.finished_duplicate_tables(conn))
+    run_id = None if ctx.dry_run else ledger.resumable_run(conn, spec.pipeline.name, ctx.partition)
+    if run_id is not None:
+        ledger.reopen_run(conn, run_id)
+        ledger.discard_unmerged(conn, run_id)
+        _drop_tables(conn, ledger.orphan_tables(conn, run_id))
+    sources = ctx.sources()
+    todo = tuple(f for f in sources if ctx.force or ledger.loaded_before(conn, spec.pipeline.name, f) is None)
+    skipped = tuple(FileReport(f.name, "skipped") for f in sources if f not in todo)
+    if run_id is None:
+        run_id = ledger.start_run(conn, spec.pipeline.name, ctx.partition, spec.pipeline.target,
+                                  str(spec.path) if spec.path else None, dry_run=ctx.dry_run)
+    return run_id, sources, todo, skipped
+
+
+def _skip(conn: psycopg.Connection[Any], ctx: RunContext, run_id: int, skipped: tuple[FileReport, ...]) -> RunReport:
+    """Nothing to load: close the run as skipped, saying why."""
+    spec, part = ctx.spec, ctx.partition
+    why = ("every file was loaded before (use --force to load again)" if ctx.files else
+           f"no source file matches {spec.source.path!r}" + (f" for partition {part}" if part else "")
+           + " (source.allow_missing = true)")
+    report = RunReport(run_id, spec.pipeline.name, part, "skipped", Counts(), {},
+                       time.perf_counter() - ctx.started, spec.pipeline.target, skipped, why)
+    ledger.finish_run(conn, run_id, "skipped", report.counts, {}, _file_rows(report.files), why)
+    return report
+
+
+def _validation_context(conn: psycopg.Connection[Any], spec: Spec) -> validate.Context:
+    """What every batch's validation shares: the target's state and the known-rows shortcut (pipeline/known.py)."""
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
-    staged = threading.Event()   # set when the last batch is staged: see validate.check
-    context = validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
-                               known_rows=bool(seed is not None and found and known.ROW_HASH in found
-                                               and known.eligible(spec)), staged=staged)
-    duplicates = f"_dup_{run_id}"
-    for source in todo:
-        file_no = files.index(source)   # stable across attempts, unlike the position in todo
+    return validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
+                            known_rows=bool(seed is not None and found and ROW_HASH in found
+                                            and known.eligible(spec)),
+                            staged=threading.Event())   # set when the last batch is staged: see validate.check
+
+
+def _stage_and_validate(load: Load) -> Validated:
+    """Phase 1: stage every remaining batch here while the pool validates the ones already staged.
+
+    Each batch's rejects and checkpoint commit together.
+    """
+    conn, spec = load.conn, load.spec
+    validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
+    ignored: dict[str, tuple[str, ...]] = {}
+    for source in load.todo:
+        file_no = load.sources.index(source)   # stable across attempts, unlike the position in todo
         _, _, ignored[source.name] = stage.header_of(spec, source)
         if ignored[source.name] and spec.source.on_new_fields == "fail":
             raise HeaderMismatch(f"fields the spec does not know: {', '.join(map(repr, ignored[source.name]))}",
                                  location=Location(file=source.name, line=1),
                                  hint="add them to [columns], or set source.on_new_fields = \"ignore\"")
-        start = ledger.start_point(conn, run_id, source)
+        start = ledger.start_point(conn, load.run_id, source)
         if start.changed:
-            _drop_tables(conn, [duplicates])
-        since = ledger.watermark(conn, spec.pipeline.name, source.name) if spec.source.kind == "postgres" else None
-        batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=f"_stg_{run_id}_{file_no}",
+            _drop_tables(conn, [load.duplicates])
+        since = ledger.watermark(conn, spec.pipeline.name, source.name) if load.run.cdc else None
+        batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=staged_prefix(load.run_id, file_no),
                                       start=start, batch_rows=spec.load.batch_rows, since=since,
                                       parallel=spec.load.workers)
-        validating.append((source, [pool.submit(partial(_validate, spec=spec, types=types, batch=batch, run_id=run_id,
-                                                        context=context)) for batch in batches]))
-    staged.set()
+        validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch))
+                                    for batch in batches]))
+    assert load.validation.staged is not None
+    load.validation.staged.set()
+    pending: list[tuple[validate.Checked, bool]] = []
     for source, futures in validating:
         file_checked = results(futures)
         pending += [(c, i == len(file_checked) - 1) for i, c in enumerate(file_checked)]
-        if not file_checked and not dry_run and spec.source.kind != "postgres":
+        if not file_checked and not load.run.dry_run and not load.run.cdc:
             # header-only, or every batch merged before the interruption (no rows from a table: the watermark stays)
             with conn.transaction():
-                ledger.record_file(conn, spec.pipeline.name, source, run_id)
-
-    per_file = ledger.batch_counts(conn, run_id)
-    totals = sum(per_file.values(), Counts())
-    limit, most = spec.load.max_reject_ratio, spec.load.max_rejects
-    over_ratio = bool(totals.read) and totals.rejected / totals.read > limit
-    if over_ratio or (most is not None and totals.rejected > most):
-        by_rule = ledger.rejects_by_rule(conn, run_id)
-        report = _report(spec, run_id, part, "rejected_threshold", per_file, ignored, skipped, by_rule, started)
-        share = f"{totals.rejected} of {totals.read} records rejected ({totals.rejected / max(totals.read, 1):.1%})"
-        message = (share + (f", above max_reject_ratio {limit:g}" if over_ratio else f", above max_rejects {most}")
-                   + (": nothing was merged" if not dry_run else ": a real run would merge nothing (dry run)"))
-        ledger.finish_run(conn, run_id, "rejected_threshold", report.counts, by_rule, _file_rows(report.files), message)
-        top = ", ".join(f"{rule} ({n})" for rule, n in list(by_rule.items())[:3])
-        samples = "; ".join(f"record {r['record']}: " + ", ".join(f"{x.get('column') or 'record'}.{x['rule']}"
-                                                                 for x in r["reasons"])
-                            for r in ledger.sample_rejects(conn, run_id, 3))
-        raise RejectLimitReport(message + (f"; top rules: {top}" if top else "") + (f"; e.g. {samples}" if samples else ""),
-                                hint=f"see `pgstage show {run_id}` for sample rejects; fix the source or raise"
-                                     " load.max_reject_ratio", report=report)
-
-    if dry_run:
-        by_rule = ledger.rejects_by_rule(conn, run_id)
-        return _predict(conn, spec, types, pending, per_file, ignored, skipped, by_rule, run_id, part, started,
-                        context.target_exists)
-
-    # Phase 2: merge batch by batch; the merge and its checkpoint commit together.
-    with conn.transaction():
-        target.ensure(conn, spec, types)
-    incoming = sum(c.staged.read - c.staged_rejected for c, _ in pending)
-    if indexes.should_rebuild(conn, spec, incoming):
-        indexes.drop_for_load(conn, spec, run_id)
-    # A key repeated across batches: only the run's winning row is merged. The losers are kept
-    # in a logged table until the run succeeds, so a resumed run decides exactly as before.
-    beaten = duplicates if ledger.table_exists(conn, duplicates) else None
-    if beaten is None and len(pending) > 1 and merge.batches_overlap(conn, spec, types, [c for c, _ in pending]):
-        beaten = duplicates
-        merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
-    # Each key is merged by one batch at most, so into a target empty now every batch only inserts.
-    into_empty = merge.target_is_empty(conn, spec)
-    upserts = target.upsert_arbiter(conn, spec)
-    # A postgres source's new watermark: the latest change time extracted, committed with the last merge.
-    seen = (ledger.seen_watermark(conn, [c.staged for c, _ in pending], postgres.CHANGED_AT)
-            if spec.source.kind == "postgres" else None)
-    order = InOrder()
-    merging = [pool.submit(partial(_merge, spec=spec, types=types, checked=checked, last_of_file=last, run_id=run_id,
-                                   beaten=beaten, into_empty=into_empty, upserts=upserts, seen=seen, turn=i,
-                                   order=order))
-               for i, (checked, last) in enumerate(pending)]
-    # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
-    # takes a tenth of a second that the run no longer waits for between validation and merge.
-    try:
-        by_rule = ledger.rejects_by_rule(conn, run_id)
-    finally:
-        wait(merging)   # an error here must not leave the pool's merges running behind it
-    results(merging)
-    if beaten:
-        _drop_tables(conn, [beaten])
-    indexes.rebuild(conn, spec)
-    with conn.transaction():
-        merge.resolve_rejects(conn, spec, types, run_id, context.collation)
-
-    per_file = ledger.batch_counts(conn, run_id)
-    report = _report(spec, run_id, part, "succeeded", per_file, ignored, skipped, by_rule, started)
-    ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files))
-    return report
+                ledger.record_file(conn, spec.pipeline.name, source, load.run_id)
+    return Validated(tuple(pending), ledger.batch_counts(conn, load.run_id), ignored)
 
 
-def _validate(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transform.ColumnType],
-              batch: stage.StagedBatch, run_id: int, context: validate.Context) -> validate.Checked:
-    """One batch's validation and checkpoint, in one transaction (a pool job)."""
-    with conn.transaction():
-        checked = validate.check(conn, spec, types, batch, f"_chk_{run_id}_{batch.file_no}_{batch.batch_no}", run_id,
-                                 context)
-        ledger.record_batch(conn, run_id, batch, _pre_merge(checked), "validated")
+def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch) -> validate.Checked:
+    """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
+    with session.transaction():
+        checked = validate.check(session, load.spec, load.types, batch,
+                                 checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id, load.validation)
+        ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated")
     faults.hit("validate.after")
     return checked
 
 
-def _merge(conn: psycopg.Connection[Any], *, spec: Spec, types: dict[str, transform.ColumnType],
-           checked: validate.Checked, last_of_file: bool, run_id: int, beaten: str | None, into_empty: bool,
-           upserts: bool, seen: datetime | None, turn: int, order: InOrder) -> None:
-    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
-    try:
-        with conn.transaction():
-            m = merge.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts)
-            pre = _pre_merge(checked)
-            counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
-                            inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,
-                            deleted=m.deleted)
-            ledger.record_batch(conn, run_id, checked.staged, counts, "merged")
-            if last_of_file and spec.source.kind == "postgres":
-                if seen is not None:
-                    ledger.record_watermark(conn, spec.pipeline.name, checked.staged.source.name, seen, run_id)
-            elif last_of_file:
-                ledger.record_file(conn, spec.pipeline.name, checked.staged.source, run_id)
-            order.wait(turn)
-            faults.hit("merge.commit")
-        faults.hit("merge.after")
-    except BaseException:
-        order.failed()   # the batches after this one roll back: a failed run stops where it failed
-        raise
-    order.committed(turn)
-    _drop_tables(conn, [checked.staged.table, checked.table])
+def _enforce_reject_limit(load: Load, validated: Validated) -> None:
+    """Above `max_reject_ratio` or `max_rejects` over the whole run, close it and merge nothing."""
+    conn, spec, run_id = load.conn, load.spec, load.run_id
+    totals = sum(validated.per_file.values(), Counts())
+    limit, most = spec.load.max_reject_ratio, spec.load.max_rejects
+    over_ratio = bool(totals.read) and totals.rejected / totals.read > limit
+    if not (over_ratio or (most is not None and totals.rejected > most)):
+        return
+    by_rule = ledger.rejects_by_rule(conn, run_id)
+    report = _report(load, "rejected_threshold", validated.per_file, validated.ignored, by_rule)
+    share = f"{totals.rejected} of {totals.read} records rejected ({totals.rejected / max(totals.read, 1):.1%})"
+    message = (share + (f", above max_reject_ratio {limit:g}" if over_ratio else f", above max_rejects {most}")
+               + (": nothing was merged" if not load.run.dry_run else ": a real run would merge nothing (dry run)"))
+    ledger.finish_run(conn, run_id, "rejected_threshold", report.counts, by_rule, _file_rows(report.files), message)
+    top = ", ".join(f"{rule} ({n})" for rule, n in list(by_rule.items())[:3])
+    samples = "; ".join(f"record {r['record']}: " + ", ".join(f"{x.get('column') or 'record'}.{x['rule']}"
+                                                             for x in r["reasons"])
+                        for r in ledger.sample_rejects(conn, run_id, 3))
+    raise RejectLimitReport(message + (f"; top rules: {top}" if top else "") + (f"; e.g. {samples}" if samples else ""),
+                            hint=f"see `pgstage show {run_id}` for sample rejects; fix the source or raise"
+                                 " load.max_reject_ratio", report=report)
 
 
-def _predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transform.ColumnType],
-             pending: list[tuple[validate.Checked, bool]], per_file: dict[str, Counts],
-             ignored: dict[str, tuple[str, ...]], skipped: tuple[FileReport, ...], by_rule: dict[str, int],
-             run_id: int, part: str | None, started: float, target_exists: bool) -> RunReport:
+def _predict(load: Load, validated: Validated) -> RunReport:
     """The dry run's phase 2: the merge's counts forecast read-only, and the SQL it would run."""
+    conn, spec, run_id = load.conn, load.spec, load.run_id
+    by_rule = ledger.rejects_by_rule(conn, run_id)
     beaten = None
-    if len(pending) > 1 and merge.batches_overlap(conn, spec, types, [c for c, _ in pending]):
-        beaten = f"_dup_{run_id}"
-        merge.find_beaten(conn, spec, [c for c, _ in pending], beaten)
+    if len(validated.pending) > 1 and merge.batches_overlap(conn, spec, load.types, validated.batches):
+        beaten = load.duplicates
+        merge.find_beaten(conn, spec, validated.batches, beaten)
     predicted: dict[str, Counts] = {}
-    for checked, _ in pending:
-        m = merge.predict(conn, spec, types, checked, beaten, target_exists)
-        pre = _pre_merge(checked)
-        counts = Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
-                        inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale,
-                        deleted=m.deleted)
+    for checked in validated.batches:
+        m = merge.predict(conn, spec, load.types, checked, beaten, load.validation.target_exists)
         name = checked.staged.source.name
-        predicted[name] = predicted.get(name, Counts()) + counts
-    merge_sql = (merge.build_merge(spec, types, pending[0][0], run_id, beaten).as_string(conn) if pending else None)
+        predicted[name] = predicted.get(name, Counts()) + _merged(checked, m)
+    merge_sql = (merge.build_merge(spec, load.types, validated.batches[0], run_id, beaten).as_string(conn)
+                 if validated.pending else None)
     if beaten:
         _drop_tables(conn, [beaten])
-    report = _report(spec, run_id, part, "succeeded", {**per_file, **predicted}, ignored, skipped, by_rule, started)
+    report = _report(load, "succeeded", {**validated.per_file, **predicted}, validated.ignored, by_rule)
     report = replace(report, dry_run=True, merge_sql=merge_sql,
                      sample_rejects=tuple(ledger.sample_rejects(conn, run_id, 5)),
                      message="dry run: nothing was written to the target; the counts are a forecast")
@@ -323,14 +370,99 @@ def _predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, transfo
     return report
 
 
-def _report(spec: Spec, run_id: int, part: str | None, status: str, per_file: dict[str, Counts],
-            ignored: dict[str, tuple[str, ...]], skipped: tuple[FileReport, ...], by_rule: dict[str, int],
-            started: float) -> RunReport:
+def _plan_merge(load: Load, validated: Validated) -> MergePlan:
+    """Before the first merge: the target exists, large loads drop its indexes, cross-batch losers are known."""
+    conn, spec = load.conn, load.spec
+    with conn.transaction():
+        target.ensure(conn, spec, load.types)
+    incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
+    if indexes.should_rebuild(conn, spec, incoming):
+        indexes.drop_for_load(conn, spec, load.run_id)
+    # A key repeated across batches: only the run's winning row is merged. The losers are kept
+    # in a logged table until the run succeeds, so a resumed run decides exactly as before.
+    beaten = load.duplicates if ledger.table_exists(conn, load.duplicates) else None
+    if beaten is None and len(validated.pending) > 1 and merge.batches_overlap(conn, spec, load.types,
+                                                                                 validated.batches):
+        beaten = load.duplicates
+        merge.find_beaten(conn, spec, validated.batches, beaten)
+    seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], SOURCE_CHANGED_AT)
+            if load.run.cdc else None)
+    return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen)
+
+
+def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[str, int]:
+    """Phase 2: the pool merges every batch, each committing with its checkpoint, in batch order.
+
+    Returns the rejects by rule, counted meanwhile.
+    """
+    order = InOrder()
+    merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
+                                        turn=i, order=order))
+               for i, (checked, last) in enumerate(validated.pending)]
+    # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
+    # takes a tenth of a second that the run no longer waits for between validation and merge.
+    try:
+        by_rule = ledger.rejects_by_rule(load.conn, load.run_id)
+    finally:
+        wait(merging)   # an error here must not leave the pool's merges running behind it
+    results(merging)
+    return by_rule
+
+
+def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePlan, checked: validate.Checked,
+                 last_of_file: bool, turn: int, order: InOrder) -> None:
+    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
+    spec = load.spec
+    try:
+        with session.transaction():
+            m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
+                            upserts=plan.upserts)
+            ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged")
+            if last_of_file and load.run.cdc:
+                if plan.seen is not None:
+                    ledger.record_watermark(session, spec.pipeline.name, checked.staged.source.name, plan.seen,
+                                            load.run_id)
+            elif last_of_file:
+                ledger.record_file(session, spec.pipeline.name, checked.staged.source, load.run_id)
+            order.wait(turn)
+            faults.hit("merge.commit")
+        faults.hit("merge.after")
+    except BaseException:
+        order.failed()   # the batches after this one roll back: a failed run stops where it failed
+        raise
+    order.committed(turn)
+    _drop_tables(session, [checked.staged.table, checked.table])
+
+
+def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str, int]) -> RunReport:
+    """After the last merge: indexes back, rejects of keys loaded since resolved, the run closed with its counts."""
+    conn = load.conn
+    if plan.beaten:
+        _drop_tables(conn, [plan.beaten])
+    indexes.rebuild(conn, load.spec)
+    with conn.transaction():
+        merge.resolve_rejects(conn, load.spec, load.types, load.run_id, load.validation.collation)
+    per_file = ledger.batch_counts(conn, load.run_id)
+    report = _report(load, "succeeded", per_file, validated.ignored, by_rule)
+    ledger.finish_run(conn, load.run_id, "succeeded", report.counts, by_rule, _file_rows(report.files))
+    return report
+
+
+def _merged(checked: validate.Checked, m: merge.MergeCounts) -> Counts:
+    """A batch's counts once merged (or predicted): its validation's counts plus the merge's."""
+    pre = _pre_merge(checked)
+    return Counts(read=pre.read, rejected=pre.rejected, valid=pre.valid, duplicate=pre.valid - m.distinct,
+                  inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale, deleted=m.deleted)
+
+
+def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[str, tuple[str, ...]],
+            by_rule: dict[str, int]) -> RunReport:
     file_status = "loaded" if status == "succeeded" else "rejected"
     files = tuple(FileReport(name, file_status, counts, ignored.get(name, ())) for name, counts in per_file.items())
     totals = sum(per_file.values(), Counts())
-    return RunReport(run_id, spec.pipeline.name, part, status, totals, by_rule, time.perf_counter() - started,
-                     spec.pipeline.target, (*files, *skipped))
+    ctx = load.run
+    return RunReport(load.run_id, ctx.spec.pipeline.name, ctx.partition, status, totals, by_rule,
+                     time.perf_counter() - ctx.started, ctx.spec.pipeline.target, (*files, *load.skipped))
 
 
 def _pre_merge(c: validate.Checked) -> Counts:

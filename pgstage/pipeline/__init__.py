@@ -1,11 +1,7 @@
-"""The steps of a load, in order (SPEC §4). `run.py` drives them; each module is one step.
+"""The steps of a load (SPEC §4), one module each: extract → stage → validate + transform → merge → ledger.
 
+The order is not declared here but lived once, by `pgstage/run.py`, whose phases call the
+steps in that order (a tuple of modules here drove nothing and drifted from the code).
 validate and transform run as one SQL pass: transform supplies the expressions, validate
 evaluates them once per row together with the rules.
 """
-
-from pgstage.pipeline import extract, ledger, merge, stage, transform, validate
-
-STEPS = (extract, stage, validate, transform, merge, ledger)
-
-__all__ = ["STEPS"]
