@@ -113,7 +113,7 @@ with DAG(
     def day_failed() -> None:
         raise AirflowFailException("a task of this day failed; see the notification")
 
-    checked = check_volumes(load.output)
+    checked = check_volumes(load.output)  # type: ignore[arg-type]  # Airflow passes the mapped reports as a list
     built = dbt_build()
     checked >> built
     [load, checked, built] >> notify()
