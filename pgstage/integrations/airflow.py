@@ -43,8 +43,8 @@ __all__ = ["FAILURE_KEY", "PgstageOperator", "airflow_error", "connection_url", 
            "pull_mapped", "webhook_url"]
 
 FAILURE_KEY = "pgstage_failure"
-WEBHOOK_VARIABLE = "pgstage_alert_webhook_url"
-WEBHOOK_ENV = "PGSTAGE_ALERT_WEBHOOK_URL"
+WEBHOOK_VARIABLE = "pgstage_alert_webhook"
+WEBHOOK_ENV = "PGSTAGE_ALERT_WEBHOOK"
 # Exit codes after which a retry would meet the same data or the same spec (SPEC §6).
 NO_RETRY = frozenset({2, 3, 5})
 # libpq settings an Airflow connection's extra may carry; anything else there (a provider's
@@ -167,7 +167,7 @@ def day_summary(*, dag_id: str, run_id: str, partition: str | None, reports: Ite
 
 
 def webhook_url() -> str | None:
-    """The webhook to notify: the Airflow Variable `pgstage_alert_webhook_url`, else $PGSTAGE_ALERT_WEBHOOK_URL."""
+    """The webhook to notify: the Airflow Variable `pgstage_alert_webhook`, else $PGSTAGE_ALERT_WEBHOOK."""
     return Variable.get(WEBHOOK_VARIABLE, default=None) or os.environ.get(WEBHOOK_ENV) or None
 
 

@@ -239,13 +239,13 @@ def test_deliver_posts_json_and_says_where_it_failed_without_the_secret(monkeypa
             deliver(payload, "file:///etc/passwd")
         assert "must be an http(s) URL, not file://" in str(scheme.value)
         # nothing configured: nothing posted, and the caller is told so
-        monkeypatch.delenv("PGSTAGE_ALERT_WEBHOOK_URL", raising=False)
-        monkeypatch.delenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK_URL", raising=False)
+        monkeypatch.delenv("PGSTAGE_ALERT_WEBHOOK", raising=False)
+        monkeypatch.delenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", raising=False)
         assert webhook_url() is None and deliver(payload) is False
         # the environment, then the Airflow Variable, which wins
-        monkeypatch.setenv("PGSTAGE_ALERT_WEBHOOK_URL", f"{hook.base}/from-env")
+        monkeypatch.setenv("PGSTAGE_ALERT_WEBHOOK", f"{hook.base}/from-env")
         assert webhook_url() == f"{hook.base}/from-env"
-        monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK_URL", f"{hook.base}/from-variable")
+        monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", f"{hook.base}/from-variable")
         assert deliver(payload) is True and hook.bodies[-1][0] == "/from-variable"
         assert len(hook.bodies) == 3
     finally:

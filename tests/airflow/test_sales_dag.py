@@ -68,7 +68,7 @@ def sales(tmp_path: Path, db_url: str, webhook: Webhook, airflow_db: None, monke
     generate(tmp_path / "data", days=2, orders_per_day=400, seed=7, start=date(2024, 1, 1))
     monkeypatch.setenv("PGSTAGE_SALES_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("AIRFLOW_CONN_PGSTAGE_SALES", connection_json(db_url))
-    monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK_URL", webhook.url)
+    monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", webhook.url)
     monkeypatch.delenv("PGSTAGE_DATABASE_URL", raising=False)
     spec = importlib.util.spec_from_file_location("sales_daily", SALES_DAG)
     assert spec and spec.loader

@@ -17,8 +17,8 @@ task mapping over the specs beside this folder (examples/sales/*.toml). Then:
 - `dbt_build` builds `examples/sales/dbt` after the loads; it is skipped when the project or
   the `dbt` command is not there.
 - `notify` runs whatever happened and posts the day's summary, naming the failed sources,
-  to the webhook in the Airflow Variable `pgstage_alert_webhook_url` or
-  $PGSTAGE_ALERT_WEBHOOK_URL (logged only when neither is set).
+  to the webhook in the Airflow Variable `pgstage_alert_webhook` or
+  $PGSTAGE_ALERT_WEBHOOK (logged only when neither is set).
 - `day_failed` marks the DAG run failed when anything failed: `notify` succeeding after a
   failed load must not make the day look green.
 
