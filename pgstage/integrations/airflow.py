@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 
 from psycopg.conninfo import make_conninfo
 
-from pgstage import MissingDependency, PgstageError, RunReport, SpecError, UsageError, load_spec, run
+from pgstage import MissingDependency, PgstageError, RunReport, UsageError, load_spec, run
 
 try:
     from airflow.sdk import BaseHook, BaseOperator, Variable
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 except ImportError as exc:  # pragma: no cover - exercised where Airflow is absent
     raise MissingDependency("the Airflow integration needs Apache Airflow 3",
                             hint='pip install "pgstage[airflow]"') from exc
@@ -55,7 +55,12 @@ _LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "
 
 def connection_url(conn_id: str) -> str:
     """A libpq connection string from an Airflow connection (host, port, schema = database, login)."""
-    conn = BaseHook.get_connection(conn_id)
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise UsageError(f"Airflow connection {conn_id!r} is not defined",
+                         hint=f"airflow connections add {conn_id} --conn-type postgres ..., or leave db_conn_id unset"
+                              " to use PGSTAGE_DATABASE_URL") from None
     if conn.conn_type not in ("postgres", "postgresql"):
         raise UsageError(f"Airflow connection {conn_id!r} is of type {conn.conn_type!r}, not postgres",
                          hint="create it with conn_type postgres (host, port, schema = database, login, password)")
@@ -108,13 +113,13 @@ class PgstageOperator(BaseOperator):
         """What the notification needs to name the failed source, JSON-ready."""
         report: RunReport | None = getattr(exc, "report", None)   # a reject threshold carries its report
         return {"spec": str(self.spec), "pipeline": report.pipeline if report else self._pipeline_name(),
-                "partition": self.partition, "exit_code": exc.exit_code, "message": str(exc),
+                "partition": self.partition, "exit_code": int(exc.exit_code), "message": str(exc),
                 "report": report.as_dict() if report else None}
 
     def _pipeline_name(self) -> str | None:
         try:
             return load_spec(self.spec).pipeline.name
-        except (PgstageError, SpecError, OSError):
+        except (PgstageError, OSError):
             return None
 
 

@@ -18,7 +18,7 @@ pytest.importorskip("airflow")
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException  # noqa: E402
 
-from pgstage import PgstageError  # noqa: E402
+from pgstage import PgstageError, UsageError  # noqa: E402
 from pgstage.integrations.airflow import (FAILURE_KEY, PgstageOperator, airflow_error, connection_url, day_summary,  # noqa: E402
                                           deliver, empty_sources, webhook_url)
 
@@ -152,9 +152,19 @@ def test_connection_url_from_an_airflow_connection(db_url: str, sql, monkeypatch
     expected = {k: v for k, v in conninfo_to_dict(db_url).items() if v}
     assert conninfo_to_dict(url) == {**expected, "port": expected.get("port", "5432"), "sslmode": "disable"}
     monkeypatch.setenv("AIRFLOW_CONN_NOTPG", json.dumps({"conn_type": "mysql", "host": "h"}))
-    with pytest.raises(Exception) as wrong:
+    with pytest.raises(UsageError) as wrong:
         connection_url("notpg")
-    assert "Airflow connection 'notpg' is of type 'mysql', not postgres" in str(wrong.value)
+    assert wrong.value.message == "Airflow connection 'notpg' is of type 'mysql', not postgres"
+
+
+def test_an_undefined_connection_fails_the_task_without_retry(tmp_path: Path, db_url: str, sql) -> None:
+    op = PgstageOperator(task_id="load", spec=str(folder(tmp_path)), partition="2024-01-01", db_conn_id="nowhere")
+    ti = Recorder()
+    with pytest.raises(AirflowFailException) as failed:
+        op.execute({"ti": ti})
+    assert str(failed.value).startswith("orders: Airflow connection 'nowhere' is not defined\n  hint: airflow connections add nowhere")
+    assert ti.pushed[FAILURE_KEY]["pipeline"] == "orders" and ti.pushed[FAILURE_KEY]["exit_code"] == 2
+    assert sql("SELECT to_regclass('pgstage.runs')") == [(None,)]          # nothing was written anywhere
 
 
 def test_empty_sources_and_day_summary() -> None:
