@@ -29,7 +29,6 @@ if importlib.util.find_spec("airflow") is not None and "AIRFLOW_HOME" not in os.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(SALES_DAG.parent),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     })
 

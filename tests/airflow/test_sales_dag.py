@@ -188,3 +188,24 @@ def test_an_empty_export_fails_the_volume_check(sales: ModuleType, webhook: Webh
     assert all(got[f"load[{i}]"] == "success" for i in range(3))
     assert webhook.received[-1]["failed_tasks"] == ["check_volumes", "dbt_build"]
     assert webhook.received[-1]["status"] == "failed"
+
+
+def test_the_dags_schedule_and_shape(sales: ModuleType) -> None:
+    dag = sales.dag
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.expression == "0 2 * * *" and str(dag.timetable.timezone) == "UTC"
+    # the first run fires at 2024-01-02 02:00 with that logical date, so it loads 2024-01-01
+    core = coerce_to_core_timetable(dag.timetable)
+    first = core.next_dagrun_info(last_automated_data_interval=None,
+                                  restriction=TimeRestriction(dag.start_date, None, catchup=True))
+    assert first is not None and first.logical_date == datetime(2024, 1, 2, 2, tzinfo=timezone.utc)
+    assert dag.catchup is True and dag.max_active_runs == 1
+    assert dag.start_date == datetime(2024, 1, 2, tzinfo=timezone.utc)
+    assert dag.get_task("notify").trigger_rule == "all_done"
+    assert dag.get_task("day_failed").trigger_rule == "one_failed"
+    assert dag.get_task("load").upstream_task_ids == {"feeds"}                  # mapped over feeds()
+    assert dag.get_task("dbt_build").upstream_task_ids == {"check_volumes"}
+    assert dag.get_task("notify").upstream_task_ids == {"load", "check_volumes", "dbt_build"}
