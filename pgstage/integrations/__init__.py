@@ -1,0 +1,1 @@
+"""Thin optional adapters to orchestrators; each imports pgstage's public API only."""
