@@ -17,26 +17,11 @@ import time
 import psycopg
 import pytest
 
+from tests import specs
 from tests.conftest import Loader
 
-SPEC = """
-[pipeline]
-name = "orphan"
-target = "app.items"
-key = ["id"]
-
-[source]
-path = "items*.csv"
-
-[columns]
-id = { from = "id", type = "bigint" }
-note = { from = "note", type = "text" }
-
-[load]
-index_strategy = "rebuild"
-lock_timeout = "5s"
-max_retries = 1
-"""
+SPEC = specs.template(name="orphan", target="app.items", path="items*.csv", columns=specs.NOTES, strategy=None,
+                      load='index_strategy = "rebuild"\nlock_timeout = "5s"\nmax_retries = 1')
 
 SLOW = "pgstage_test.slow"
 # Per row in a merge (a worker's session), or once for a CREATE INDEX (the run's main session,
@@ -70,7 +55,7 @@ def wait_for_sleeper(db_url: str, timeout: float = 120) -> None:
 
 @pytest.mark.parametrize("where", ["merge", "index"])
 def test_a_rerun_right_after_kill_9_succeeds(loader: Loader, sql, db_url: str, where: str) -> None:
-    loader.spec(SPEC)
+    loader.spec(SPEC.format())
     loader.write("items1.csv", "id,note\n1,a\n2,b\n")
     loader.run()
     sql(SETUP)

@@ -7,26 +7,11 @@ import pytest
 
 from pgstage import db
 from pgstage.errors import TRANSIENT_SQLSTATES, DatabaseError, TransientDatabaseError
+from tests import specs
 from tests.conftest import Loader
 
-SPEC = """
-[pipeline]
-name = "retries"
-target = "app.items"
-key = ["id"]
-
-[source]
-path = "items.csv"
-
-[columns]
-id = { from = "id", type = "bigint" }
-note = { from = "note", type = "text" }
-
-[load]
-max_retries = 3
-lock_timeout = "30s"
-statement_timeout = "300ms"
-"""
+SPEC = specs.template(name="retries", target="app.items", path="items.csv", columns=specs.NOTES, strategy=None,
+                      load='max_retries = 3\nlock_timeout = "30s"\nstatement_timeout = "300ms"')
 
 
 @pytest.mark.parametrize("error, transient", [
@@ -74,7 +59,7 @@ def test_a_server_error_keeps_its_sqlstate_and_diagnostics(db_url: str) -> None:
 
 def test_a_statement_timeout_fails_after_one_attempt_and_names_the_setting(loader: Loader, sql, db_url: str) -> None:
     """Another session holds the target locked: the merge waits past statement_timeout (not lock_timeout)."""
-    loader.spec(SPEC)
+    loader.spec(SPEC.format())
     loader.write("items.csv", "id,note\n1,a\n2,b\n")
     loader.run()
     loader.write("items.csv", "id,note\n1,a\n2,c\n3,d\n")
