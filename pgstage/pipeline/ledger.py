@@ -23,8 +23,6 @@ from pgstage.pipeline.stage import StagedBatch, StartPoint
 from pgstage.report import Counts
 from pgstage.spec import Spec
 
-SCHEMA_VERSION = 1
-
 _DDL = [
     "CREATE SCHEMA IF NOT EXISTS pgstage",
     """CREATE TABLE IF NOT EXISTS pgstage.runs (
