@@ -105,6 +105,20 @@ class PipelineLocked(PgstageError):
 
 
 @dataclass
+class AnomalyBlocked(PgstageError):
+    """The run's volume is far outside its history and `[anomaly] action = "block"`: nothing was merged."""
+
+    exit_code: int = 5
+
+
+@dataclass
+class ReconcileDifferences(PgstageError):
+    """`pgstage reconcile` found the target holding something other than what the source says."""
+
+    exit_code: int = 6
+
+
+@dataclass
 class DatabaseError(PgstageError):
     """PostgreSQL refused something; the message is PostgreSQL's, in the spec's terms."""
 
