@@ -16,7 +16,8 @@ from psycopg import sql
 from pgstage.db import connect, execute
 from pgstage.errors import AnomalyBlocked, PgstageError, PipelineLocked, RejectLimitExceeded
 from pgstage.ops import alerts, logs
-from pgstage.report import RunReport
+from pgstage.pipeline import ledger
+from pgstage.report import Counts, RunReport
 from pgstage.spec import Spec
 
 
@@ -61,7 +62,7 @@ def failed(spec: Spec, url: str, partition: str | None, exc: BaseException, seco
               message=message, exit_code=getattr(exc, "exit_code", 1), seconds=round(seconds, 3))
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return
-    counts = report.counts.as_dict() if report else {}
+    counts = report.counts.as_dict() if report else _counts_so_far(url, run_id)
     _alert(spec, url, run_id, partition, status, counts, dict(report.rejects_by_rule) if report else {},
            [(event, message)], recovery=False)
 
@@ -105,6 +106,18 @@ def _alert(spec: Spec, url: str, run_id: int | None, partition: str | None, stat
     except (PgstageError, psycopg.Error, OSError) as exc:
         logs.emit("alert failed", run_id=run_id, pipeline=spec.pipeline.name, partition=partition,
                   error=logs.redact(str(exc)))
+
+
+def _counts_so_far(url: str, run_id: int | None) -> dict[str, int]:
+    """A failed run's counts: those of the batches it checkpointed before failing (empty if none)."""
+    if run_id is None:
+        return {}
+    try:
+        with connect(url) as conn:
+            per_file = ledger.batch_counts(conn, run_id)
+    except (PgstageError, psycopg.Error):
+        return {}
+    return sum(per_file.values(), Counts()).as_dict() if per_file else {}
 
 
 def _latest_run(url: str, pipeline: str, partition: str | None) -> int | None:
