@@ -152,14 +152,19 @@ def compared_columns(spec: Spec) -> list[str]:
     return [n for n in spec.columns if n not in keys_of(spec)]
 
 
-def build_source_rows(spec: Spec, checked: list[tuple[str, str]]) -> sql.Composed:
-    """The valid source rows, one per key as the merge would keep it (pure). `checked`: (file, checked table)."""
-    names = [sql.Identifier(n) for n in spec.columns]
+def build_source_rows(spec: Spec, types: dict[str, transform.ColumnType], checked: list[tuple[str, str]]
+                      ) -> sql.Composed:
+    """The valid source rows, one per key as the merge would keep it (pure). `checked`: (file, checked table).
+
+    A `const` column is not in the checked table: its typed value is added, as the merge does.
+    """
+    names = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
+             else sql.Identifier(n) for n, c in spec.columns.items()]
     union = sql.SQL(" UNION ALL ").join(
         sql.SQL("SELECT {} AS _file_no, {} AS _source_file, _rec AS _record, {} FROM {}").format(
             sql.Literal(i), sql.Literal(name), sql.SQL(", ").join(names), sql.Identifier(LEDGER_SCHEMA, table))
         for i, (name, table) in enumerate(checked))
-    order: list[sql.Composable] = [sql.Identifier(k) for k in keys_of(spec)]
+    order: list[sql.Composable] = [sql.Identifier(k) for k in keys_of(spec)]   # DISTINCT ON's own keys first
     version = spec.pipeline.version
     if version and spec.columns[version].const is None:
         order.append(sql.SQL("{} DESC NULLS LAST").format(sql.Identifier(version)))
@@ -245,7 +250,7 @@ def _compare(conn: psycopg.Connection[Any], spec: Spec, partition: str | None, c
     target_rows = _count(conn, sql.SQL("SELECT count(*) FROM {}").format(target.ident(spec)))
     if not checked:
         return {"source_rows": 0, "target_rows": target_rows, "notes": ("no source rows: the partition has no file",)}
-    rows = build_source_rows(spec, checked)
+    rows = build_source_rows(spec, transform.resolve_types(conn, spec), checked)
     execute(conn, build_compare(spec, rows, "pgstage_reconcile"), label="reconcile: compare")
     counts = dict(execute(conn, sql.SQL("SELECT kind, count(*) FROM pgstage_reconcile GROUP BY kind"),
                           label="reconcile: counts").fetchall())
