@@ -38,3 +38,5 @@ def test_demo_command_prints_runs_and_revenue(tmp_path: Path, db_url: str) -> No
     assert result.exit_code == 0, result.output
     assert "shopify_orders" in result.output and "stripe_payments" in result.output
     assert "confirmed revenue per day and source" in result.output
+    assert "logs: stderr, console format" in result.output
+    assert "alerts: none configured (set PGSTAGE_ALERT_WEBHOOK" in result.output
