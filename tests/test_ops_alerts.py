@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pgstage.cli import app
+from pgstage.errors import SpecError
 from pgstage.ops.alerts import masked, seconds
+from pgstage.ops.outcome import late_since
+from pgstage.spec import Spec, parse_spec
 
 runner = CliRunner()
 
@@ -183,6 +187,39 @@ def test_slack_format_and_targets_from_the_environment(tmp_path: Path, db_url: s
                                    " rejected 1, inserted 0, updated 0. ")
     assert body["text"].endswith(f"(`pgstage show {run_id}`)")
     assert [r[2] for r in ledger(sql)] == [receiver.url + "/services/***"]
+
+
+def test_late_run(tmp_path: Path, db_url: str, sql: Any, receiver: Receiver) -> None:
+    """A partition of 2024-03-05 due by 07:30 UTC on 2024-03-06 is late today, and says so; its rows are merged."""
+    spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n")
+    spec.write_text(spec.read_text() + 'late = "07:30"\n')
+    assert run(spec, db_url) == 0
+    (_, body), = receiver.requests
+    assert (body["event"], body["status"], body["rows"]["inserted"]) == ("late", "succeeded", 1)
+    assert body["message"] == "finished after the deadline 07:30 UTC of the day after 2024-03-05"
+    assert sql("SELECT count(*) FROM shop.orders") == [(1,)]
+
+
+def test_late_deadline() -> None:
+    spec = load_spec_text('[alerts]\nlate = "07:30"\n')
+    assert late_since(spec, "2024-03-05", datetime(2024, 3, 6, 7, 30, tzinfo=timezone.utc)) is None
+    assert late_since(spec, "2024-03-05", datetime(2024, 3, 6, 7, 31, tzinfo=timezone.utc)) == datetime(
+        2024, 3, 6, 7, 30, tzinfo=timezone.utc)
+    assert late_since(spec, None, datetime(2030, 1, 1, tzinfo=timezone.utc)) is None
+
+
+def load_spec_text(extra: str) -> Spec:
+    return parse_spec(textwrap.dedent(SPEC.format(url="http://127.0.0.1:1", suppress="30min", retries=0))
+                      .split("[alerts]")[0] + extra)
+
+
+def test_bad_alert_settings_are_spec_errors() -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec_text('[alerts]\nlate = "25:00"\non = ["failed", "sometimes"]\nsupress = "1h"\n')
+    problems = "\n".join(caught.value.problems)
+    assert "alerts.late: String should match pattern" in problems
+    assert "alerts.on.1: Input should be 'failed', 'rejects', 'anomaly', 'late', 'reconcile' or 'recovered'" in problems
+    assert "alerts.supress: unknown key (did you mean 'suppress'?)" in problems
 
 
 def test_masking_and_durations() -> None:

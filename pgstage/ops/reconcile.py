@@ -116,7 +116,7 @@ def reconcile(spec: Spec | str | Path, *, partition: str | date | None = None, d
             files = resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing)
             result = _by_keys(conn, spec, part, files)
         result = _with_seconds(result, time.perf_counter() - started)
-        store(conn, spec.pipeline.name, part, run_id, result)
+        run_id = store(conn, spec.pipeline.name, part, run_id, result)
     logs.emit("reconcile differences" if result.differences else "reconcile result", run_id=run_id,
               pipeline=spec.pipeline.name, partition=part, summary=result.summary, method=result.method,
               source_rows=result.source_rows, target_rows=result.target_rows, in_flight=result.in_flight,
@@ -131,14 +131,18 @@ def _with_seconds(result: ReconcileResult, seconds: float) -> ReconcileResult:
 
 
 def store(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, run_id: int | None,
-          result: ReconcileResult) -> None:
-    """Keep the result with its run (shown by `pgstage show`); a standalone check goes to the latest success."""
-    execute(conn, sql.SQL(
+          result: ReconcileResult) -> int | None:
+    """Keep the result with its run (shown by `pgstage show`); a standalone check goes to the latest success.
+
+    Returns the run it was stored with (None: the partition has no successful run).
+    """
+    row = execute(conn, sql.SQL(
         "UPDATE pgstage.runs SET reconcile = %(result)s WHERE run_id = coalesce(%(run)s::bigint, (SELECT max(run_id)"
         " FROM pgstage.runs WHERE pipeline = %(pipeline)s AND partition IS NOT DISTINCT FROM %(partition)s"
-        " AND status = 'succeeded' AND NOT dry_run))"),
+        " AND status = 'succeeded' AND NOT dry_run)) RETURNING run_id"),
         {"result": json.dumps(result.as_dict()), "run": run_id, "pipeline": pipeline, "partition": partition},
-        label="reconcile: store")
+        label="reconcile: store").fetchone()
+    return int(row[0]) if row else None
 
 
 # --- file sources: by key -----------------------------------------------------------------------------
