@@ -228,3 +228,18 @@ def test_masking_and_durations() -> None:
     assert masked("https://example.com") == "https://example.com"
     assert masked("mailto://user:pw@gmail.com") == "mailto://***"
     assert (seconds("30min"), seconds("0.5s"), seconds("2h"), seconds("0")) == (1800.0, 0.5, 7200.0, 0.0)
+
+
+def test_apprise_target(tmp_path: Path, db_url: str, sql: Any, receiver: Receiver) -> None:
+    """Any Apprise URL is a target (the `apprise` extra); here its JSON notifier posts to the local receiver."""
+    pytest.importorskip("apprise")
+    port = receiver.server.server_address[1]
+    spec = setup(tmp_path, receiver.url, "Id,Amount\n1,1\n")
+    spec.write_text(spec.read_text().replace(f'webhook = "{receiver.url}/hooks/T000/s3cr3t-token"',
+                                             f'apprise = ["json://127.0.0.1:{port}/apprise/s3cr3t"]'))
+    assert run(spec, db_url) == 2
+    (path, body), = receiver.requests
+    assert path == "/apprise/s3cr3t"
+    assert body["title"] == "pgstage failed: orders"
+    assert body["message"].startswith("pgstage failed: orders 2024-03-05 run 1 failed. ")
+    assert [r[1:5] for r in ledger(sql)] == [("failed", "json://***", "sent", 1)]
