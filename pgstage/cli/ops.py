@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption, JsonOption, LogFormatOption, LogLevelOption
 from pgstage.errors import ReconcileDifferences
 from pgstage.ops import anomalies, logs
@@ -25,13 +24,12 @@ def anomalies_command(
     as_json: JsonOption = False,
 ) -> None:
     """List the volume verdicts of past runs (ok, flagged, learning, accepted), or accept one run."""
-    with exits():
-        rows = [anomalies.accept(accept, db=db)] if accept is not None else anomalies.list_verdicts(
-            db=db, pipeline=pipeline, limit=limit)
-        if as_json:
-            render.print_json(rows)
-        else:
-            _verdicts(rows)
+    rows = [anomalies.accept(accept, db=db)] if accept is not None else anomalies.list_verdicts(
+        db=db, pipeline=pipeline, limit=limit)
+    if as_json:
+        render.print_json(rows)
+    else:
+        _verdicts(rows)
 
 
 def _verdicts(rows: list[dict[str, Any]]) -> None:
@@ -58,16 +56,15 @@ def reconcile_command(
     log_level: LogLevelOption = None,
 ) -> None:
     """Does the target hold what the source says? Exit 0 when it does, 6 when it does not."""
-    with exits():
-        logs.configure(log_format, log_level)
-        result = reconcile(spec, partition=partition, db=db)
-        if as_json:
-            render.print_json(result.as_dict())
-        else:
-            _reconcile_report(result)
-        if result.differences:
-            raise ReconcileDifferences(f"the target differs from the source: {result.summary}",
-                                       hint="the samples above name the keys; a rerun with --force reloads the files")
+    logs.configure(log_format, log_level)
+    result = reconcile(spec, partition=partition, db=db)
+    if as_json:
+        render.print_json(result.as_dict())
+    else:
+        _reconcile_report(result)
+    if result.differences:   # exit 6 through the app's one mapping (cli/_errors.py)
+        raise ReconcileDifferences(f"the target differs from the source: {result.summary}",
+                                   hint="the samples above name the keys; a rerun with --force reloads the files")
 
 
 def _reconcile_report(r: ReconcileResult) -> None:

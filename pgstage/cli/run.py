@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.cli.progress import run_progress
 from pgstage.ops import logs
 from pgstage.repair import repair
@@ -31,16 +30,15 @@ def run_command(
     log_level: LogLevelOption = None,
 ) -> None:
     """Stage, validate, deduplicate and merge a source into its target; print the run's counts."""
-    with exits():
-        logs.configure(log_format, log_level)
-        try:
-            with run_progress():
-                report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
-        except (RejectLimitReport, AnomalyReport) as exc:
-            if exc.report is not None:
-                render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
-            raise
-        render.print_json(report.as_dict()) if as_json else render.report(report)
+    logs.configure(log_format, log_level)
+    try:
+        with run_progress():
+            report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
+    except (RejectLimitReport, AnomalyReport) as exc:
+        if exc.report is not None:
+            render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
+        raise
+    render.print_json(report.as_dict()) if as_json else render.report(report)
 
 
 def repair_command(
@@ -48,8 +46,7 @@ def repair_command(
     db: DbOption = None,
 ) -> None:
     """Rebuild indexes a killed run left dropped and remove leftover staging tables (every run does this too)."""
-    with exits():
-        result = repair(spec, db=db)
-        render.console.print(f"{result.target}: rebuilt {len(result.rebuilt_indexes)} index(es)"
-                             + (f" ({', '.join(result.rebuilt_indexes)})" if result.rebuilt_indexes else "")
-                             + f", dropped {len(result.dropped_tables)} leftover staging table(s)")
+    result = repair(spec, db=db)
+    render.console.print(f"{result.target}: rebuilt {len(result.rebuilt_indexes)} index(es)"
+                         + (f" ({', '.join(result.rebuilt_indexes)})" if result.rebuilt_indexes else "")
+                         + f", dropped {len(result.dropped_tables)} leftover staging table(s)")

@@ -30,6 +30,7 @@ from psycopg import sql
 from pgstage import target
 from pgstage.db import connect, execute, mask
 from pgstage.errors import UsageError
+from pgstage.names import DELETED_AT
 from pgstage.ops import logs
 from pgstage.pipeline import ledger, merge, transform
 from pgstage.pipeline.extract import postgres
@@ -82,7 +83,7 @@ def build_side(spec: Spec, types: dict[str, transform.ColumnType], columns: list
     else:
         exprs = {n: sql.Identifier(n) for n in columns}
         relation = target.ident(spec)
-        where = [sql.SQL("_deleted_at IS NULL")] if merge.soft_deletes(spec) == "mark" else []
+        where = [sql.SQL("{} IS NULL").format(sql.Identifier(DELETED_AT))] if merge.soft_deletes(spec) == "mark" else []
     key_exprs = [exprs[k] for k in keys]
     return sql.SQL("SELECT {kh} AS kh, {rh} AS rh, {key} AS key, {row} AS row FROM {rel}{where}").format(
         kh=_key_hash(key_exprs), rh=_row_hash([exprs[n] for n in columns]), key=_json(keys, key_exprs),

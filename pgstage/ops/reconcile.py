@@ -32,7 +32,8 @@ from pgstage.errors import UsageError
 from pgstage.ops import logs
 from pgstage.pipeline import ledger, stage, transform, validate
 from pgstage.pipeline.extract import resolve_files
-from pgstage.pipeline.stage import LEDGER_SCHEMA, StartPoint
+from pgstage.names import LEDGER_SCHEMA, checked_table, staged_prefix
+from pgstage.pipeline.stage import StartPoint
 from pgstage.spec import Spec, load_spec
 
 SAMPLES = 20
@@ -237,10 +238,12 @@ def _by_keys(conn: psycopg.Connection[Any], spec: Spec, partition: str | None, f
         with conn.transaction():
             checked: list[tuple[str, str]] = []
             for file_no, source in enumerate(files):
-                for batch in stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=f"_stg_0_{file_no}",
-                                                 start=StartPoint(), batch_rows=spec.load.batch_rows):
+                for batch in stage.stage_batches(conn, spec, source, file_no=file_no,
+                                                 table_prefix=staged_prefix(0, file_no), start=StartPoint(),
+                                                 batch_rows=spec.load.batch_rows):
                     # run id 0: its rejects, like everything else here, are rolled back
-                    done = validate.check(conn, spec, types, batch, f"_chk_0_{file_no}_{batch.batch_no}", 0, context)
+                    done = validate.check(conn, spec, types, batch, checked_table(0, file_no, batch.batch_no), 0,
+                                          context)
                     checked.append((source.name, done.table))
             outcome = _compare(conn, spec, partition, checked, [f.name for f in files])
             raise _Rollback
