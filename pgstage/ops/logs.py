@@ -40,8 +40,8 @@ _KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 
 def secret(value: str | None) -> None:
-    """Never let this text appear in a log line (an alert URL, a source URL)."""
-    if value:
+    """Never let this text appear in a log line (an alert URL, a source URL); shorter than 4 characters is no secret."""
+    if value and len(value) >= 4:
         with _lock:
             _secrets.add(value)
 
@@ -49,7 +49,7 @@ def secret(value: str | None) -> None:
 def redact(text: str) -> str:
     """The text with registered secrets and URL passwords replaced by `***`."""
     for value in sorted(_secrets, key=len, reverse=True):
-        if value in text:
+        while value in text:   # until gone: a replacement can join text around it into the secret again
             text = text.replace(value, "***")
     return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 

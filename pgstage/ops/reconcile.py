@@ -150,7 +150,11 @@ def store(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, r
 
 
 def keys_of(spec: Spec) -> tuple[str, ...]:
-    return APPEND_KEY if spec.pipeline.strategy == "append" else spec.pipeline.key
+    """What identifies a row in the comparison: `append`'s file and record, else the key, else (a keyless
+    `replace_partition`) every column: a row is then its values."""
+    if spec.pipeline.strategy == "append":
+        return APPEND_KEY
+    return tuple(spec.pipeline.key) or tuple(spec.columns)
 
 
 def compared_columns(spec: Spec) -> list[str]:
@@ -183,19 +187,25 @@ def _key_json(spec: Spec, alias: str) -> sql.Composable:
         sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.Identifier(alias), sql.Identifier(k)) for k in keys_of(spec)))
 
 
+def _matches(spec: Spec) -> sql.Composable:
+    """Source row `s` and target row `t` are the same row: equal keys (a keyless row's values may be NULL)."""
+    op = sql.SQL(" = " if spec.pipeline.key or spec.pipeline.strategy == "append" else " IS NOT DISTINCT FROM ")
+    return sql.SQL(" AND ").join(sql.SQL("t.{0}{1}s.{0}").format(sql.Identifier(k), op) for k in keys_of(spec))
+
+
 def build_compare(spec: Spec, source_rows: sql.Composable, table: str) -> sql.Composed:
     """CREATE a temporary table of every source row's fate against the target: missing, different, newer, same (pure).
 
     Column names are literals: PostgreSQL takes no parameters in CREATE TABLE AS.
     """
-    on = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in keys_of(spec))
+    on = _matches(spec)
     diffs = sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(sql.SQL(", ").join(
         sql.SQL("CASE WHEN s.{0} IS DISTINCT FROM t.{0} THEN {1} END").format(sql.Identifier(c), sql.Literal(c))
         for c in compared_columns(spec)) or sql.SQL(""))
     newer: sql.Composable = sql.SQL("false")
     if spec.pipeline.strategy == "upsert_if_newer" and spec.pipeline.version:
         newer = sql.SQL("t.{0} > s.{0}").format(sql.Identifier(spec.pipeline.version))
-    found = sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(keys_of(spec)[0]))
+    found = sql.SQL("t.ctid IS NOT NULL")
     return sql.SQL(
         "CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS SELECT {key} AS key, CASE WHEN NOT {found} THEN 'missing'"
         " WHEN cardinality(d.cols) = 0 THEN 'same' WHEN {newer} THEN 'newer' ELSE 'different' END AS kind, d.cols"
@@ -220,7 +230,7 @@ def build_extra(spec: Spec, source_rows: sql.Composable, partition: str | None, 
         scope = sql.SQL("t._source_file = ANY({})").format(sql.Literal(files))
     else:
         return None
-    on = sql.SQL(" AND ").join(sql.SQL("s.{0} = t.{0}").format(sql.Identifier(k)) for k in keys_of(spec))
+    on = _matches(spec)
     return sql.SQL("SELECT {key} FROM {target} t WHERE {scope} AND NOT EXISTS (SELECT 1 FROM ({source}) s WHERE {on})"
                    ).format(key=_key_json(spec, "t"), target=target.ident(spec), scope=scope,
                                           source=source_rows, on=on)
