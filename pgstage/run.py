@@ -164,7 +164,8 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     try:
         report = _attempts(ctx)
     except BaseException as exc:
-        outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started)
+        outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
+                       time.time() - (time.perf_counter() - ctx.started))
         raise
     return outcome.finished(ctx.spec, ctx.url, report)
 

@@ -125,6 +125,18 @@ def test_exact_payload_of_a_failed_run(tmp_path: Path, db_url: str, sql: Any, re
                             "sent", 1, None)]
 
 
+def test_a_run_failing_before_it_has_an_id_points_at_no_older_run(tmp_path: Path, db_url: str, sql: Any,
+                                                                   receiver: Receiver) -> None:
+    spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n")
+    assert run(spec, db_url) == 0
+    sql("ALTER TABLE shop.orders ALTER COLUMN total TYPE text")      # the target no longer matches the spec
+    assert run(spec, db_url) == 2
+    assert sql("SELECT count(*) FROM pgstage.runs") == [(1,)]       # refused before a run row was written
+    (_, body), = receiver.requests
+    assert (body["event"], body["run_id"], body["more"]) == ("failed", None, "pgstage runs")
+    assert "does not match the spec" in body["message"]
+
+
 def test_rejects_payload_names_the_counts_and_rules(tmp_path: Path, db_url: str, sql: Any, receiver: Receiver) -> None:
     spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n2,-2\n3,-3\n4,4\n")
     assert run(spec, db_url) == 3

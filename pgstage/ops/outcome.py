@@ -7,6 +7,8 @@ status or exit code: every failure is logged (and, for alerts, recorded) and swa
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -42,7 +44,8 @@ def finished(spec: Spec, url: str, report: RunReport) -> RunReport:
     return report
 
 
-def failed(spec: Spec, url: str, partition: str | None, exc: BaseException, seconds: float) -> None:
+def failed(spec: Spec, url: str, partition: str | None, exc: BaseException, seconds: float,
+           began: float | None = None) -> None:
     """A run that raised: log it and send `failed`, `rejects` or `anomaly` (a lock held elsewhere is no failure)."""
     report: RunReport | None = getattr(exc, "report", None)
     run_id = report.run_id if report else None
@@ -56,8 +59,8 @@ def failed(spec: Spec, url: str, partition: str | None, exc: BaseException, seco
         event, status = "anomaly", "blocked"
     else:
         event, status = "failed", "failed"
-    if run_id is None:
-        run_id = _latest_run(url, spec.pipeline.name, partition)
+    if run_id is None and began is not None:
+        run_id = _failed_run(url, spec.pipeline.name, partition, began)
     logs.emit("run failed", run_id=run_id, pipeline=spec.pipeline.name, partition=partition, status=status,
               message=message, exit_code=getattr(exc, "exit_code", 1), seconds=round(seconds, 3))
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -120,13 +123,18 @@ def _counts_so_far(url: str, run_id: int | None) -> dict[str, int]:
     return sum(per_file.values(), Counts()).as_dict() if per_file else {}
 
 
-def _latest_run(url: str, pipeline: str, partition: str | None) -> int | None:
-    """The run a failure left behind (the exception does not carry it); None if the ledger is unreachable."""
+def _failed_run(url: str, pipeline: str, partition: str | None, began: float) -> int | None:
+    """The run this failure closed (the exception does not carry it): failed by this process since `began`.
+
+    None when the run failed before it had a run id (a target that disagrees with the spec), or the
+    ledger is unreachable: the alert then points at `pgstage runs` rather than at an older run.
+    """
     try:
         with connect(url) as conn:
             row = execute(conn, sql.SQL(
-                "SELECT max(run_id) FROM pgstage.runs WHERE pipeline = %s AND partition IS NOT DISTINCT FROM %s"),
-                (pipeline, partition), label="outcome: latest run").fetchone()
+                "SELECT max(run_id) FROM pgstage.runs WHERE pipeline = %s AND partition IS NOT DISTINCT FROM %s"
+                " AND status = 'failed' AND host = %s AND pid = %s AND finished_at >= to_timestamp(%s) - interval '5s'"),
+                (pipeline, partition, socket.gethostname(), os.getpid(), began), label="outcome: failed run").fetchone()
             return int(row[0]) if row and row[0] is not None else None
     except (PgstageError, psycopg.Error):
         return None
