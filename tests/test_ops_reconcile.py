@@ -184,3 +184,46 @@ def test_library_after_run_for_a_postgres_source(loader: Loader, source: Any) ->
     report = pgstage.run(spec, db=loader.db_url)
     assert report.reconcile is not None and report.reconcile["method"] == "checksums"
     assert report.reconcile["differences"] is False and report.reconcile["fetched"] == 0
+
+
+HOSTILE = """
+[pipeline]
+name = "odd"
+target = "we\\"ird.t;x"
+key = ["ba'z"]
+
+[source]
+path = "odd.csv"
+
+[columns]
+"ba'z"   = { from = "Id;", type = "bigint" }
+"q\\"uote" = { from = "Val'", type = "text" }
+"""
+
+
+def test_hostile_names_reconcile(loader: Loader, sql: Any) -> None:
+    """Names with quotes and semicolons go through sql.Identifier everywhere, rendered and executed."""
+    loader.write("odd.csv", '"Id;",Val\'\n1,a\n2,b\n')
+    spec = loader.spec(HOSTILE)
+    loader.run()
+    sql('UPDATE "we""ird"."t;x" SET "q""uote" = \'z\' WHERE "ba\'z" = 2')
+    result = reconcile(spec, db=loader.db_url)
+    assert result.different.sample == ({"key": {"ba'z": 2}, "columns": ['q"uote']},)
+
+
+def test_builders_render() -> None:
+    """The checksum builders as PostgreSQL receives them (pure: no connection)."""
+    from pgstage.ops._checksums import build_fetch, build_ranges
+
+    side = sql_text("SELECT 1")
+    assert build_ranges(side, 12, 8).as_string(None) == (
+        "SELECT kh & 4095 AS r, count(*), bit_xor(rh) FROM (SELECT 1) x WHERE 8 = 0 OR kh & 255 ="
+        " ANY(%(parents)s::bigint[]) GROUP BY 1")
+    assert build_fetch(side, 4).as_string(None) == (
+        "SELECT key, row, rh FROM (SELECT 1) x WHERE kh & 15 = ANY(%(ranges)s::bigint[])")
+
+
+def sql_text(text: str) -> Any:
+    from psycopg import sql
+
+    return sql.SQL(text)
