@@ -227,3 +227,21 @@ def sql_text(text: str) -> Any:
     from psycopg import sql
 
     return sql.SQL(text)
+
+
+def test_fetching_stays_bounded_when_the_target_is_far_off(loader: Loader, source: Any, sql: Any) -> None:
+    """A truncated target: every range differs; 256 ranges are fetched, the rest only counted, and the note says so."""
+    from pgstage.ops import _checksums
+
+    url, src = source
+    seed(src, 70_000)
+    spec = write_spec(loader, url, on_delete=None)
+    loader.run()
+    sql("TRUNCATE app.orders")
+    result = reconcile(spec, db=loader.db_url)
+    assert result.ranges == 512                                  # 70,000 rows / 256 per range -> 9 bits
+    (note,) = [n for n in result.notes if "not fetched" in n]
+    unfetched = int(note.split("up to ")[1].split(" rows")[0].replace(",", ""))
+    assert note.startswith("256 more differing key ranges")
+    assert result.missing.count + unfetched == 70_000 and result.fetched == result.missing.count
+    assert result.different.count == 0 and result.differences

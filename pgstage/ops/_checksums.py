@@ -38,7 +38,9 @@ from pgstage.spec import MONEY_CENTS, ColumnSpec, Spec
 
 LEAF_ROWS = 256     # a differing range this small (on both sides) is fetched
 SPLIT_BITS = 4      # a larger differing range is split 16 ways
+FIRST_BITS = 16     # the first pass has at most 65,536 ranges (a few MB of counts in Python)
 MAX_BITS = 32
+MAX_FETCHED_RANGES = 256   # at most this many ranges are fetched (~65,536 rows a side): memory stays bounded
 
 
 def plain(column: ColumnSpec) -> bool:
@@ -113,6 +115,7 @@ class _Sides:
         self.src, self.tgt, self.source, self.target, self.in_flight = src, tgt, source, target_side, in_flight
         self.fetched = 0
         self.ranges = 0
+        self.fetched_ranges = 0
 
     def ranges_of(self, bits: int, parent_bits: int, parents: list[int]) -> tuple[dict[int, tuple[int, int]], ...]:
         found = []
@@ -124,6 +127,7 @@ class _Sides:
         return found[0], found[1]
 
     def fetch(self, bits: int, ranges: list[int]) -> tuple[dict[str, tuple[Any, Any, int]], ...]:
+        self.fetched_ranges += len(ranges)
         found = []
         for conn, side in ((self.src, self.source), (self.tgt, self.target)):
             rows = execute(conn, build_fetch(side, bits), {"ranges": ranges}, label="reconcile: fetch").fetchall()
@@ -175,7 +179,10 @@ def compare(conn: psycopg.Connection[Any], spec: Spec, partition: str | None) ->
         missing: list[Any] = []
         extra: list[Any] = []
         different: list[tuple[Any, list[str]]] = []
-        bits = min(MAX_BITS, max(SPLIT_BITS, math.ceil(math.log2(max(total, 1) / LEAF_ROWS)) if total > LEAF_ROWS else 0))
+        # sized by the larger side: an emptied target must not make the first pass coarse
+        size = max(total, _count(src, sql.SQL("SELECT count(*) FROM ({}) x").format(sides.source)))
+        bits = min(FIRST_BITS, max(SPLIT_BITS, math.ceil(math.log2(size / LEAF_ROWS)) if size > LEAF_ROWS else 0))
+        unfetched = [0, 0]   # differing ranges left unfetched once MAX_FETCHED_RANGES were, and their rows
         parent_bits, parents = 0, [0]
         source_rows = 0
         while parents:
@@ -185,13 +192,20 @@ def compare(conn: psycopg.Connection[Any], spec: Spec, partition: str | None) ->
             differing = [r for r in set(here) | set(there) if here.get(r) != there.get(r)]
             small = [r for r in differing if max(here.get(r, (0, 0))[0], there.get(r, (0, 0))[0]) <= LEAF_ROWS
                      or bits >= MAX_BITS]
-            if small:
-                _leaves(sides, bits, small, missing, extra, different)
+            room = MAX_FETCHED_RANGES - sides.fetched_ranges
+            if small[room:]:   # a target far from its source: count what is left, fetch no more
+                unfetched[0] += len(small[room:])
+                unfetched[1] += sum(max(here.get(r, (0, 0))[0], there.get(r, (0, 0))[0]) for r in small[room:])
+            if small[:room]:
+                _leaves(sides, bits, small[:room], missing, extra, different)
             parents = [r for r in differing if r not in small]
             parent_bits, bits = bits, min(MAX_BITS, bits + SPLIT_BITS)
     note: tuple[str, ...] = ()
+    if unfetched[0]:
+        note += (f"{unfetched[0]:,} more differing key ranges (up to {unfetched[1]:,} rows) were not fetched:"
+                 " the counts are a lower bound",)
     if watermark is None:
-        note = (f"no watermark yet for {postgres.pseudo_name(source)}: nothing was loaded from the source",)
+        note += (f"no watermark yet for {postgres.pseudo_name(source)}: nothing was loaded from the source",)
     columns_count: dict[str, int] = {}
     for _, cols in different:
         for c in cols:
