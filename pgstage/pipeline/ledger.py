@@ -22,8 +22,6 @@ from pgstage.pipeline.extract import SourceFile
 from pgstage.pipeline.stage import StagedBatch, StartPoint
 from pgstage.report import Counts
 
-SCHEMA_VERSION = 1
-
 _DDL = [
     "CREATE SCHEMA IF NOT EXISTS pgstage",
     """CREATE TABLE IF NOT EXISTS pgstage.runs (
