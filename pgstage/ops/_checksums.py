@@ -79,7 +79,7 @@ def build_side(spec: Spec, types: dict[str, transform.ColumnType], columns: list
         if src.deleted_at and not in_flight:
             where.append(sql.SQL("{} IS NULL").format(sql.Identifier(src.deleted_at)))
         if watermark is not None:
-            where.append(sql.SQL("{} {} {}::timestamptz").format(postgres.change_time(src),
+            where.append(sql.SQL("{} {} {}").format(postgres.change_time(src),   # the literal is a timestamptz
                                                                  sql.SQL(">" if in_flight else "<="),
                                                                  sql.Literal(watermark)))
     else:

@@ -205,12 +205,11 @@ def build_compare(spec: Spec, source_rows: sql.Composable, table: str) -> sql.Co
     newer: sql.Composable = sql.SQL("false")
     if spec.pipeline.strategy == "upsert_if_newer" and spec.pipeline.version:
         newer = sql.SQL("t.{0} > s.{0}").format(sql.Identifier(spec.pipeline.version))
-    found = sql.SQL("t.ctid IS NOT NULL")
     return sql.SQL(
-        "CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS SELECT {key} AS key, CASE WHEN NOT {found} THEN 'missing'"
+        "CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS SELECT {key} AS key, CASE WHEN t.ctid IS NULL THEN 'missing'"
         " WHEN cardinality(d.cols) = 0 THEN 'same' WHEN {newer} THEN 'newer' ELSE 'different' END AS kind, d.cols"
         " FROM ({source}) s LEFT JOIN {target} t ON {on} CROSS JOIN LATERAL (SELECT {diffs} AS cols) d").format(
-        table=sql.Identifier(table), key=_key_json(spec, "s"), found=found, newer=newer, source=source_rows,
+        table=sql.Identifier(table), key=_key_json(spec, "s"), newer=newer, source=source_rows,
         target=target.ident(spec), on=on, diffs=diffs)
 
 
