@@ -19,6 +19,8 @@ class ExitStatus(IntEnum):
     USAGE = 2             # bad spec, option, header or target: fix the input, do not retry
     REJECT_LIMIT = 3      # too many rejects: nothing merged
     LOCKED = 4            # another run holds the pipeline
+    ANOMALY = 5           # blocked by a volume anomaly: nothing merged (pgstage/ops/anomalies.py)
+    DIFFERENCES = 6       # `pgstage reconcile` found differences (pgstage/ops/reconcile.py)
     INTERRUPTED = 130     # Ctrl-C
 
 
@@ -140,6 +142,16 @@ class Diagnostics:
     column: str | None = None
     datatype: str | None = None
     constraint: str | None = None
+
+
+@dataclass
+class AnomalyBlocked(PgstageError, exit_code=ExitStatus.ANOMALY):
+    """The run's volume is far outside its history and `[anomaly] action = "block"`: nothing was merged."""
+
+
+@dataclass
+class ReconcileDifferences(PgstageError, exit_code=ExitStatus.DIFFERENCES):
+    """`pgstage reconcile` found the target holding something other than what the source says."""
 
 
 @dataclass

@@ -52,7 +52,7 @@ class RunReport:
     run_id: int | None
     pipeline: str
     partition: str | None
-    status: str                     # succeeded | skipped | rejected_threshold | failed
+    status: str                     # succeeded | skipped | rejected_threshold | blocked | failed
     counts: Counts
     rejects_by_rule: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
@@ -63,6 +63,8 @@ class RunReport:
     warnings: tuple[str, ...] = ()      # things that look wrong though nothing failed (key_warnings)
     merge_sql: str | None = None        # dry runs: the merge statement of the first batch
     sample_rejects: tuple[dict[str, Any], ...] = ()
+    anomaly: dict[str, Any] | None = None       # the volume verdict (pgstage/ops/anomalies.py)
+    reconcile: dict[str, Any] | None = None     # `[load] reconcile = "after_run"`'s result (pgstage/ops/reconcile.py)
 
     def __post_init__(self) -> None:
         if self.status == "succeeded":
@@ -87,6 +89,8 @@ class RunReport:
             "warnings": list(self.warnings),
             **({"merge_sql": self.merge_sql} if self.merge_sql else {}),
             **({"sample_rejects": list(self.sample_rejects)} if self.sample_rejects else {}),
+            **({"anomaly": self.anomaly} if self.anomaly else {}),
+            **({"reconcile": self.reconcile} if self.reconcile else {}),
         }
 
 

@@ -8,11 +8,15 @@ transient faults. One attempt is a row of named phases, in this order:
     _recover            rebuild indexes a killed run dropped, drop its tables, resume its run id
     _stage_and_validate phase 1, per file and batch: extract + stage → validate (+ transform) → checkpoint
     _enforce_reject_limit  the reject threshold over the whole run: nothing merged above it
+    _judge_volume       the run's volume against its history (ops/anomalies.py): block → nothing merged
     _predict            (dry run) phase 2 forecast read-only, then stop
     _plan_merge         target created, indexes dropped for a large load, cross-batch losers set aside
     _merge_batches      phase 2, per batch, one transaction each: merge + checkpoint (+ the file's
                         fingerprint with its last batch)
     _finish             indexes rebuilt, rejects resolved, run closed → report
+
+Around the attempts, `run()` hands the outcome to pgstage/ops/outcome.py (log, reconcile,
+alerts), which never changes it; phases report their events through `_event` (ops/logs.py).
 
 Each phase takes the attempt's frozen `Load` and returns what the next one needs, so a new
 merge strategy belongs in `_merge_batches` (and pipeline/merge.py), a throttle between
@@ -37,16 +41,17 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url, wrap
-from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
-                            UsageError)
+from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded,
+                            Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
+from pgstage.ops import anomalies, logs, outcome
 from pgstage.pipeline import known, ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
@@ -58,6 +63,13 @@ from pgstage.workers import InOrder, Workers, results
 @dataclass
 class RejectLimitReport(RejectLimitExceeded):
     """RejectLimitExceeded that carries the run's report for the CLI to show."""
+
+    report: RunReport | None = None
+
+
+@dataclass
+class AnomalyReport(AnomalyBlocked):
+    """AnomalyBlocked that carries the run's report (and its verdict) for the CLI to show."""
 
     report: RunReport | None = None
 
@@ -150,6 +162,17 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     comparison with the target, which is neither created nor written.
     """
     ctx = _context(spec, partition, db, base_dir, force, dry_run)
+    try:
+        report = _attempts(ctx)
+    except BaseException as exc:
+        outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
+                       time.time() - (time.perf_counter() - ctx.started))
+        raise
+    return outcome.finished(ctx.spec, ctx.url, report)
+
+
+def _attempts(ctx: RunContext) -> RunReport:
+    """The attempts of one run: transient faults are retried, each attempt resuming the last."""
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
     first: psycopg.Connection[Any] | None = connect(ctx.url)
@@ -208,11 +231,12 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
                     return _predict(load, validated)
+                verdict = _judge_volume(load, validated)
                 plan = _plan_merge(load, validated)
                 by_rule = _merge_batches(load, validated, plan)
-                return _finish(load, validated, plan, by_rule)
+                return replace(_finish(load, validated, plan, by_rule), anomaly=verdict)
         except BaseException as exc:
-            if not conn.closed and not isinstance(exc, (RejectLimitExceeded, Transient)):
+            if not conn.closed and not isinstance(exc, (RejectLimitExceeded, AnomalyBlocked, Transient)):
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
                 ledger.fail_run(conn, run_id, str(exc) if isinstance(exc, PgstageError) else repr(exc))
@@ -248,10 +272,15 @@ def _recover(conn: psycopg.Connection[Any], ctx: RunContext
     sources = ctx.sources()
     todo = tuple(f for f in sources if ctx.force or ledger.loaded_before(conn, spec.pipeline.name, f) is None)
     skipped = tuple(FileReport(f.name, "skipped") for f in sources if f not in todo)
+    resumed = run_id is not None
     if run_id is None:
         run_id = ledger.start_run(conn, spec.pipeline.name, ctx.partition, spec.pipeline.target,
                                   str(spec.path) if spec.path else None, dry_run=ctx.dry_run,
                                   spec=ledger.spec_document(spec))
+    fields = {"run_id": run_id, "pipeline": spec.pipeline.name, "partition": ctx.partition}
+    logs.emit("run resumed" if resumed else "run started", **fields, files=len(sources), dry_run=ctx.dry_run)
+    for report in skipped:
+        logs.emit("file skipped", **fields, file=report.path, why="loaded before (same path, same bytes)")
     return run_id, sources, todo, skipped
 
 
@@ -296,11 +325,13 @@ def _stage_and_validate(load: Load) -> Validated:
         if start.changed:
             _drop_tables(conn, [load.duplicates])
         since = ledger.watermark(conn, spec.pipeline.name, source.name) if load.run.cdc else None
-        batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=staged_prefix(load.run_id, file_no),
-                                      start=start, batch_rows=spec.load.batch_rows, since=since,
-                                      parallel=spec.load.workers)
+        _event(load, "file started", file=source.name, bytes=source.size, from_record=start.record)
+        batches = _staged(load, stage.stage_batches(conn, spec, source, file_no=file_no,
+                                                    table_prefix=staged_prefix(load.run_id, file_no), start=start,
+                                                    batch_rows=spec.load.batch_rows, since=since,
+                                                    parallel=spec.load.workers))
         validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span))
-                                    for batch, span in _timed(batches)]))
+                                    for batch, span in batches]))
     assert load.validation.staged is not None
     load.validation.staged.set()
     pending: list[tuple[validate.Checked, bool]] = []
@@ -314,9 +345,26 @@ def _stage_and_validate(load: Load) -> Validated:
     return Validated(tuple(pending), ledger.batch_counts(conn, load.run_id), ignored)
 
 
+def _staged(load: Load, batches: Iterator[stage.StagedBatch]) -> Iterator[tuple[stage.StagedBatch, tuple[float, float]]]:
+    """The batches as staged, each logged as its COPY ends, with when its staging began and ended
+    (Unix seconds, for the report's timeline)."""
+    began = time.time()
+    for batch in batches:
+        ended = time.time()
+        _event(load, "batch staged", file=batch.source.name, batch=batch.batch_no, read=batch.read,
+               quarantined=len(batch.quarantined), byte_end=batch.byte_end, seconds=round(ended - began, 3))
+        yield batch, (began, ended)
+        began = time.time()
+
+
+def _event(load: Load, event: str, **fields: Any) -> None:
+    logs.emit(event, run_id=load.run_id, pipeline=load.spec.pipeline.name, partition=load.run.partition, **fields)
+
+
 def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch,
                     staged: tuple[float, float] | None = None) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
+    started = time.perf_counter()
     with session.transaction():
         began = time.time()
         checked = validate.check(session, load.spec, load.types, batch,
@@ -324,6 +372,9 @@ def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stag
         timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
         ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated", timings)
     faults.hit("validate.after")
+    counts = _pre_merge(checked)
+    _event(load, "batch validated", file=batch.source.name, batch=batch.batch_no, read=counts.read,
+           rejected=counts.rejected, valid=counts.valid, seconds=round(time.perf_counter() - started, 3))
     return checked
 
 
@@ -337,6 +388,8 @@ def _enforce_reject_limit(load: Load, validated: Validated) -> None:
         return
     by_rule = ledger.rejects_by_rule(conn, run_id)
     report = _report(load, "rejected_threshold", validated.per_file, validated.ignored, by_rule)
+    _event(load, "threshold exceeded", read=totals.read, rejected=totals.rejected, max_reject_ratio=limit,
+           max_rejects=most, rejects_by_rule=by_rule)
     share = f"{totals.rejected} of {totals.read} records rejected ({totals.rejected / max(totals.read, 1):.1%})"
     message = (share + (f", above max_reject_ratio {limit:g}" if over_ratio else f", above max_rejects {most}")
                + (": nothing was merged" if not load.run.dry_run else ": a real run would merge nothing (dry run)"))
@@ -348,6 +401,30 @@ def _enforce_reject_limit(load: Load, validated: Validated) -> None:
     raise RejectLimitReport(message + (f"; top rules: {top}" if top else "") + (f"; e.g. {samples}" if samples else ""),
                             hint=f"see `pgstage show {run_id}` for sample rejects; fix the source or raise"
                                  " load.max_reject_ratio", report=report)
+
+
+def _judge_volume(load: Load, validated: Validated) -> dict[str, Any] | None:
+    """The run's volume against its history, before anything is merged (ops/anomalies.py).
+
+    A flagged run with `[anomaly] action = "block"` is closed `blocked` and merges nothing (exit 5).
+    """
+    conn, spec, run_id = load.conn, load.spec, load.run_id
+    if spec.anomaly.action == "off":
+        return None
+    totals = sum(validated.per_file.values(), Counts())
+    verdict = anomalies.assess(conn, spec.pipeline.name, load.run.partition, run_id, totals.read, totals.rejected,
+                               spec.anomaly)
+    _event(load, "anomaly" if verdict.flagged else "volume judged", verdict=verdict.verdict, reason=verdict.reason,
+           read=verdict.read, expected=verdict.expected, score=verdict.score, action=spec.anomaly.action)
+    if not (verdict.flagged and spec.anomaly.action == "block"):
+        return verdict.as_dict()
+    by_rule = ledger.rejects_by_rule(conn, run_id)
+    report = replace(_report(load, "blocked", validated.per_file, validated.ignored, by_rule), anomaly=verdict.as_dict())
+    message = f"volume anomaly: {verdict.reason}: nothing was merged"
+    report = replace(report, message=message)
+    ledger.finish_run(conn, run_id, "blocked", report.counts, by_rule, _file_rows(report.files), message)
+    raise AnomalyReport(message, hint=f"if the volume is genuine, `pgstage anomalies --accept {run_id}` and run again;"
+                                      " `[anomaly] action = \"warn\"` merges and alerts instead", report=report)
 
 
 def _predict(load: Load, validated: Validated) -> RunReport:
@@ -417,7 +494,7 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
 def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePlan, checked: validate.Checked,
                  last_of_file: bool, turn: int, order: InOrder) -> None:
     """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
-    spec = load.spec
+    spec, started = load.spec, time.perf_counter()
     try:
         with session.transaction():
             began = time.time()
@@ -435,6 +512,9 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
             order.wait(turn)
             faults.hit("merge.commit")
         faults.hit("merge.after")
+        _event(load, "batch merged", file=checked.staged.source.name, batch=checked.staged.batch_no,
+               inserted=m.inserted, updated=m.updated, unchanged=m.unchanged, stale=m.stale, deleted=m.deleted,
+               seconds=round(time.perf_counter() - started, 3))
     except BaseException:
         order.failed()   # the batches after this one roll back: a failed run stops where it failed
         raise
@@ -465,22 +545,13 @@ def _merged(checked: validate.Checked, m: merge.MergeCounts) -> Counts:
 
 def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[str, tuple[str, ...]],
             by_rule: dict[str, int]) -> RunReport:
-    file_status = "loaded" if status == "succeeded" else "rejected"
+    file_status = "loaded" if status == "succeeded" else "blocked" if status == "blocked" else "rejected"
     files = tuple(FileReport(name, file_status, counts, ignored.get(name, ())) for name, counts in per_file.items())
     totals = sum(per_file.values(), Counts())
     ctx = load.run
     return RunReport(load.run_id, ctx.spec.pipeline.name, ctx.partition, status, totals, by_rule,
                      time.perf_counter() - ctx.started, ctx.spec.pipeline.target, (*files, *load.skipped),
                      warnings=key_warnings(totals, ctx.spec.pipeline.key, ctx.spec.pipeline.version))
-
-
-def _timed(batches: Iterator[stage.StagedBatch]) -> Iterator[tuple[stage.StagedBatch, tuple[float, float]]]:
-    """Each batch with when its staging began and ended (Unix seconds), for the report's timeline."""
-    began = time.time()
-    for batch in batches:
-        ended = time.time()
-        yield batch, (began, ended)
-        began = time.time()
 
 
 def _pre_merge(c: validate.Checked) -> Counts:

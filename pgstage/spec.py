@@ -204,6 +204,34 @@ class LoadSection(_Model):
     raw_column: str | None = Field(default=None, pattern=r"^[^\x00]{1,63}$")
     work_mem: str = Field(default="256MB", pattern=r"^\s*\d+\s*(kB|MB|GB)\s*$")
     workers: int = Field(default=2, ge=1, le=16)
+    reconcile: Literal["never", "after_run"] = "never"   # after_run: compare with the source after each success
+
+
+AlertEvent = Literal["failed", "rejects", "anomaly", "late", "reconcile", "recovered"]
+
+
+class AnomalySection(_Model):
+    """`[anomaly]`: how a run's volume is judged against its history (pgstage/ops/anomalies.py)."""
+
+    action: Literal["warn", "block", "off"] = "warn"
+    min_runs: int = Field(default=7, ge=1)              # earlier successful runs before any verdict
+    min_same_weekday: int = Field(default=2, ge=1)      # of them on the day's weekday
+    relative: float = Field(default=0.5, gt=0)          # both must be exceeded to flag
+    absolute: int = Field(default=100, ge=0)
+    score: float = Field(default=3.5, gt=0)             # robust z-score (median/MAD) that must also be exceeded
+
+
+class AlertsSection(_Model):
+    """`[alerts]`: where and when to tell people (pgstage/ops/alerts.py). URLs may hold secrets: no repr."""
+
+    on: tuple[AlertEvent, ...] = ("failed", "rejects", "anomaly", "late", "reconcile", "recovered")
+    webhook: str | None = Field(default=None, repr=False)
+    slack: str | None = Field(default=None, repr=False)
+    apprise: tuple[str, ...] = Field(default=(), repr=False)
+    suppress: str = Field(default="30min", pattern=_DURATION)
+    timeout: str = Field(default="5s", pattern=_DURATION)
+    retries: int = Field(default=2, ge=0, le=10)
+    late: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")   # HH:MM UTC, the day after the partition
 
 
 class CompositeReference(_Model):
@@ -248,6 +276,8 @@ class Spec(_Model):
     checks: dict[str, str] = Field(default_factory=dict)
     references: dict[str, CompositeReference] = Field(default_factory=dict)
     load: LoadSection = LoadSection()
+    anomaly: AnomalySection = AnomalySection()
+    alerts: AlertsSection = AlertsSection()
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -321,6 +351,8 @@ _FIELDS_BY_MODEL: dict[str, type[BaseModel]] = {
     "pipeline": PipelineSection,
     "source": SourceSection,
     "load": LoadSection,
+    "anomaly": AnomalySection,
+    "alerts": AlertsSection,
 }
 
 

@@ -146,7 +146,7 @@ def test_pipeline_lock_exits_4(tmp_path: Path, db_url: str) -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["repair"], ["runs"], ["show"], ["demo"], ["init"], ["rejects"], ["db"],
-                                     ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "psql"]])
+                                     ["anomalies"], ["reconcile"], ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "psql"]])
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = invoke(*command, "--help")
     assert code == 0 and "Usage" in out
@@ -155,7 +155,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_every_command_is_documented() -> None:
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     for command in ("pgstage run", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
-                    "pgstage rejects", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
+                    "pgstage rejects", "pgstage anomalies", "pgstage reconcile", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
         assert f"## `{command}" in docs, command
 
 
@@ -163,11 +163,13 @@ def test_exit_statuses_are_named_once_and_carried_by_the_errors() -> None:
     from pgstage import errors
     from pgstage.errors import ExitStatus
     assert [(s.name, int(s)) for s in ExitStatus] == [("OK", 0), ("FAILED", 1), ("USAGE", 2), ("REJECT_LIMIT", 3),
-                                                     ("LOCKED", 4), ("INTERRUPTED", 130)]
+                                                     ("LOCKED", 4), ("ANOMALY", 5), ("DIFFERENCES", 6),
+                                                     ("INTERRUPTED", 130)]
     expected = {errors.PgstageError: 1, errors.SpecError: 2, errors.UsageError: 2, errors.SourceError: 1,
                 errors.HeaderMismatch: 2, errors.TargetMismatch: 2, errors.RejectLimitExceeded: 3,
                 errors.PipelineLocked: 4, errors.DatabaseError: 1, errors.MissingDependency: 2,
-                errors.ConnectionFailed: 1, errors.TransientDatabaseError: 1, errors.UntrustedIndexDefinition: 1}
+                errors.ConnectionFailed: 1, errors.TransientDatabaseError: 1, errors.UntrustedIndexDefinition: 1,
+                errors.AnomalyBlocked: 5, errors.ReconcileDifferences: 6}
     assert {cls: cls("x").exit_code for cls in expected} == expected
 
 

@@ -44,3 +44,5 @@ def test_demo_command_prints_runs_and_revenue(tmp_path: Path, db_url: str) -> No
     assert html.startswith("<!doctype html>") and "stripe_payments" in html and 'data-chart="funnel"' in html
     for name in ("shopify_orders", "woocommerce_orders", "stripe_payments"):
         assert "<h1>" + name + "</h1>" in (tmp_path / "d" / f"report-{name}.html").read_text()
+    assert "logs: stderr, console format" in result.output
+    assert "alerts: none configured (set PGSTAGE_ALERT_WEBHOOK" in result.output

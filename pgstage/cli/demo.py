@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,10 @@ from rich.table import Table
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption
-from pgstage.demo import run_demo
+from pgstage.demo import SOURCES, run_demo, specs_dir
+from pgstage.ops import logs
+from pgstage.ops.alerts import masked, targets
+from pgstage.spec import load_spec
 from pgstage.report import RunReport
 
 
@@ -52,3 +56,13 @@ def demo_command(
     render.console.print("see every run with `pgstage runs`, one run's rejects with `pgstage show RUN_ID`")
     if result.report_html:
         render.console.print(f"report: {result.report_html}", markup=False)
+    render.console.print(operations_note(), markup=False, soft_wrap=True)
+
+
+def operations_note() -> str:
+    """Where the demo's logs and alerts went (docs/operations.md), so a reader knows where to look next time."""
+    found = sorted({masked(t.url) for source in SOURCES for t in targets(load_spec(specs_dir() / f"{source}.toml").alerts)})
+    fmt = os.environ.get(logs.ENV_FORMAT) or "console"
+    return (f"logs: stderr, {fmt} format (PGSTAGE_LOG_FORMAT=json for one JSON event per line); alerts: "
+            + (", ".join(found) if found else "none configured (set PGSTAGE_ALERT_WEBHOOK or PGSTAGE_ALERT_SLACK, or"
+               " [alerts] in the spec)") + "; every delivery is recorded in pgstage.alerts")

@@ -25,7 +25,8 @@ def print_json(document: Any) -> None:
 
 def report(rep: RunReport) -> None:
     """The end-of-run summary: status, the §5 counts per file and in total, rejects by rule."""
-    colour = {"succeeded": "green", "skipped": "cyan", "rejected_threshold": "red", "failed": "red"}.get(rep.status, "white")
+    colour = {"succeeded": "green", "skipped": "cyan", "rejected_threshold": "red", "blocked": "red",
+              "failed": "red"}.get(rep.status, "white")
     title = f"run {rep.run_id} · {rep.pipeline}" + (f" · {rep.partition}" if rep.partition else "")
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("file")
@@ -46,6 +47,10 @@ def report(rep: RunReport) -> None:
     for sample in rep.sample_rejects:
         reasons = "; ".join(f"{r.get('column') or 'record'}.{r['rule']}: {r['message']}" for r in sample["reasons"])
         console.print(f"  reject {sample['file']} record {sample['record']}: {reasons}", markup=False)
+    if rep.anomaly:
+        console.print(f"volume: {rep.anomaly['verdict']} — {rep.anomaly['reason']}", markup=False)
+    if rep.reconcile:
+        console.print(f"reconcile: {rep.reconcile.get('summary') or rep.reconcile.get('error')}", markup=False)
     if rep.dry_run and rep.merge_sql:
         console.print("the merge statement a real run would execute (first batch):", markup=False)
         console.print(rep.merge_sql, markup=False, soft_wrap=True)
@@ -89,6 +94,15 @@ def run_details(run: dict[str, Any], samples: list[dict[str, Any]]) -> None:
         console.print(f"batches: {len(batches)}, " + ", ".join(
             f"{b['batch_no']}: records {b['record_start']:,}-{b['record_end']:,} {b['status']}" for b in batches[:12])
             + (" …" if len(batches) > 12 else ""), markup=False)
+    if run.get("anomaly"):
+        a = run["anomaly"]
+        console.print(f"volume: {a['verdict']}{' (accepted)' if a.get('accepted') else ''} — {a['reason']}"
+                      + (f"; score {a['score']}" if a.get("score") is not None else "")
+                      + f"; training runs {len(a.get('training_runs') or [])}", markup=False)
+    if run.get("reconcile"):
+        r = run["reconcile"]
+        console.print(f"reconcile ({r.get('method', '')}): {r.get('summary') or r.get('error')}"
+                      + (f", {r['in_flight']:,} in flight" if r.get("in_flight") else ""), markup=False)
     if run.get("rejects_by_rule"):
         console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in run["rejects_by_rule"].items()), markup=False)
     if samples:

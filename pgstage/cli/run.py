@@ -8,11 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from pgstage.cli import render
+from pgstage.cli.progress import run_progress
+from pgstage.ops import logs
 from pgstage.repair import repair
-from pgstage.run import RejectLimitReport, run
+from pgstage.run import AnomalyReport, RejectLimitReport, run
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="PostgreSQL URL (default: PGSTAGE_DATABASE_URL, else the embedded server)", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+LogFormatOption = Annotated[Optional[str], typer.Option("--log-format", help="Logs on stderr as json or console (default: PGSTAGE_LOG_FORMAT, else console).", show_default=False)]
+LogLevelOption = Annotated[Optional[str], typer.Option("--log-level", help="debug, info, warning or error (default: PGSTAGE_LOG_LEVEL, else info for json, warning for console).", show_default=False)]
 
 
 def run_command(
@@ -22,11 +26,15 @@ def run_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Stage and validate, forecast the merge, write nothing to the target.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
+    log_format: LogFormatOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Stage, validate, deduplicate and merge a source into its target; print the run's counts."""
+    logs.configure(log_format, log_level)
     try:
-        report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
-    except RejectLimitReport as exc:
+        with run_progress():
+            report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
+    except (RejectLimitReport, AnomalyReport) as exc:
         if exc.report is not None:
             render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
         raise

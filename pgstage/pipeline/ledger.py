@@ -82,6 +82,19 @@ _DDL = [
         run_id     bigint NOT NULL REFERENCES pgstage.runs,
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, source))""",
+    # Every alert delivery attempt (pgstage/ops/alerts.py); `target` holds the URL with its secret masked.
+    """CREATE TABLE IF NOT EXISTS pgstage.alerts (
+        alert_id   bigserial PRIMARY KEY,
+        run_id     bigint,
+        pipeline   text NOT NULL,
+        partition  text,
+        event      text NOT NULL,
+        target     text NOT NULL,
+        status     text NOT NULL CHECK (status IN ('sent', 'failed', 'suppressed')),
+        attempts   integer NOT NULL DEFAULT 0,
+        error      text,
+        payload    jsonb,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
 ]
 
 # Indexes, and what ledgers of earlier versions lack: (is the change needed?, the change). Each
@@ -101,7 +114,15 @@ _UPGRADES = [
                                         ("rejects", "resolved_by", "bigint"),
                                         # when each phase of a batch ran and the spec a run used (the HTML report)
                                         ("batches", "timings", "jsonb"),
-                                        ("runs", "spec", "jsonb"))),
+                                        ("runs", "spec", "jsonb"),
+                                        # pgstage/ops: the volume verdict and the reconcile result of a run
+                                        ("runs", "anomaly", "jsonb"),
+                                        ("runs", "reconcile", "jsonb"))),
+    # A run a volume anomaly blocked (pgstage/ops/anomalies.py) ends `blocked`: nothing merged, exit 5.
+    ("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'pgstage.runs'::regclass"
+     " AND conname = 'runs_status_check' AND pg_get_constraintdef(oid) NOT LIKE '%blocked%')",
+     "ALTER TABLE pgstage.runs DROP CONSTRAINT runs_status_check, ADD CONSTRAINT runs_status_check CHECK (status IN"
+     " ('running', 'succeeded', 'skipped', 'rejected_threshold', 'failed', 'blocked'))"),
     # No foreign key from rejects to runs: its per-row check cost 10 us a reject (a fifth of a
     # dirty file's overhead). Rejects are only written in the transaction of their batch's row
     # in pgstage.batches, which references the run.

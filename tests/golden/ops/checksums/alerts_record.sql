@@ -1,0 +1,1 @@
+INSERT INTO pgstage.alerts (run_id, pipeline, partition, event, target, status, attempts, error, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)

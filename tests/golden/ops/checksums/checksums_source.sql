@@ -1,0 +1,3 @@
+SELECT ('x' || lpad(substr(md5(ROW(CAST("id" AS integer), 0)::text), 1, 8), 16, '0'))::bit(64)::bigint AS kh, ('x' || substr(md5(ROW(CAST("id" AS integer), CAST("Customer Name" AS text), CAST("updated_at" AS timestamp with time zone), 0)::text), 1, 16))::bit(64)::bigint AS rh, jsonb_build_object('id', CAST("id" AS integer)) AS key, jsonb_build_object('id', CAST("id" AS integer), 'customer', CAST("Customer Name" AS text), 'updated_at', CAST("updated_at" AS timestamp with time zone)) AS row
+FROM "shop"."orders"
+WHERE "deleted_at" IS NULL AND greatest("created_at"::timestamptz, "updated_at"::timestamptz, "deleted_at"::timestamptz) <= '2024-01-01 12:00:00+00:00'::timestamptz
