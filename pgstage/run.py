@@ -45,7 +45,7 @@ from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
-from pgstage.pipeline import known, ledger, merge, stage, transform, validate
+from pgstage.pipeline import known, ledger, merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
@@ -138,6 +138,7 @@ class MergePlan:
     into_empty: bool            # each key is merged by one batch at most: into an empty target, inserts only
     upserts: bool               # the target has a unique index on the key that ON CONFLICT can use
     seen: datetime | None       # a postgres source's new watermark, committed with the last merge
+    batches: int = 0            # how many batches merge (replace_partition swaps with the last)
 
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
@@ -176,6 +177,9 @@ def _context(spec: Spec | str | Path, partition: str | date | None, db: str | No
              force: bool, dry_run: bool) -> RunContext:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
+    if day is None and merge.replaces_partition(spec):
+        raise UsageError(f"pipeline {spec.pipeline.name} replaces a partition: say which one with --partition DATE",
+                         hint="e.g. pgstage run SPEC --partition 2024-01-15 (partition=\"2024-01-15\" in the library)")
     base = base_dir or (spec.path.parent if spec.path else Path.cwd())
     files = () if spec.source.kind == "postgres" else tuple(
         resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing))
@@ -201,7 +205,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
             return _skip(conn, ctx, run_id, skipped)
         try:
             with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
-                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped, _validation_context(conn, ctx.spec))
+                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped,
+                            _validation_context(conn, ctx, types))
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -264,14 +269,25 @@ def _skip(conn: psycopg.Connection[Any], ctx: RunContext, run_id: int, skipped: 
     return report
 
 
-def _validation_context(conn: psycopg.Connection[Any], spec: Spec) -> validate.Context:
-    """What every batch's validation shares: the target's state and the known-rows shortcut (pipeline/known.py)."""
+def _validation_context(conn: psycopg.Connection[Any], ctx: RunContext,
+                        types: dict[str, transform.ColumnType]) -> validate.Context:
+    """What every batch's validation shares: the target's state, the known-rows shortcut (pipeline/known.py)
+    and the partition a replace_partition run keeps its records to."""
+    spec = ctx.spec
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
     return validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
                             known_rows=bool(seed is not None and found and known.ROW_HASH in found
                                             and known.eligible(spec)),
-                            staged=threading.Event())   # set when the last batch is staged: see validate.check
+                            staged=threading.Event(),   # set when the last batch is staged: see validate.check
+                            partition=_window(ctx, types))
+
+
+def _window(ctx: RunContext, types: dict[str, transform.ColumnType]) -> partition.Window | None:
+    """The partition a replace_partition run replaces (and keeps its records to); None for other strategies."""
+    if not merge.replaces_partition(ctx.spec) or ctx.partition is None:
+        return None
+    return partition.window(ctx.spec, types, ctx.partition)
 
 
 def _stage_and_validate(load: Load) -> Validated:
@@ -357,8 +373,13 @@ def _predict(load: Load, validated: Validated) -> RunReport:
         m = merge.predict(conn, spec, load.types, checked, beaten, load.validation.target_exists)
         name = checked.staged.source.name
         predicted[name] = predicted.get(name, Counts()) + _merged(checked, m)
+    w = load.validation.partition
+    if w is not None and validated.pending:   # replace_partition: the swap removes the partition's rows once
+        name = validated.batches[-1].staged.source.name
+        gone = merge.replace_partition.predict_deleted(conn, spec, w, load.validation.target_exists)
+        predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
     merge_sql = (merge.build_merge(spec, load.types, validated.batches[0], run_id, beaten).as_string(conn)
-                 if validated.pending else None)
+                 if validated.pending and w is None else None)
     if beaten:
         _drop_tables(conn, [beaten])
     report = _report(load, "succeeded", {**validated.per_file, **predicted}, validated.ignored, by_rule)
@@ -374,8 +395,11 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     conn, spec = load.conn, load.spec
     with conn.transaction():
         target.ensure(conn, spec, load.types)
+        if merge.replaces_partition(spec) and validated.pending:   # where its batches collect their rows
+            merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
     incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
-    if indexes.should_rebuild(conn, spec, incoming):
+    native = spec.pipeline.partition is not None and spec.pipeline.partition.native
+    if not native and indexes.should_rebuild(conn, spec, incoming):
         indexes.drop_for_load(conn, spec, load.run_id)
     # A key repeated across batches: only the run's winning row is merged. The losers are kept
     # in a logged table until the run succeeds, so a resumed run decides exactly as before.
@@ -386,7 +410,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
         merge.find_beaten(conn, spec, validated.batches, beaten)
     seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], postgres.CHANGED_AT)
             if load.run.cdc else None)
-    return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen)
+    return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen,
+                     len(validated.pending))
 
 
 def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[str, int]:
@@ -398,6 +423,7 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order))
                for i, (checked, last) in enumerate(validated.pending)]
+    # replace_partition: the run's last batch swaps the partition (merge/replace_partition.py)
     # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
     # takes a tenth of a second that the run no longer waits for between validation and merge.
     try:
@@ -416,6 +442,12 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
         with session.transaction():
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
                             upserts=plan.upserts)
+            w = load.validation.partition
+            if w is not None and turn == plan.batches - 1:
+                # Every earlier batch has committed its rows to the collector: swap them in with this checkpoint.
+                order.wait(turn)
+                m = replace(m, deleted=merge.replace_partition.swap(session, spec, w, checked, load.run_id))
+                faults.hit("merge.swap")
             ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged")
             if last_of_file and load.run.cdc:
                 if plan.seen is not None:
@@ -438,6 +470,8 @@ def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str
     conn = load.conn
     if plan.beaten:
         _drop_tables(conn, [plan.beaten])
+    if merge.replaces_partition(load.spec):
+        _drop_tables(conn, [merge.replace_partition.collector(load.run_id)])
     indexes.rebuild(conn, load.spec)
     with conn.transaction():
         merge.resolve_rejects(conn, load.spec, load.types, load.run_id, load.validation.collation)

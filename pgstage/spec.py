@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from pgstage.errors import SpecError
 
-Strategy = Literal["insert_only", "upsert", "upsert_if_newer"]
+Strategy = Literal["insert_only", "upsert", "upsert_if_newer", "replace_partition"]
+KEYLESS_STRATEGIES = ("replace_partition",)   # strategies whose key is optional
 Normalizer = Literal["trim", "lower", "upper"]
 
 MONEY_CENTS = "money_cents"
@@ -29,12 +30,34 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class PartitionSpec(_Model):
+    """`partition = { column = "ordered_at", grain = "day" }`: what `--partition DATE` selects."""
+
+    column: str
+    grain: Literal["day", "month"] = "day"
+    timezone: str = Field(default="UTC", min_length=1)   # whose midnight starts a day (timestamptz columns)
+    native: bool = False   # the target is declaratively partitioned by `column`; a day is swapped in whole
+
+
 class PipelineSection(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
     target: str
-    key: tuple[str, ...] = Field(min_length=1)
+    key: tuple[str, ...] = ()
     strategy: Strategy = "upsert"
     version: str | None = None
+    partition: PartitionSpec | None = None
+
+    @model_validator(mode="after")
+    def _key_and_partition(self) -> "PipelineSection":
+        if not self.key and self.strategy not in KEYLESS_STRATEGIES:
+            raise ValueError(f"key is missing: strategy {self.strategy} needs the business key"
+                             " (e.g. key = [\"id\"])")
+        if self.strategy == "replace_partition" and self.partition is None:
+            raise ValueError("replace_partition needs partition = { column = \"...\", grain = \"day\" }:"
+                             " the column whose day (or month) a run replaces")
+        if self.partition is not None and self.partition.native and self.strategy != "replace_partition":
+            raise ValueError("partition.native applies to strategy = \"replace_partition\" only")
+        return self
 
     @field_validator("target")
     @classmethod
@@ -308,6 +331,10 @@ def _raw_cross_checks(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]
         for col in (ref.get("cols") or []) if isinstance(ref, dict) else []:
             if isinstance(col, str) and col not in columns:
                 found.append((("references", str(ref_name)), f"{col!r} is not a column{_did_you_mean(col, names)}"))
+    partition = pipeline.get("partition")
+    column = partition.get("column") if isinstance(partition, dict) else None
+    if isinstance(column, str) and column not in columns:
+        found.append((("pipeline", "partition"), f"column {column!r} is not a column{_did_you_mean(column, names)}"))
     version = pipeline.get("version")
     if pipeline.get("strategy") == "upsert_if_newer" and version is None:
         found.append((("pipeline", "version"), "upsert_if_newer needs a version column (e.g. updated_at)"))

@@ -73,8 +73,17 @@ def _key_index(conn: psycopg.Connection[Any], spec: Spec, *, for_upsert: bool = 
         " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL{}"
         " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
         "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)").format(usable),
-        (schema, table, sorted(spec.pipeline.key)), label="target: key").fetchone()
+        (schema, table, sorted(unique_key(spec))), label="target: key").fetchone()
     return bool(row and row[0])
+
+
+def unique_key(spec: Spec) -> tuple[str, ...]:
+    """The columns of the target's primary key: the key, plus the partition column of a native partitioned
+    target (PostgreSQL's unique indexes on a partitioned table must contain the partition column)."""
+    part = spec.pipeline.partition
+    if part is not None and part.native and spec.pipeline.key and part.column not in spec.pipeline.key:
+        return (*spec.pipeline.key, part.column)
+    return spec.pipeline.key
 
 
 def upsert_arbiter(conn: psycopg.Connection[Any], spec: Spec) -> bool:
@@ -99,8 +108,8 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     for name, kind_name in audit_columns(spec, found).items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
-    if not problems and not _key_index(conn, spec):
-        problems.append(f"no primary key or unique index on the key ({', '.join(spec.pipeline.key)})")
+    if not problems and spec.pipeline.key and not _key_index(conn, spec):
+        problems.append(f"no primary key or unique index on the key ({', '.join(unique_key(spec))})")
     if problems:
         raise TargetMismatch(f"target {spec.pipeline.target} does not match the spec: " + "; ".join(problems),
                              location=Location(file=str(spec.path) if spec.path else None),
@@ -135,5 +144,10 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     columns += [sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(k),
                                           sql.SQL(f" NOT NULL DEFAULT {_AUDIT_DEFAULTS[n]}") if n in _AUDIT_DEFAULTS else sql.SQL(""))
                 for n, k in audit_columns(spec).items()]
-    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in spec.pipeline.key)))
-    execute(conn, sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)), label="target: create")
+    if spec.pipeline.key:   # replace_partition may go without one
+        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in unique_key(spec))))
+    part = spec.pipeline.partition
+    native = (sql.SQL(" PARTITION BY RANGE ({})").format(sql.Identifier(part.column)) if part and part.native
+              else sql.SQL(""))
+    execute(conn, sql.SQL("CREATE TABLE {} ({}){}").format(target, sql.SQL(", ").join(columns), native),
+            label="target: create")

@@ -1,4 +1,5 @@
-"""Merge: dedup the valid rows of a batch on the key, classify them against the target, write.
+"""The keyed strategies (insert_only, upsert, upsert_if_newer): dedup a batch's valid rows on the
+key, classify them against the target, write.
 
 One statement per batch. Rows are classified before anything is written (insert / update /
 unchanged / stale), so unchanged rows cost no write, no lock and no WAL — unlike
