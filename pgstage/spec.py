@@ -39,6 +39,13 @@ class PartitionSpec(_Model):
     native: bool = False   # the target is declaratively partitioned by `column`; a day is swapped in whole
 
 
+class SurrogateKey(_Model):
+    """`surrogate_key = { column = "id", kind = "uuid" }`: a surrogate primary key beside the business key."""
+
+    column: str = Field(pattern=r"^[^_\x00][^\x00]{0,62}$")
+    kind: Literal["uuid", "hash"] = "uuid"   # uuid: random, kept for the row's life; hash: from the key's values
+
+
 class PipelineSection(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
     target: str
@@ -46,6 +53,7 @@ class PipelineSection(_Model):
     strategy: Strategy = "upsert"
     version: str | None = None
     partition: PartitionSpec | None = None
+    surrogate_key: SurrogateKey | None = None
 
     @model_validator(mode="after")
     def _key_and_partition(self) -> "PipelineSection":
@@ -57,6 +65,12 @@ class PipelineSection(_Model):
                              " the column whose day (or month) a run replaces")
         if self.partition is not None and self.partition.native and self.strategy != "replace_partition":
             raise ValueError("partition.native applies to strategy = \"replace_partition\" only")
+        if self.surrogate_key is not None:
+            if not self.key:
+                raise ValueError("surrogate_key needs the business key it stands for (key = [...])")
+            if self.partition is not None and self.partition.native:
+                raise ValueError("surrogate_key cannot be the primary key of a natively partitioned target"
+                                 " (PostgreSQL requires the partition column in it); drop one of the two")
         return self
 
     @field_validator("target")
@@ -280,6 +294,9 @@ class Spec(_Model):
         raw = self.load.raw_column
         if raw is not None and (raw in self.columns or raw in ("_loaded_at", "_updated_at", "_run_id")):
             raise ValueError(f"load.raw_column {raw!r} is already a column")
+        surrogate = self.pipeline.surrogate_key
+        if surrogate is not None and (surrogate.column in self.columns or surrogate.column == raw):
+            raise ValueError(f"surrogate_key.column {surrogate.column!r} is already a column; name it apart")
         if self.source.on_new_fields == "keep_raw" and raw is None:
             raise ValueError("source.on_new_fields = \"keep_raw\" needs load.raw_column, the JSONB column that keeps them")
         return self

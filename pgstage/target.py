@@ -16,6 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
+from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -102,6 +103,9 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             problems.append(f"column {name!r} is missing (spec type {kind.name})")
         elif found[name] != kind.name:
             problems.append(f"column {name!r}: spec says {kind.name}, table has {found[name]}")
+    sk = surrogate.column(spec)
+    if sk and found.get(sk) != "uuid":
+        problems.append(f"surrogate key column {sk!r} is " + (f"{found[sk]}, expected uuid" if sk in found else "missing"))
     raw = spec.load.raw_column
     if raw and raw in found and found[raw] != "jsonb":
         problems.append(f"raw column {raw!r} is {found[raw]}, expected jsonb")
@@ -144,8 +148,12 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     columns += [sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(k),
                                           sql.SQL(f" NOT NULL DEFAULT {_AUDIT_DEFAULTS[n]}") if n in _AUDIT_DEFAULTS else sql.SQL(""))
                 for n, k in audit_columns(spec).items()]
+    sk = surrogate.ddl(spec)
+    if sk is not None:   # the surrogate is the primary key; the business key stays unique
+        columns.insert(0, sk)
     if spec.pipeline.key:   # replace_partition may go without one
-        columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in unique_key(spec))))
+        columns.append(sql.SQL("{} ({})").format(sql.SQL("UNIQUE" if sk is not None else "PRIMARY KEY"),
+                                                 sql.SQL(", ").join(sql.Identifier(k) for k in unique_key(spec))))
     part = spec.pipeline.partition
     native = (sql.SQL(" PARTITION BY RANGE ({})").format(sql.Identifier(part.column)) if part and part.native
               else sql.SQL(""))

@@ -17,6 +17,7 @@ from psycopg import sql
 from pgstage.db import execute
 from pgstage.errors import DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
+from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.pipeline.extract.postgres import DELETED_AT
 from pgstage.pipeline.known import KNOWN, ROW_HASH
@@ -48,8 +49,15 @@ def soft_deletes(spec: Spec) -> str | None:
 
 
 def _written_columns(spec: Spec, checked: Checked) -> list[str]:
-    """The target columns a merge writes: the spec's, the raw record, `_deleted_at` when marking, the row hash."""
-    return [*_compared_columns(spec), *([ROW_HASH] if checked.hashed else [])]
+    """The target columns a merge writes: the spec's, the raw record, `_deleted_at` when marking, a hash surrogate
+    key, the row hash."""
+    hashed_id = surrogate.computed(spec)
+    return [*_compared_columns(spec), *([hashed_id] if hashed_id else []), *([ROW_HASH] if checked.hashed else [])]
+
+
+def _fixed(spec: Spec) -> set[str]:
+    """Columns an update never sets: the key, and the surrogate key that stands for it."""
+    return {*spec.pipeline.key, *([surrogate.computed(spec)] if surrogate.computed(spec) else [])}
 
 
 def _compared_columns(spec: Spec) -> list[str]:
@@ -188,7 +196,11 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     """
     mode = soft_deletes(spec)
     names = [*target_columns(spec), *(["_deleted_at"] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
-    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    outputs: list[sql.Composable] = [sql.Identifier(n) for n in names]
+    hashed_id = surrogate.computed(spec)
+    if hashed_id:
+        outputs.append(sql.SQL("{} AS {}").format(surrogate.build_hash(spec, types, "b"), sql.Identifier(hashed_id)))
+    cols = sql.SQL(", ").join(outputs)
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
              for n, c in spec.columns.items()]
@@ -261,7 +273,7 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
     """
     names = _written_columns(spec, checked)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
+    non_key = [sql.Identifier(n) for n in names if n not in _fixed(spec)]
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
                                sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
     # The classification found each row to change at cls._ctid: a TID scan, not a second key
@@ -338,7 +350,7 @@ def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     key_list = sql.SQL(", ").join(keys)
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
-                                 for n in names if n not in spec.pipeline.key),
+                                 for n in names if n not in _fixed(spec)),
                                sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
     conflict = (sql.SQL("DO NOTHING") if spec.pipeline.strategy == "insert_only" else
                 sql.SQL("DO UPDATE SET {} WHERE {}").format(sets, _overwrites(spec, "t", "excluded")))
