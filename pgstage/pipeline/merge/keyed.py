@@ -57,7 +57,8 @@ def _written_columns(spec: Spec, checked: Checked) -> list[str]:
 
 def _fixed(spec: Spec) -> set[str]:
     """Columns an update never sets: the key, and the surrogate key that stands for it."""
-    return {*spec.pipeline.key, *([surrogate.computed(spec)] if surrogate.computed(spec) else [])}
+    hashed_id = surrogate.computed(spec)
+    return {*spec.pipeline.key, *([hashed_id] if hashed_id else [])}
 
 
 def _compared_columns(spec: Spec) -> list[str]:
