@@ -33,7 +33,8 @@ import threading
 import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, time as day_time, timedelta, timezone
+from zoneinfo import ZoneInfo
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ def parse_partition(value: str | date | None) -> date | None:
         raise UsageError(f"--partition {value!r} is not a date", hint="use YYYY-MM-DD, e.g. 2024-01-15") from None
 
 
+def parse_as_of(value: str | datetime | None) -> datetime | None:
+    """`--as-of`: an ISO timestamp; without an offset it is UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"--as-of {value!r} is not a timestamp",
+                             hint="use ISO 8601, e.g. 2024-01-15T23:59:59+00:00 or 2024-01-15") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a run is asked to do, parsed once at its start; every attempt reads it, none changes it."""
@@ -80,6 +94,7 @@ class RunContext:
     force: bool
     dry_run: bool
     started: float                  # perf_counter at the start: the report's duration
+    as_of: datetime | None = None   # scd2: --as-of, valid_from of rows without a version
 
     @property
     def cdc(self) -> bool:
@@ -139,16 +154,21 @@ class MergePlan:
     upserts: bool               # the target has a unique index on the key that ON CONFLICT can use
     seen: datetime | None       # a postgres source's new watermark, committed with the last merge
     batches: int = 0            # how many batches merge (replace_partition swaps with the last)
+    as_of: datetime | None = None   # scd2: the run's as-of time (see `_as_of`)
 
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
-        base_dir: Path | None = None, force: bool = False, dry_run: bool = False) -> RunReport:
+        base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
+        as_of: str | datetime | None = None) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
+
+    `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
+    partition's day end, else the run's start.
 
     With dry_run, stage and validate as usual, then predict the merge's counts by a read-only
     comparison with the target, which is neither created nor written.
     """
-    ctx = _context(spec, partition, db, base_dir, force, dry_run)
+    ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of)
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
     first: psycopg.Connection[Any] | None = connect(ctx.url)
@@ -174,17 +194,20 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
 
 
 def _context(spec: Spec | str | Path, partition: str | date | None, db: str | None, base_dir: Path | None,
-             force: bool, dry_run: bool) -> RunContext:
+             force: bool, dry_run: bool, as_of: str | datetime | None = None) -> RunContext:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
     if day is None and merge.replaces_partition(spec):
         raise UsageError(f"pipeline {spec.pipeline.name} replaces a partition: say which one with --partition DATE",
                          hint="e.g. pgstage run SPEC --partition 2024-01-15 (partition=\"2024-01-15\" in the library)")
+    when = parse_as_of(as_of)
+    if when is not None and spec.pipeline.strategy != "scd2":
+        raise UsageError(f"--as-of applies to strategy scd2; pipeline {spec.pipeline.name} is {spec.pipeline.strategy}")
     base = base_dir or (spec.path.parent if spec.path else Path.cwd())
     files = () if spec.source.kind == "postgres" else tuple(
         resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing))
     return RunContext(spec, resolve_url(db), day.isoformat() if day else None, files, force, dry_run,
-                      time.perf_counter())
+                      time.perf_counter(), when)
 
 
 def _mark_failed(ctx: RunContext, message: str) -> None:
@@ -369,8 +392,9 @@ def _predict(load: Load, validated: Validated) -> RunReport:
         beaten = load.duplicates
         merge.find_beaten(conn, spec, validated.batches, beaten)
     predicted: dict[str, Counts] = {}
+    as_of = _as_of(load)
     for checked in validated.batches:
-        m = merge.predict(conn, spec, load.types, checked, beaten, load.validation.target_exists)
+        m = merge.predict(conn, spec, load.types, checked, beaten, load.validation.target_exists, as_of)
         name = checked.staged.source.name
         predicted[name] = predicted.get(name, Counts()) + _merged(checked, m)
     w = load.validation.partition
@@ -378,8 +402,12 @@ def _predict(load: Load, validated: Validated) -> RunReport:
         name = validated.batches[-1].staged.source.name
         gone = merge.replace_partition.predict_deleted(conn, spec, w, load.validation.target_exists)
         predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
+    if as_of is not None and validated.pending:   # scd2: current keys the snapshot lacks
+        name = validated.batches[-1].staged.source.name
+        gone = merge.scd2.predict_missing(conn, spec, validated.batches, as_of, load.validation.target_exists)
+        predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
     merge_sql = (merge.build_merge(spec, load.types, validated.batches[0], run_id, beaten).as_string(conn)
-                 if validated.pending and w is None else None)
+                 if validated.pending and w is None and as_of is None else None)
     if beaten:
         _drop_tables(conn, [beaten])
     report = _report(load, "succeeded", {**validated.per_file, **predicted}, validated.ignored, by_rule)
@@ -397,6 +425,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
         target.ensure(conn, spec, load.types)
         if merge.replaces_partition(spec) and validated.pending:   # where its batches collect their rows
             merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
+        if spec.pipeline.strategy == "scd2" and merge.scd2.closes_missing(spec) and validated.pending:
+            merge.scd2.ensure_seen(conn, spec, load.run_id)   # the run's keys, for on_missing
     incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
     native = spec.pipeline.partition is not None and spec.pipeline.partition.native
     if not native and indexes.should_rebuild(conn, spec, incoming):
@@ -411,7 +441,21 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], postgres.CHANGED_AT)
             if load.run.cdc else None)
     return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen,
-                     len(validated.pending))
+                     len(validated.pending), _as_of(load))
+
+
+def _as_of(load: Load) -> datetime | None:
+    """scd2's as-of time: --as-of, else the partition's day end, else the run's start (the same on every resume)."""
+    ctx = load.run
+    if ctx.spec.pipeline.strategy != "scd2":
+        return None
+    if ctx.as_of is not None:
+        return ctx.as_of
+    if ctx.partition is not None:
+        part = ctx.spec.pipeline.partition
+        zone = ZoneInfo(part.timezone) if part else timezone.utc
+        return datetime.combine(date.fromisoformat(ctx.partition) + timedelta(days=1), day_time(), zone)
+    return ledger.started_at(load.conn, load.run_id)
 
 
 def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[str, int]:
@@ -441,12 +485,17 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     try:
         with session.transaction():
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
-                            upserts=plan.upserts)
+                            upserts=plan.upserts, as_of=plan.as_of)
             w = load.validation.partition
             if w is not None and turn == plan.batches - 1:
                 # Every earlier batch has committed its rows to the collector: swap them in with this checkpoint.
                 order.wait(turn)
                 m = replace(m, deleted=merge.replace_partition.swap(session, spec, w, checked, load.run_id))
+                faults.hit("merge.swap")
+            if plan.as_of is not None and merge.scd2.closes_missing(spec) and turn == plan.batches - 1:
+                order.wait(turn)   # every earlier batch's keys are in the seen table
+                m = replace(m, deleted=merge.scd2.close_missing(session, spec, load.types, checked, load.run_id,
+                                                                plan.as_of))
                 faults.hit("merge.swap")
             ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged")
             if last_of_file and load.run.cdc:
@@ -472,6 +521,8 @@ def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str
         _drop_tables(conn, [plan.beaten])
     if merge.replaces_partition(load.spec):
         _drop_tables(conn, [merge.replace_partition.collector(load.run_id)])
+    if load.spec.pipeline.strategy == "scd2":
+        _drop_tables(conn, [merge.scd2.seen_table(load.run_id)])
     indexes.rebuild(conn, load.spec)
     with conn.transaction():
         merge.resolve_rejects(conn, load.spec, load.types, load.run_id, load.validation.collation)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from pgstage.errors import SpecError
 
-Strategy = Literal["insert_only", "upsert", "upsert_if_newer", "replace_partition"]
+Strategy = Literal["insert_only", "upsert", "upsert_if_newer", "replace_partition", "scd2"]
 KEYLESS_STRATEGIES = ("replace_partition",)   # strategies whose key is optional
 Normalizer = Literal["trim", "lower", "upper"]
 
@@ -68,6 +68,8 @@ class PipelineSection(_Model):
         if self.surrogate_key is not None:
             if not self.key:
                 raise ValueError("surrogate_key needs the business key it stands for (key = [...])")
+            if self.strategy == "scd2":
+                raise ValueError("scd2 rows have their own id, _scd_id (one per version): remove surrogate_key")
             if self.partition is not None and self.partition.native:
                 raise ValueError("surrogate_key cannot be the primary key of a natively partitioned target"
                                  " (PostgreSQL requires the partition column in it); drop one of the two")
@@ -228,6 +230,13 @@ class ColumnSpec(_Model):
         return "bigint" if self.type == MONEY_CENTS else self.type
 
 
+class Scd2Section(_Model):
+    """`[scd2]`: how a history of versions treats keys a full snapshot lacks, and which columns open a version."""
+
+    on_missing: Literal["ignore", "close", "new_record"] = "ignore"
+    track: tuple[str, ...] | None = Field(default=None, min_length=1)
+
+
 class LoadSection(_Model):
     batch_rows: int = Field(default=1_000_000, gt=0)
     max_reject_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -284,6 +293,7 @@ class Spec(_Model):
     checks: dict[str, str] = Field(default_factory=dict)
     references: dict[str, CompositeReference] = Field(default_factory=dict)
     load: LoadSection = LoadSection()
+    scd2: Scd2Section = Scd2Section()
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -294,6 +304,11 @@ class Spec(_Model):
         raw = self.load.raw_column
         if raw is not None and (raw in self.columns or raw in ("_loaded_at", "_updated_at", "_run_id")):
             raise ValueError(f"load.raw_column {raw!r} is already a column")
+        if "scd2" in self.model_fields_set and self.pipeline.strategy != "scd2":
+            raise ValueError("[scd2] applies to strategy = \"scd2\" only (remove the section)")
+        bad_track = [c for c in self.scd2.track or () if c not in self.columns or c in self.pipeline.key]
+        if bad_track:
+            raise ValueError(f"scd2.track lists {bad_track}: tracked columns are columns outside the key")
         surrogate = self.pipeline.surrogate_key
         if surrogate is not None and (surrogate.column in self.columns or surrogate.column == raw):
             raise ValueError(f"surrogate_key.column {surrogate.column!r} is already a column; name it apart")
@@ -364,6 +379,7 @@ _FIELDS_BY_MODEL: dict[str, type[BaseModel]] = {
     "pipeline": PipelineSection,
     "source": SourceSection,
     "load": LoadSection,
+    "scd2": Scd2Section,
 }
 
 

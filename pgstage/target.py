@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
-from pgstage.pipeline.merge import surrogate
+from pgstage.pipeline.merge import scd2, surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -112,7 +112,10 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     for name, kind_name in audit_columns(spec, found).items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
-    if not problems and spec.pipeline.key and not _key_index(conn, spec):
+    if spec.pipeline.strategy == "scd2":   # many versions per key: the key is unique among current rows only
+        problems += [f"scd2 column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
+                     for name, kind in scd2.columns(spec).items() if found.get(name) != kind]
+    elif not problems and spec.pipeline.key and not _key_index(conn, spec):
         problems.append(f"no primary key or unique index on the key ({', '.join(unique_key(spec))})")
     if problems:
         raise TargetMismatch(f"target {spec.pipeline.target} does not match the spec: " + "; ".join(problems),
@@ -141,7 +144,7 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     schema, _ = spec.target
     execute(conn, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)), label="target: schema")
     keys = set(spec.pipeline.key)
-    columns = [sql.SQL("{} {}{}").format(sql.Identifier(n), t.cast, sql.SQL(" NOT NULL") if n in keys else sql.SQL(""))
+    columns: list[sql.Composable] = [sql.SQL("{} {}{}").format(sql.Identifier(n), t.cast, sql.SQL(" NOT NULL") if n in keys else sql.SQL(""))
                for n, t in types.items()]
     if spec.load.raw_column:
         columns.append(sql.SQL("{} jsonb").format(sql.Identifier(spec.load.raw_column)))
@@ -151,7 +154,11 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     sk = surrogate.ddl(spec)
     if sk is not None:   # the surrogate is the primary key; the business key stays unique
         columns.insert(0, sk)
-    if spec.pipeline.key:   # replace_partition may go without one
+    history = spec.pipeline.strategy == "scd2"
+    if history:
+        columns += scd2.ddl(spec)
+        execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS btree_gist"), label="target: btree_gist")
+    elif spec.pipeline.key:   # replace_partition may go without one
         columns.append(sql.SQL("{} ({})").format(sql.SQL("UNIQUE" if sk is not None else "PRIMARY KEY"),
                                                  sql.SQL(", ").join(sql.Identifier(k) for k in unique_key(spec))))
     part = spec.pipeline.partition
@@ -159,3 +166,5 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
               else sql.SQL(""))
     execute(conn, sql.SQL("CREATE TABLE {} ({}){}").format(target, sql.SQL(", ").join(columns), native),
             label="target: create")
+    if history:
+        execute(conn, scd2.build_current_index(spec), label="target: one current row per key")

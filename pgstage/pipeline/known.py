@@ -42,8 +42,9 @@ def eligible(spec: Spec) -> bool:
     """Whether the verdict on a record depends on nothing but its bytes and the spec."""
     looks_beyond = (spec.references or spec.checks
                     or any(c.references or c.unique for c in spec.columns.values()))
-    # replace_partition rewrites every row of its partition: it needs each record's values, known or not.
-    rewrites = spec.pipeline.strategy == "replace_partition"
+    # replace_partition rewrites every row of its partition, scd2 compares with the current version, not
+    # with the row the record once produced: both need each record's values, known or not.
+    rewrites = spec.pipeline.strategy in ("replace_partition", "scd2")
     return not looks_beyond and not rewrites and spec.source.kind in ("csv", "jsonl", "parquet")
 
 

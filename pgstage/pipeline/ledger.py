@@ -221,14 +221,22 @@ def orphan_tables(conn: psycopg.Connection[Any], run_id: int | None = None) -> l
 
 
 def finished_duplicate_tables(conn: psycopg.Connection[Any]) -> list[str]:
-    """Cross-batch duplicate tables (`_dup_<run>`) and replace_partition collectors (`_rp_<run>`) of runs that
-    will never be resumed."""
+    """Cross-batch duplicate tables (`_dup_<run>`), replace_partition collectors (`_rp_<run>`) and scd2 seen keys
+    (`_seen_<run>`) of runs that will never be resumed."""
     rows = execute(conn, sql.SQL(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'pgstage' AND c.relkind = 'r' AND c.relname ~ '^_(dup|rp)_[0-9]+$'"
+        " WHERE n.nspname = 'pgstage' AND c.relkind = 'r' AND c.relname ~ '^_(dup|rp|seen)_[0-9]+$'"
         " AND NOT EXISTS (SELECT 1 FROM pgstage.runs r WHERE r.run_id = split_part(c.relname, '_', 3)::bigint"
         "   AND r.status IN ('running', 'failed'))"), label="ledger: finished duplicates").fetchall()
     return [r[0] for r in rows]
+
+
+def started_at(conn: psycopg.Connection[Any], run_id: int) -> datetime:
+    """When the run started: a resumed run keeps it (scd2's default as-of time)."""
+    row = execute(conn, sql.SQL("SELECT started_at FROM pgstage.runs WHERE run_id = %s"), (run_id,),
+                  label="ledger: started").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
 def table_exists(conn: psycopg.Connection[Any], table: str) -> bool:

@@ -2,18 +2,21 @@
 
 - `keyed`: insert_only, upsert, upsert_if_newer — dedup on the key, classify against the
   target (insert / update / unchanged / stale), write only what changes;
-- `replace_partition`: collect the run's rows, then swap its partition in one transaction.
+- `replace_partition`: collect the run's rows, then swap its partition in one transaction;
+- `scd2`: a history of versions per key;
+- `surrogate`: the surrogate key column (uuid or hash) any keyed strategy may add.
 
 `merge()` and `predict()` pick the strategy's module, so the run's phases do not branch on it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from pgstage.pipeline.merge import replace_partition
+from pgstage.pipeline.merge import replace_partition, scd2
 from pgstage.pipeline.merge.keyed import (MIN_WRITE_SHARE, WRITE_SAMPLE, MergeCounts, batches_overlap, build_beaten,
                                           build_has_duplicates, build_insert, build_merge, build_overlap,
                                           build_prediction, build_resolve, build_upsert, build_write_sample,
@@ -26,7 +29,7 @@ from pgstage.spec import Spec
 
 __all__ = ["MIN_WRITE_SHARE", "WRITE_SAMPLE", "MergeCounts", "batches_overlap", "build_beaten", "build_has_duplicates",
            "build_insert", "build_merge", "build_overlap", "build_prediction", "build_resolve", "build_upsert",
-           "build_write_sample", "find_beaten", "merge", "predict", "replace_partition", "replaces_partition",
+           "build_write_sample", "find_beaten", "merge", "predict", "replace_partition", "replaces_partition", "scd2",
            "resolve_rejects", "soft_deletes", "target_columns", "target_is_empty"]
 
 
@@ -35,18 +38,28 @@ def replaces_partition(spec: Spec) -> bool:
 
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
-          run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False) -> MergeCounts:
-    """Merge one batch inside the caller's transaction by the spec's strategy (see each module)."""
+          run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False,
+          as_of: datetime | None = None) -> MergeCounts:
+    """Merge one batch inside the caller's transaction by the spec's strategy (see each module).
+
+    `as_of`: scd2's valid_from for rows without a version (the run decides it once).
+    """
     if replaces_partition(spec):
         return replace_partition.collect(conn, spec, types, checked, run_id, beaten)
+    if spec.pipeline.strategy == "scd2":
+        assert as_of is not None, "scd2 needs the run's as-of time"
+        return scd2.merge(conn, spec, types, checked, run_id, beaten, as_of)
     return _keyed.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts)
 
 
 def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
-            beaten: str | None, target_exists: bool) -> MergeCounts:
+            beaten: str | None, target_exists: bool, as_of: datetime | None = None) -> MergeCounts:
     """What `merge` would count for the batch, computed read-only (the dry run)."""
     if replaces_partition(spec):
         return replace_partition.predict(conn, spec, types, checked, beaten)
+    if spec.pipeline.strategy == "scd2":
+        assert as_of is not None, "scd2 needs the run's as-of time"
+        return scd2.predict(conn, spec, types, checked, beaten, as_of, target_exists)
     return _keyed.predict(conn, spec, types, checked, beaten, target_exists)
 
 

@@ -34,13 +34,15 @@ def _canonical(value: sql.Composable, kind: ColumnType) -> sql.Composable:
     return sql.SQL("(to_json({}) #>> '{{}}')").format(value)
 
 
+def hash_of(values: list[tuple[sql.Composable, ColumnType]]) -> sql.Composed:
+    """md5 of the length-prefixed canonical texts of typed values, as a uuid (also scd2's `_scd_id`)."""
+    parts = [sql.SQL("length({t}) || ':' || {t}").format(t=_canonical(value, kind)) for value, kind in values]
+    return sql.SQL("md5({})::uuid").format(sql.SQL(" || ").join(parts))
+
+
 def build_hash(spec: Spec, types: dict[str, ColumnType], alias: str) -> sql.Composed:
     """The hash id of the row `alias`'s business key: md5 of the length-prefixed canonical values, as a uuid."""
-    parts = []
-    for key in spec.pipeline.key:
-        text = _canonical(sql.Identifier(alias, key), types[key])
-        parts.append(sql.SQL("length({t}) || ':' || {t}").format(t=text))
-    return sql.SQL("md5({})::uuid").format(sql.SQL(" || ").join(parts))
+    return hash_of([(sql.Identifier(alias, key), types[key]) for key in spec.pipeline.key])
 
 
 def ddl(spec: Spec) -> sql.Composed | None:
