@@ -155,6 +155,7 @@ class MergePlan:
     seen: datetime | None       # a postgres source's new watermark, committed with the last merge
     batches: int = 0            # how many batches merge (replace_partition swaps with the last)
     as_of: datetime | None = None   # scd2: the run's as-of time (see `_as_of`)
+    replaced: frozenset[str] = frozenset()   # append: files whose earlier rows this run replaces
 
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
@@ -402,12 +403,17 @@ def _predict(load: Load, validated: Validated) -> RunReport:
         name = validated.batches[-1].staged.source.name
         gone = merge.replace_partition.predict_deleted(conn, spec, w, load.validation.target_exists)
         predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
+    if spec.pipeline.strategy == "append":   # a file with rows in the target would have them replaced
+        for name in {c.staged.source.name for c in validated.batches}:
+            gone = merge.append.predict_deleted(conn, spec, name, load.validation.target_exists)
+            predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
     if as_of is not None and validated.pending:   # scd2: current keys the snapshot lacks
         name = validated.batches[-1].staged.source.name
         gone = merge.scd2.predict_missing(conn, spec, validated.batches, as_of, load.validation.target_exists)
         predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
     merge_sql = (merge.build_merge(spec, load.types, validated.batches[0], run_id, beaten).as_string(conn)
-                 if validated.pending and w is None and as_of is None else None)
+                 if validated.pending and spec.pipeline.strategy in ("insert_only", "upsert", "upsert_if_newer")
+                 else None)
     if beaten:
         _drop_tables(conn, [beaten])
     report = _report(load, "succeeded", {**validated.per_file, **predicted}, validated.ignored, by_rule)
@@ -427,6 +433,11 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
             merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
         if spec.pipeline.strategy == "scd2" and merge.scd2.closes_missing(spec) and validated.pending:
             merge.scd2.ensure_seen(conn, spec, load.run_id)   # the run's keys, for on_missing
+        replaced = frozenset(merge.append.replaced_files(conn, spec, sorted({c.staged.source.name for c in
+                                                                             validated.batches}), load.run_id)
+                             if spec.pipeline.strategy == "append" and validated.pending else ())
+        if replaced:   # those files' batches are collected, then swapped with each file's last batch
+            merge.append.ensure_collector(conn, spec, validated.batches[0], load.run_id)
     incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
     native = spec.pipeline.partition is not None and spec.pipeline.partition.native
     if not native and indexes.should_rebuild(conn, spec, incoming):
@@ -441,7 +452,7 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], postgres.CHANGED_AT)
             if load.run.cdc else None)
     return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen,
-                     len(validated.pending), _as_of(load))
+                     len(validated.pending), _as_of(load), replaced)
 
 
 def _as_of(load: Load) -> datetime | None:
@@ -485,7 +496,12 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     try:
         with session.transaction():
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
-                            upserts=plan.upserts, as_of=plan.as_of)
+                            upserts=plan.upserts, as_of=plan.as_of,
+                            replacing=checked.staged.source.name in plan.replaced)
+            if last_of_file and checked.staged.source.name in plan.replaced:
+                order.wait(turn)   # the file's earlier batches are collected: replace its rows in one go
+                m = replace(m, deleted=merge.append.swap_file(session, spec, checked, load.run_id))
+                faults.hit("merge.swap")
             w = load.validation.partition
             if w is not None and turn == plan.batches - 1:
                 # Every earlier batch has committed its rows to the collector: swap them in with this checkpoint.
@@ -519,7 +535,7 @@ def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str
     conn = load.conn
     if plan.beaten:
         _drop_tables(conn, [plan.beaten])
-    if merge.replaces_partition(load.spec):
+    if merge.replaces_partition(load.spec) or plan.replaced:
         _drop_tables(conn, [merge.replace_partition.collector(load.run_id)])
     if load.spec.pipeline.strategy == "scd2":
         _drop_tables(conn, [merge.scd2.seen_table(load.run_id)])

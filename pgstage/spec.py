@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from pgstage.errors import SpecError
 
-Strategy = Literal["insert_only", "upsert", "upsert_if_newer", "replace_partition", "scd2"]
-KEYLESS_STRATEGIES = ("replace_partition",)   # strategies whose key is optional
+Strategy = Literal["insert_only", "upsert", "upsert_if_newer", "replace_partition", "scd2", "append"]
+KEYLESS_STRATEGIES = ("replace_partition", "append")   # strategies whose key is optional (append: none)
 Normalizer = Literal["trim", "lower", "upper"]
 
 MONEY_CENTS = "money_cents"
@@ -60,6 +60,9 @@ class PipelineSection(_Model):
         if not self.key and self.strategy not in KEYLESS_STRATEGIES:
             raise ValueError(f"key is missing: strategy {self.strategy} needs the business key"
                              " (e.g. key = [\"id\"])")
+        if self.strategy == "append" and (self.key or self.surrogate_key or self.version):
+            raise ValueError("append takes no key, surrogate_key or version: every record is a row, identified by"
+                             " _source_file and _record")
         if self.strategy == "replace_partition" and self.partition is None:
             raise ValueError("replace_partition needs partition = { column = \"...\", grain = \"day\" }:"
                              " the column whose day (or month) a run replaces")

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
-from pgstage.pipeline.merge import scd2, surrogate
+from pgstage.pipeline.merge import append, scd2, surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -115,6 +115,9 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     if spec.pipeline.strategy == "scd2":   # many versions per key: the key is unique among current rows only
         problems += [f"scd2 column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
                      for name, kind in scd2.columns(spec).items() if found.get(name) != kind]
+    elif spec.pipeline.strategy == "append":
+        problems += [f"append column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
+                     for name, kind in append.COLUMNS.items() if found.get(name) != kind]
     elif not problems and spec.pipeline.key and not _key_index(conn, spec):
         problems.append(f"no primary key or unique index on the key ({', '.join(unique_key(spec))})")
     if problems:
@@ -158,6 +161,8 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     if history:
         columns += scd2.ddl(spec)
         execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS btree_gist"), label="target: btree_gist")
+    elif spec.pipeline.strategy == "append":
+        columns += append.ddl(spec)
     elif spec.pipeline.key:   # replace_partition may go without one
         columns.append(sql.SQL("{} ({})").format(sql.SQL("UNIQUE" if sk is not None else "PRIMARY KEY"),
                                                  sql.SQL(", ").join(sql.Identifier(k) for k in unique_key(spec))))

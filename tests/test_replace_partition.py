@@ -212,3 +212,14 @@ def test_dry_run_forecasts_the_swap(tmp_path: Path, db_url: str, sql) -> None:
     real = pgstage.run(spec, db=db_url, partition="2024-01-15")
     assert real.counts == forecast.counts
     assert sql("SELECT id, amount FROM app.events ORDER BY id") == [(4, 8), (4, 8), (4, 8)]
+
+
+def test_keyless_run_of_several_batches_keeps_every_record(tmp_path: Path, db_url: str, sql) -> None:
+    """Without a key nothing is a duplicate, across batches too (no cross-batch dedup runs)."""
+    spec = write_spec(tmp_path, keyed=False, batch=2)
+    records = [("1", "2024-01-15 10:00:00+01", "5")] * 3 + [("2", "2024-01-15 11:00:00+01", "6")] * 2
+    write_day(tmp_path, "2024-01-15", records)
+    report = pgstage.run(spec, db=db_url, partition="2024-01-15")
+    assert_identity(report)
+    assert (report.counts.read, report.counts.duplicate, report.counts.inserted) == (5, 0, 5)
+    assert sql("SELECT id, amount FROM app.events ORDER BY id") == [(1, 5)] * 3 + [(2, 6)] * 2

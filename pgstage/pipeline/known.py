@@ -44,7 +44,7 @@ def eligible(spec: Spec) -> bool:
                     or any(c.references or c.unique for c in spec.columns.values()))
     # replace_partition rewrites every row of its partition, scd2 compares with the current version, not
     # with the row the record once produced: both need each record's values, known or not.
-    rewrites = spec.pipeline.strategy in ("replace_partition", "scd2")
+    rewrites = spec.pipeline.strategy in ("replace_partition", "scd2", "append")
     return not looks_beyond and not rewrites and spec.source.kind in ("csv", "jsonl", "parquet")
 
 

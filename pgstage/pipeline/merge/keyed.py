@@ -181,7 +181,9 @@ def build_overlap(spec: Spec, types: dict[str, ColumnType], checked: list[Checke
 
 def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType],
                     checked: list[Checked]) -> bool:
-    """True unless the batches provably share no key (then `find_beaten` is not needed)."""
+    """True unless the batches provably share no key (then `find_beaten` is not needed); False without a key."""
+    if not spec.pipeline.key:   # keyless strategies keep every valid record
+        return False
     query = build_overlap(spec, types, checked)
     if query is None:
         return True
@@ -190,10 +192,11 @@ def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, 
 
 
 def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None, *,
-                  dedup: bool = True) -> sql.Composed:
+                  dedup: bool = True, record: bool = False) -> sql.Composed:
     """SELECT the batch's valid rows as target columns, one per key (the winner) unless `dedup` is False.
 
     `dedup=False` is for a batch known to hold each key once: it skips the DISTINCT ON sort.
+    `record`: also `_record`, the record number in its file (append).
     """
     mode = soft_deletes(spec)
     names = [*target_columns(spec), *(["_deleted_at"] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
@@ -201,6 +204,8 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     hashed_id = surrogate.computed(spec)
     if hashed_id:
         outputs.append(sql.SQL("{} AS {}").format(surrogate.build_hash(spec, types, "b"), sql.Identifier(hashed_id)))
+    if record:
+        outputs.append(sql.SQL("b._rec AS _record"))
     cols = sql.SQL(", ").join(outputs)
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
