@@ -50,6 +50,7 @@ max_retries = 0
 
 KEYS = [("a", "bc"), ("ab", "c"), ("x", "1"), ("x", "2"), ("y", ",")]   # ("a","bc") and ("ab","c") concatenate alike
 Key = tuple[str, str]
+Snapshot = tuple[Key, str | None, str | None]   # one record: key, email, note
 
 
 @dataclass
@@ -242,11 +243,11 @@ def test_kill_anywhere_then_resume(tmp_path: Path, db_url: str, sql, on_missing:
         folder.mkdir()
         (folder / "spec.toml").write_text(textwrap.dedent(SPEC.format(on_missing=on_missing, batch=5)))
         model = Model(on_missing)
-        first = [(k, rng.choice(["p", "q"]), None) for k in rng.sample(keys, 15)]
+        first: list[Snapshot] = [(k, rng.choice(["p", "q"]), None) for k in rng.sample(keys, 15)]
         write_snapshot(folder, first)
         model.load(first, as_of(1))
         pgstage.run(folder / "spec.toml", db=db_url, partition="2024-01-01")
-        second = [(rng.choice(keys), rng.choice(["p", "q", None]), "n") for _ in range(20)]   # 4 batches of 5
+        second: list[Snapshot] = [(rng.choice(keys), rng.choice(["p", "q", None]), "n") for _ in range(20)]   # 4 batches of 5
         write_snapshot(folder, second)
         expected = model.load(second, as_of(2))
         code = child_run(folder / "spec.toml", db_url, "2024-01-02", f"{point}:{n}")

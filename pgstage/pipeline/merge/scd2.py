@@ -118,17 +118,20 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in track)) if track else sql.SQL("true"))
     if marks_deletions(spec):   # a deletion version differs from any row that brings the key back
         same = sql.SQL("NOT t._is_deleted AND {}").format(same)
+    # The current version by the partial unique index (one join); only a key without one looks
+    # for its last close, so a snapshot of known keys pays no per-row probe.
     return sql.SQL(
-        "SELECT v.*, CASE WHEN t._is_current THEN t._scd_id END AS _cur, CASE"
-        " WHEN t._scd_id IS NULL THEN 'i'"
-        " WHEN NOT t._is_current THEN CASE WHEN v._vf < t._valid_to THEN 's' ELSE 'i' END"
+        "SELECT v.*, t._scd_id AS _cur, CASE"
+        " WHEN t._scd_id IS NULL THEN CASE WHEN v._vf < z._closed THEN 's' ELSE 'i' END"
         " WHEN v._vf < t._valid_from THEN 's'"
         " WHEN {same} THEN 'u'"
         " WHEN v._vf = t._valid_from THEN 's'"
         " ELSE 'w' END AS _act"
-        " FROM ({src}) v LEFT JOIN LATERAL (SELECT * FROM {target} x WHERE {match}"
-        " ORDER BY x._valid_from DESC LIMIT 1) t ON true"
-    ).format(same=same, src=src, target=sql.Identifier(*spec.target), match=_key_match(spec, "x", "v"))
+        " FROM ({src}) v LEFT JOIN {target} t ON {current} AND t._is_current"
+        " LEFT JOIN LATERAL (SELECT max(x._valid_to) AS _closed FROM {target} x WHERE t._scd_id IS NULL AND {match})"
+        " z ON true"
+    ).format(same=same, src=src, target=sql.Identifier(*spec.target), match=_key_match(spec, "x", "v"),
+             current=_key_match(spec, "t", "v"))
 
 
 _CLS = sql.Identifier("_pgstage_scd")
@@ -150,6 +153,9 @@ def build_steps(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
     steps = [
         ("merge: scd2 classify", sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(
             _CLS, _classify(spec, types, checked, beaten, as_of))),
+        # A fresh temporary table has no statistics: without them the planner may scan the
+        # whole target once per changed row in the two statements below.
+        ("merge: scd2 analyze", sql.SQL("ANALYZE {}").format(_CLS)),
         ("merge: scd2 close", sql.SQL(
             "UPDATE {} t SET _valid_to = c._vf, _is_current = false, _updated_at = now(), _run_id = {}"
             " FROM {} c WHERE c._act = 'w' AND t._scd_id = c._cur AND t._is_current").format(target, run, _CLS)),
