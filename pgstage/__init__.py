@@ -5,6 +5,7 @@ The public API is what this module exports; everything else may change.
 
 from pgstage.errors import (
     DatabaseError,
+    ExitStatus,
     HeaderMismatch,
     MissingDependency,
     PgstageError,
@@ -13,6 +14,7 @@ from pgstage.errors import (
     SourceError,
     SpecError,
     TargetMismatch,
+    UntrustedIndexDefinition,
     UsageError,
 )
 from pgstage.report import Counts, FileReport, RunReport
@@ -20,7 +22,7 @@ from pgstage.run import run
 from pgstage.spec import Spec, load_spec, parse_spec
 
 __all__ = [
-    "Counts", "DatabaseError", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
-    "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UsageError",
+    "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
+    "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "load_spec", "parse_spec", "run",
 ]

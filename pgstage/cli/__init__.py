@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pgstage.cli._errors import ExitMapping
 from pgstage.cli import db as db_commands
 from pgstage.cli import demo as demo_commands
 from pgstage.cli import init as init_commands
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals hold connection URLs
     no_args_is_help=True,
     add_completion=False,
+    cls=ExitMapping,   # every command's errors become exit statuses in one place
 )
 app.command("run")(run_commands.run_command)
 app.command("repair")(run_commands.repair_command)

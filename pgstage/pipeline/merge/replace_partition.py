@@ -22,6 +22,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import DatabaseError
+from pgstage.names import COLLECTOR_PREFIX
 from pgstage.pipeline import partition
 from pgstage.pipeline.merge.keyed import MergeCounts, _deduplicated, _written_columns, build_has_duplicates
 from pgstage.pipeline.stage import LEDGER_SCHEMA
@@ -32,7 +33,7 @@ from pgstage.spec import Spec
 
 def collector(run_id: int) -> str:
     """The run's collector table in the ledger schema (kept until the run succeeds, like `_dup_<run>`)."""
-    return f"_rp_{run_id}"
+    return f"{COLLECTOR_PREFIX}_{run_id}"
 
 
 def build_collector(spec: Spec, checked: Checked, run_id: int) -> sql.Composed:

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import DatabaseError, TransientDatabaseError
+from pgstage.names import SEEN_PREFIX
 from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.merge.keyed import MergeCounts, _deduplicated, _written_columns
 from pgstage.pipeline.stage import LEDGER_SCHEMA
@@ -89,7 +90,7 @@ def build_current_index(spec: Spec) -> sql.Composed:
 
 def seen_table(run_id: int) -> str:
     """The run's keys, for on_missing (kept until the run succeeds, like `_dup_<run>`)."""
-    return f"_seen_{run_id}"
+    return f"{SEEN_PREFIX}_{run_id}"
 
 
 def _key_match(spec: Spec, a: str, b: str) -> sql.Composable:
