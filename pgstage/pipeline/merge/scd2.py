@@ -108,8 +108,10 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
               as_of: datetime, target_exists: bool = True) -> sql.Composed:
     """`SELECT` each of the batch's rows with `_vf` (its valid_from), `_cur` (the version it closes) and `_act`."""
     version = spec.pipeline.version
-    vf = (sql.SQL("coalesce(s.{}::timestamptz, {})").format(sql.Identifier(version), sql.Literal(as_of))
-          if version else sql.Literal(as_of))
+    vf: sql.Composable = sql.Literal(as_of)
+    if version:   # a date or timestamp version is read in UTC, whatever the session's TimeZone
+        utc = sql.SQL("") if types[version].name == TIMESTAMPTZ else sql.SQL("::timestamp AT TIME ZONE 'UTC'")
+        vf = sql.SQL("coalesce(s.{}{}, {})").format(sql.Identifier(version), utc, sql.Literal(as_of))
     src = sql.SQL("SELECT s.*, {} AS _vf FROM ({}) s").format(vf, _deduplicated(spec, types, checked, beaten))
     if not target_exists:
         return sql.SQL("SELECT v.*, NULL::uuid AS _cur, 'i' AS _act FROM ({}) v").format(src)
