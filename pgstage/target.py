@@ -77,6 +77,17 @@ def _key_index(conn: psycopg.Connection[Any], spec: Spec, *, for_upsert: bool = 
     return bool(row and row[0])
 
 
+def _partitioned_by(conn: psycopg.Connection[Any], spec: Spec, column: str) -> bool:
+    """Whether the target is declaratively partitioned by range on exactly `column`."""
+    schema, table = spec.target
+    row = execute(conn, sql.SQL(
+        "SELECT p.partstrat = 'r' AND p.partnatts = 1 AND a.attname = %s FROM pg_partitioned_table p"
+        " JOIN pg_class c ON c.oid = p.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0]"
+        " WHERE n.nspname = %s AND c.relname = %s"), (column, schema, table), label="target: partitioned?").fetchone()
+    return bool(row and row[0])
+
+
 def unique_key(spec: Spec) -> tuple[str, ...]:
     """The columns of the target's primary key: the key, plus the partition column of a native partitioned
     target (PostgreSQL's unique indexes on a partitioned table must contain the partition column)."""
@@ -102,6 +113,9 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             problems.append(f"column {name!r} is missing (spec type {kind.name})")
         elif found[name] != kind.name:
             problems.append(f"column {name!r}: spec says {kind.name}, table has {found[name]}")
+    part = spec.pipeline.partition
+    if part is not None and part.native and not _partitioned_by(conn, spec, part.column):
+        problems.append(f"partition.native is set but the table is not PARTITION BY RANGE ({part.column})")
     sk = surrogate.column(spec)
     if sk and found.get(sk) != "uuid":
         problems.append(f"surrogate key column {sk!r} is " + (f"{found[sk]}, expected uuid" if sk in found else "missing"))

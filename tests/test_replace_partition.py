@@ -223,3 +223,16 @@ def test_keyless_run_of_several_batches_keeps_every_record(tmp_path: Path, db_ur
     assert_identity(report)
     assert (report.counts.read, report.counts.duplicate, report.counts.inserted) == (5, 0, 5)
     assert sql("SELECT id, amount FROM app.events ORDER BY id") == [(1, 5)] * 3 + [(2, 6)] * 2
+
+
+def test_native_spec_on_a_plain_table_is_explained(tmp_path: Path, db_url: str, sql) -> None:
+    """A target pgstage created without native partitions is not swapped into: the mismatch is named (exit 2)."""
+    spec = write_spec(tmp_path)
+    write_day(tmp_path, "2024-01-15", [("1", "2024-01-15 10:00:00+01", "5")])
+    pgstage.run(spec, db=db_url, partition="2024-01-15")
+    native = write_spec(tmp_path, native=True)
+    with pytest.raises(pgstage.PgstageError) as raised:
+        pgstage.run(native, db=db_url, partition="2024-01-15")
+    assert raised.value.exit_code == 2
+    assert "partition.native is set but the table is not PARTITION BY RANGE (at)" in str(raised.value)
+    assert sql("SELECT id, amount FROM app.events") == [(1, 5)]
