@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import data, scenarios, server
+from benchmarks import data, scenarios, server, strategies
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-BASELINES = ("naive", "bare_sql", "bare_sql_incremental")
+BASELINES = ("naive", "bare_sql", "bare_sql_incremental", *strategies.BASELINES)
+SCENARIOS = (*scenarios.SCENARIOS, *strategies.SCENARIOS)
 # scenario -> [(measurement it is compared with, how the table names it)]
 RATIOS: dict[str, list[tuple[str, str]]] = {
     "initial": [("naive", "naive"), ("bare_sql", "bare_sql")],
@@ -29,13 +30,14 @@ RATIOS: dict[str, list[tuple[str, str]]] = {
     "forced_noop": [("initial", "pgstage initial")],
     "dirty": [("initial", "pgstage initial")],
     "dry_run": [("initial", "pgstage initial")],
+    **strategies.RATIOS,
 }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the clean file (default 2,000,000)")
-    parser.add_argument("--scenario", action="append", choices=scenarios.SCENARIOS,
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS,
                         help="run only this scenario (repeatable; default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians (default 3)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"raw results (default {DEFAULT_JSON})")
@@ -53,7 +55,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per measurement (and one more per extra baseline): medians, throughput, peak RSS, ratios."""
     median = {name: statistics.median(r["seconds"] for r in runs) for name, runs in raw.items()}
     out = []
-    for name in (*BASELINES, *scenarios.SCENARIOS):
+    for name in (*BASELINES, *SCENARIOS):
         if name not in raw:
             continue
         runs = raw[name]
@@ -85,9 +87,9 @@ def table(summary: list[dict[str, Any]]) -> str:
 
 
 def counts_table(raw: dict[str, list[dict[str, Any]]]) -> str:
-    keys = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale")
+    keys = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale", "deleted")
     lines = [f"{'pgstage counts (last round)':<28}" + "".join(f"{k:>11}" for k in keys) + "  status"]
-    for name in scenarios.SCENARIOS:
+    for name in SCENARIOS:
         if name in raw:
             r = raw[name][-1]
             lines.append(f"{name:<28}" + "".join(f"{r['counts'][k]:>11,}" for k in keys) + f"  {r['status']}")
@@ -98,10 +100,10 @@ def counts_table(raw: dict[str, list[dict[str, Any]]]) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    selected = set(args.scenario or scenarios.SCENARIOS)
+    selected = set(args.scenario or SCENARIOS)
     started = time.perf_counter()
     t = time.perf_counter()
-    variants = ["clean"] + (["incremental"] if "incremental" in selected else []) + (["dirty"] if "dirty" in selected else [])
+    variants = (["clean"] if selected & set(scenarios.SCENARIOS) else []) + (["incremental"] if "incremental" in selected else []) + (["dirty"] if "dirty" in selected else [])
     files = {v: data.dataset(v, args.rows) for v in variants}
     print(f"data ready in {time.perf_counter() - t:.1f}s: " + ", ".join(
         f"{v} {d.rows:,} rows {d.size_bytes / 2**20:.0f} MB" for v, d in files.items()), file=sys.stderr)
@@ -112,7 +114,7 @@ def main(argv: list[str]) -> int:
               f"load {facts['load_avg_1m']}, {facts['platform']}, Python {facts['python']}")
         print(f"PostgreSQL {facts['postgresql']} ({'--db' if args.db else 'embedded, initdb defaults'}): "
               + ", ".join(f"{k}={v}" for k, v in facts["settings"].items()))
-        print(f"rows: {args.rows:,}, repeat: {args.repeat}, scenarios: {', '.join(s for s in scenarios.SCENARIOS if s in selected)}",
+        print(f"rows: {args.rows:,}, repeat: {args.repeat}, scenarios: {', '.join(s for s in SCENARIOS if s in selected)}",
               flush=True)
         with tempfile.TemporaryDirectory(prefix="pgstage-bench-specs-") as work:
             bench = scenarios.Bench(url, Path(work), args.rows, trace=args.trace, baselines=args.baselines)
@@ -121,6 +123,7 @@ def main(argv: list[str]) -> int:
                 for rep in range(args.repeat):
                     print(f"round {rep + 1}/{args.repeat} (pgstage source {code[-1]})", file=sys.stderr, flush=True)
                     scenarios.run_repeat(bench, selected, rep)
+                    strategies.run_repeat(bench, selected, rep)
                     code.append(server.code_fingerprint())
                     if code[-1] != code[-2]:
                         bench.warnings.append(f"the pgstage source changed during round {rep + 1} "

@@ -20,7 +20,8 @@ def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
     import pgstage
 
     started = time.perf_counter()
-    report = pgstage.run(job["spec"], db=job["db"], force=job.get("force", False), dry_run=job.get("dry_run", False))
+    report = pgstage.run(job["spec"], db=job["db"], force=job.get("force", False), dry_run=job.get("dry_run", False),
+                         partition=job.get("partition"), as_of=job.get("as_of"))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "status": report.status, "counts": report.counts.as_dict(),
             "duration_s": report.duration_s, "rejects_by_rule": dict(report.rejects_by_rule),
@@ -30,9 +31,10 @@ def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
 def _baseline(job: dict[str, Any]) -> dict[str, Any]:
     import psycopg
 
-    from benchmarks import baselines
+    from benchmarks import baselines, strategies
 
-    load = {"naive": baselines.load_naive, "bare_sql": baselines.load_bare_sql}[job["kind"]]
+    load = {"naive": baselines.load_naive, "bare_sql": baselines.load_bare_sql,
+            "bare_replace_day": strategies.load_replace_day, "bare_scd2": strategies.load_scd2}[job["kind"]]
     started = time.perf_counter()
     with psycopg.connect(job["db"], autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")

@@ -29,6 +29,8 @@ KNOWN = "_known"              # in a checked table: the record is known unchange
 STAGED_PREFIX = "_stg"
 CHECKED_PREFIX = "_chk"
 DUPLICATES_PREFIX = "_dup"
+COLLECTOR_PREFIX = "_rp"      # `_rp_<run>`: rows a replace_partition or a replacing append run collects
+SEEN_PREFIX = "_seen"         # `_seen_<run>`: the keys an scd2 run brought, for on_missing
 
 
 def staged_prefix(run_id: int, file_no: int) -> str:

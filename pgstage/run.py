@@ -38,10 +38,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, time as day_time, timedelta, timezone
+from zoneinfo import ZoneInfo
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -52,7 +53,7 @@ from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Lo
                             Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
 from pgstage.ops import anomalies, logs, outcome
-from pgstage.pipeline import known, ledger, merge, stage, transform, validate
+from pgstage.pipeline import known, ledger, merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
@@ -83,6 +84,19 @@ def parse_partition(value: str | date | None) -> date | None:
         raise UsageError(f"--partition {value!r} is not a date", hint="use YYYY-MM-DD, e.g. 2024-01-15") from None
 
 
+def parse_as_of(value: str | datetime | None) -> datetime | None:
+    """`--as-of`: an ISO timestamp; without an offset it is UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"--as-of {value!r} is not a timestamp",
+                             hint="use ISO 8601, e.g. 2024-01-15T23:59:59+00:00 or 2024-01-15") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a run is asked to do, parsed once at its start; every attempt reads it, none changes it."""
@@ -94,6 +108,7 @@ class RunContext:
     force: bool
     dry_run: bool
     started: float                  # perf_counter at the start: the report's duration
+    as_of: datetime | None = None   # scd2: --as-of, valid_from of rows without a version
 
     @property
     def cdc(self) -> bool:
@@ -152,16 +167,23 @@ class MergePlan:
     into_empty: bool            # each key is merged by one batch at most: into an empty target, inserts only
     upserts: bool               # the target has a unique index on the key that ON CONFLICT can use
     seen: datetime | None       # a postgres source's new watermark, committed with the last merge
+    batches: int = 0            # how many batches merge (replace_partition swaps with the last)
+    as_of: datetime | None = None   # scd2: the run's as-of time (see `_as_of`)
+    replaced: frozenset[str] = frozenset()   # append: files whose earlier rows this run replaces
 
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
-        base_dir: Path | None = None, force: bool = False, dry_run: bool = False) -> RunReport:
+        base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
+        as_of: str | datetime | None = None) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
+
+    `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
+    partition's day end, else the run's start.
 
     With dry_run, stage and validate as usual, then predict the merge's counts by a read-only
     comparison with the target, which is neither created nor written.
     """
-    ctx = _context(spec, partition, db, base_dir, force, dry_run)
+    ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of)
     try:
         report = _attempts(ctx)
     except BaseException as exc:
@@ -198,14 +220,20 @@ def _attempts(ctx: RunContext) -> RunReport:
 
 
 def _context(spec: Spec | str | Path, partition: str | date | None, db: str | None, base_dir: Path | None,
-             force: bool, dry_run: bool) -> RunContext:
+             force: bool, dry_run: bool, as_of: str | datetime | None = None) -> RunContext:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
+    if day is None and merge.replaces_partition(spec):
+        raise UsageError(f"pipeline {spec.pipeline.name} replaces a partition: say which one with --partition DATE",
+                         hint="e.g. pgstage run SPEC --partition 2024-01-15 (partition=\"2024-01-15\" in the library)")
+    when = parse_as_of(as_of)
+    if when is not None and spec.pipeline.strategy != "scd2":
+        raise UsageError(f"--as-of applies to strategy scd2; pipeline {spec.pipeline.name} is {spec.pipeline.strategy}")
     base = base_dir or (spec.path.parent if spec.path else Path.cwd())
     files = () if spec.source.kind == "postgres" else tuple(
         resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing))
     return RunContext(spec, resolve_url(db), day.isoformat() if day else None, files, force, dry_run,
-                      time.perf_counter())
+                      time.perf_counter(), when)
 
 
 def _mark_failed(ctx: RunContext, message: str) -> None:
@@ -226,7 +254,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
             return _skip(conn, ctx, run_id, skipped)
         try:
             with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
-                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped, _validation_context(conn, ctx.spec))
+                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped,
+                            _validation_context(conn, ctx, types))
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -296,14 +325,25 @@ def _skip(conn: psycopg.Connection[Any], ctx: RunContext, run_id: int, skipped: 
     return report
 
 
-def _validation_context(conn: psycopg.Connection[Any], spec: Spec) -> validate.Context:
-    """What every batch's validation shares: the target's state and the known-rows shortcut (pipeline/known.py)."""
+def _validation_context(conn: psycopg.Connection[Any], ctx: RunContext,
+                        types: dict[str, transform.ColumnType]) -> validate.Context:
+    """What every batch's validation shares: the target's state, the known-rows shortcut (pipeline/known.py)
+    and the partition a replace_partition run keeps its records to."""
+    spec = ctx.spec
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
     return validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
                             known_rows=bool(seed is not None and found and ROW_HASH in found
                                             and known.eligible(spec)),
-                            staged=threading.Event())   # set when the last batch is staged: see validate.check
+                            staged=threading.Event(),   # set when the last batch is staged: see validate.check
+                            partition=_window(ctx, types))
+
+
+def _window(ctx: RunContext, types: dict[str, transform.ColumnType]) -> partition.Window | None:
+    """The partition a replace_partition run replaces (and keeps its records to); None for other strategies."""
+    if not merge.replaces_partition(ctx.spec) or ctx.partition is None:
+        return None
+    return partition.window(ctx.spec, types, ctx.partition)
 
 
 def _stage_and_validate(load: Load) -> Validated:
@@ -436,12 +476,27 @@ def _predict(load: Load, validated: Validated) -> RunReport:
         beaten = load.duplicates
         merge.find_beaten(conn, spec, validated.batches, beaten)
     predicted: dict[str, Counts] = {}
+    as_of = _as_of(load)
     for checked in validated.batches:
-        m = merge.predict(conn, spec, load.types, checked, beaten, load.validation.target_exists)
+        m = merge.predict(conn, spec, load.types, checked, beaten, load.validation.target_exists, as_of)
         name = checked.staged.source.name
         predicted[name] = predicted.get(name, Counts()) + _merged(checked, m)
+    w = load.validation.partition
+    if w is not None and validated.pending:   # replace_partition: the swap removes the partition's rows once
+        name = validated.batches[-1].staged.source.name
+        gone = merge.replace_partition.predict_deleted(conn, spec, w, load.validation.target_exists)
+        predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
+    if spec.pipeline.strategy == "append":   # a file with rows in the target would have them replaced
+        for name in {c.staged.source.name for c in validated.batches}:
+            gone = merge.append.predict_deleted(conn, spec, name, load.validation.target_exists)
+            predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
+    if as_of is not None and validated.pending:   # scd2: current keys the snapshot lacks
+        name = validated.batches[-1].staged.source.name
+        gone = merge.scd2.predict_missing(conn, spec, validated.batches, as_of, load.validation.target_exists)
+        predicted[name] = replace(predicted[name], deleted=predicted[name].deleted + gone)
     merge_sql = (merge.build_merge(spec, load.types, validated.batches[0], run_id, beaten).as_string(conn)
-                 if validated.pending else None)
+                 if validated.pending and spec.pipeline.strategy in ("insert_only", "upsert", "upsert_if_newer")
+                 else None)
     if beaten:
         _drop_tables(conn, [beaten])
     report = _report(load, "succeeded", {**validated.per_file, **predicted}, validated.ignored, by_rule)
@@ -457,8 +512,18 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     conn, spec = load.conn, load.spec
     with conn.transaction():
         target.ensure(conn, spec, load.types)
+        if merge.replaces_partition(spec) and validated.pending:   # where its batches collect their rows
+            merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
+        if spec.pipeline.strategy == "scd2" and merge.scd2.closes_missing(spec) and validated.pending:
+            merge.scd2.ensure_seen(conn, spec, load.run_id)   # the run's keys, for on_missing
+        replaced = frozenset(merge.append.replaced_files(conn, spec, sorted({c.staged.source.name for c in
+                                                                             validated.batches}), load.run_id)
+                             if spec.pipeline.strategy == "append" and validated.pending else ())
+        if replaced:   # those files' batches are collected, then swapped with each file's last batch
+            merge.append.ensure_collector(conn, spec, validated.batches[0], load.run_id)
     incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
-    if indexes.should_rebuild(conn, spec, incoming):
+    native = spec.pipeline.partition is not None and spec.pipeline.partition.native
+    if not native and indexes.should_rebuild(conn, spec, incoming):
         indexes.drop_for_load(conn, spec, load.run_id)
     # A key repeated across batches: only the run's winning row is merged. The losers are kept
     # in a logged table until the run succeeds, so a resumed run decides exactly as before.
@@ -469,7 +534,22 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
         merge.find_beaten(conn, spec, validated.batches, beaten)
     seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], SOURCE_CHANGED_AT)
             if load.run.cdc else None)
-    return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen)
+    return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen,
+                     len(validated.pending), _as_of(load), replaced)
+
+
+def _as_of(load: Load) -> datetime | None:
+    """scd2's as-of time: --as-of, else the partition's day end, else the run's start (the same on every resume)."""
+    ctx = load.run
+    if ctx.spec.pipeline.strategy != "scd2":
+        return None
+    if ctx.as_of is not None:
+        return ctx.as_of
+    if ctx.partition is not None:
+        part = ctx.spec.pipeline.partition
+        zone = ZoneInfo(part.timezone) if part else timezone.utc
+        return datetime.combine(date.fromisoformat(ctx.partition) + timedelta(days=1), day_time(), zone)
+    return ledger.started_at(load.conn, load.run_id)
 
 
 def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[str, int]:
@@ -481,6 +561,7 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order))
                for i, (checked, last) in enumerate(validated.pending)]
+    # replace_partition: the run's last batch swaps the partition (merge/replace_partition.py)
     # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
     # takes a tenth of a second that the run no longer waits for between validation and merge.
     try:
@@ -499,7 +580,23 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
         with session.transaction():
             began = time.time()
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
-                            upserts=plan.upserts)
+                            upserts=plan.upserts, as_of=plan.as_of,
+                            replacing=checked.staged.source.name in plan.replaced)
+            if last_of_file and checked.staged.source.name in plan.replaced:
+                order.wait(turn)   # the file's earlier batches are collected: replace its rows in one go
+                m = replace(m, deleted=merge.append.swap_file(session, spec, checked, load.run_id))
+                faults.hit("merge.swap")
+            w = load.validation.partition
+            if w is not None and turn == plan.batches - 1:
+                # Every earlier batch has committed its rows to the collector: swap them in with this checkpoint.
+                order.wait(turn)
+                m = replace(m, deleted=merge.replace_partition.swap(session, spec, w, checked, load.run_id))
+                faults.hit("merge.swap")
+            if plan.as_of is not None and merge.scd2.closes_missing(spec) and turn == plan.batches - 1:
+                order.wait(turn)   # every earlier batch's keys are in the seen table
+                m = replace(m, deleted=merge.scd2.close_missing(session, spec, load.types, checked, load.run_id,
+                                                                plan.as_of))
+                faults.hit("merge.swap")
             merged = time.time()
             ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged",
                                 {"merge": (began, merged)})
@@ -527,6 +624,10 @@ def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str
     conn = load.conn
     if plan.beaten:
         _drop_tables(conn, [plan.beaten])
+    if merge.replaces_partition(load.spec) or plan.replaced:
+        _drop_tables(conn, [merge.replace_partition.collector(load.run_id)])
+    if load.spec.pipeline.strategy == "scd2":
+        _drop_tables(conn, [merge.scd2.seen_table(load.run_id)])
     indexes.rebuild(conn, load.spec)
     with conn.transaction():
         merge.resolve_rejects(conn, load.spec, load.types, load.run_id, load.validation.collation)

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pgstage.errors import SpecError
 from pgstage.names import AUDIT_COLUMNS
 
-Strategy = Literal["insert_only", "upsert", "upsert_if_newer"]
+Strategy = Literal["insert_only", "upsert", "upsert_if_newer", "replace_partition", "scd2", "append"]
+KEYLESS_STRATEGIES = ("replace_partition", "append")   # strategies whose key is optional (append: none)
 Normalizer = Literal["trim", "lower", "upper"]
 
 MONEY_CENTS = "money_cents"
@@ -30,12 +31,53 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class PartitionSpec(_Model):
+    """`partition = { column = "ordered_at", grain = "day" }`: what `--partition DATE` selects."""
+
+    column: str
+    grain: Literal["day", "month"] = "day"
+    timezone: str = Field(default="UTC", min_length=1)   # whose midnight starts a day (timestamptz columns)
+    native: bool = False   # the target is declaratively partitioned by `column`; a day is swapped in whole
+
+
+class SurrogateKey(_Model):
+    """`surrogate_key = { column = "id", kind = "uuid" }`: a surrogate primary key beside the business key."""
+
+    column: str = Field(pattern=r"^[^_\x00][^\x00]{0,62}$")
+    kind: Literal["uuid", "hash"] = "uuid"   # uuid: random, kept for the row's life; hash: from the key's values
+
+
 class PipelineSection(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
     target: str
-    key: tuple[str, ...] = Field(min_length=1)
+    key: tuple[str, ...] = ()
     strategy: Strategy = "upsert"
     version: str | None = None
+    partition: PartitionSpec | None = None
+    surrogate_key: SurrogateKey | None = None
+
+    @model_validator(mode="after")
+    def _key_and_partition(self) -> "PipelineSection":
+        if not self.key and self.strategy not in KEYLESS_STRATEGIES:
+            raise ValueError(f"key is missing: strategy {self.strategy} needs the business key"
+                             " (e.g. key = [\"id\"])")
+        if self.strategy == "append" and (self.key or self.surrogate_key or self.version):
+            raise ValueError("append takes no key, surrogate_key or version: every record is a row, identified by"
+                             " _source_file and _record")
+        if self.strategy == "replace_partition" and self.partition is None:
+            raise ValueError("replace_partition needs partition = { column = \"...\", grain = \"day\" }:"
+                             " the column whose day (or month) a run replaces")
+        if self.partition is not None and self.partition.native and self.strategy != "replace_partition":
+            raise ValueError("partition.native applies to strategy = \"replace_partition\" only")
+        if self.surrogate_key is not None:
+            if not self.key:
+                raise ValueError("surrogate_key needs the business key it stands for (key = [...])")
+            if self.strategy == "scd2":
+                raise ValueError("scd2 rows have their own id, _scd_id (one per version): remove surrogate_key")
+            if self.partition is not None and self.partition.native:
+                raise ValueError("surrogate_key cannot be the primary key of a natively partitioned target"
+                                 " (PostgreSQL requires the partition column in it); drop one of the two")
+        return self
 
     @field_validator("target")
     @classmethod
@@ -192,6 +234,13 @@ class ColumnSpec(_Model):
         return "bigint" if self.type == MONEY_CENTS else self.type
 
 
+class Scd2Section(_Model):
+    """`[scd2]`: how a history of versions treats keys a full snapshot lacks, and which columns open a version."""
+
+    on_missing: Literal["ignore", "close", "new_record"] = "ignore"
+    track: tuple[str, ...] | None = Field(default=None, min_length=1)
+
+
 class LoadSection(_Model):
     batch_rows: int = Field(default=1_000_000, gt=0)
     max_reject_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -278,6 +327,7 @@ class Spec(_Model):
     load: LoadSection = LoadSection()
     anomaly: AnomalySection = AnomalySection()
     alerts: AlertsSection = AlertsSection()
+    scd2: Scd2Section = Scd2Section()
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -288,6 +338,14 @@ class Spec(_Model):
         raw = self.load.raw_column
         if raw is not None and (raw in self.columns or raw in AUDIT_COLUMNS):
             raise ValueError(f"load.raw_column {raw!r} is already a column")
+        if "scd2" in self.model_fields_set and self.pipeline.strategy != "scd2":
+            raise ValueError("[scd2] applies to strategy = \"scd2\" only (remove the section)")
+        bad_track = [c for c in self.scd2.track or () if c not in self.columns or c in self.pipeline.key]
+        if bad_track:
+            raise ValueError(f"scd2.track lists {bad_track}: tracked columns are columns outside the key")
+        surrogate = self.pipeline.surrogate_key
+        if surrogate is not None and (surrogate.column in self.columns or surrogate.column == raw):
+            raise ValueError(f"surrogate_key.column {surrogate.column!r} is already a column; name it apart")
         if self.source.on_new_fields == "keep_raw" and raw is None:
             raise ValueError("source.on_new_fields = \"keep_raw\" needs load.raw_column, the JSONB column that keeps them")
         return self
@@ -339,6 +397,10 @@ def _raw_cross_checks(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]
         for col in (ref.get("cols") or []) if isinstance(ref, dict) else []:
             if isinstance(col, str) and col not in columns:
                 found.append((("references", str(ref_name)), f"{col!r} is not a column{_did_you_mean(col, names)}"))
+    partition = pipeline.get("partition")
+    column = partition.get("column") if isinstance(partition, dict) else None
+    if isinstance(column, str) and column not in columns:
+        found.append((("pipeline", "partition"), f"column {column!r} is not a column{_did_you_mean(column, names)}"))
     version = pipeline.get("version")
     if pipeline.get("strategy") == "upsert_if_newer" and version is None:
         found.append((("pipeline", "version"), "upsert_if_newer needs a version column (e.g. updated_at)"))
@@ -353,6 +415,7 @@ _FIELDS_BY_MODEL: dict[str, type[BaseModel]] = {
     "load": LoadSection,
     "anomaly": AnomalySection,
     "alerts": AlertsSection,
+    "scd2": Scd2Section,
 }
 
 

@@ -17,6 +17,7 @@ from psycopg import sql
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
 from pgstage.names import DELETED_AT, LOADED_AT, ROW_HASH, RUN_ID, UPDATED_AT
+from pgstage.pipeline.merge import append, scd2, surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -72,8 +73,28 @@ def _key_index(conn: psycopg.Connection[Any], spec: Spec, *, for_upsert: bool = 
         " WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL{}"
         " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
         "      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey)) = %s)").format(usable),
-        (schema, table, sorted(spec.pipeline.key)), label="target: key").fetchone()
+        (schema, table, sorted(unique_key(spec))), label="target: key").fetchone()
     return bool(row and row[0])
+
+
+def _partitioned_by(conn: psycopg.Connection[Any], spec: Spec, column: str) -> bool:
+    """Whether the target is declaratively partitioned by range on exactly `column`."""
+    schema, table = spec.target
+    row = execute(conn, sql.SQL(
+        "SELECT p.partstrat = 'r' AND p.partnatts = 1 AND a.attname = %s FROM pg_partitioned_table p"
+        " JOIN pg_class c ON c.oid = p.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0]"
+        " WHERE n.nspname = %s AND c.relname = %s"), (column, schema, table), label="target: partitioned?").fetchone()
+    return bool(row and row[0])
+
+
+def unique_key(spec: Spec) -> tuple[str, ...]:
+    """The columns of the target's primary key: the key, plus the partition column of a native partitioned
+    target (PostgreSQL's unique indexes on a partitioned table must contain the partition column)."""
+    part = spec.pipeline.partition
+    if part is not None and part.native and spec.pipeline.key and part.column not in spec.pipeline.key:
+        return (*spec.pipeline.key, part.column)
+    return spec.pipeline.key
 
 
 def upsert_arbiter(conn: psycopg.Connection[Any], spec: Spec) -> bool:
@@ -92,14 +113,26 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             problems.append(f"column {name!r} is missing (spec type {kind.name})")
         elif found[name] != kind.name:
             problems.append(f"column {name!r}: spec says {kind.name}, table has {found[name]}")
+    part = spec.pipeline.partition
+    if part is not None and part.native and not _partitioned_by(conn, spec, part.column):
+        problems.append(f"partition.native is set but the table is not PARTITION BY RANGE ({part.column})")
+    sk = surrogate.column(spec)
+    if sk and found.get(sk) != "uuid":
+        problems.append(f"surrogate key column {sk!r} is " + (f"{found[sk]}, expected uuid" if sk in found else "missing"))
     raw = spec.load.raw_column
     if raw and raw in found and found[raw] != "jsonb":
         problems.append(f"raw column {raw!r} is {found[raw]}, expected jsonb")
     for name, kind_name in audit_columns(spec, found).items():
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
-    if not problems and not _key_index(conn, spec):
-        problems.append(f"no primary key or unique index on the key ({', '.join(spec.pipeline.key)})")
+    if spec.pipeline.strategy == "scd2":   # many versions per key: the key is unique among current rows only
+        problems += [f"scd2 column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
+                     for name, kind in scd2.columns(spec).items() if found.get(name) != kind]
+    elif spec.pipeline.strategy == "append":
+        problems += [f"append column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
+                     for name, kind in append.COLUMNS.items() if found.get(name) != kind]
+    elif not problems and spec.pipeline.key and not _key_index(conn, spec):
+        problems.append(f"no primary key or unique index on the key ({', '.join(unique_key(spec))})")
     if problems:
         raise TargetMismatch(f"target {spec.pipeline.target} does not match the spec: " + "; ".join(problems),
                              location=Location(file=str(spec.path) if spec.path else None),
@@ -127,12 +160,29 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     schema, _ = spec.target
     execute(conn, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)), label="target: schema")
     keys = set(spec.pipeline.key)
-    columns = [sql.SQL("{} {}{}").format(sql.Identifier(n), t.cast, sql.SQL(" NOT NULL") if n in keys else sql.SQL(""))
+    columns: list[sql.Composable] = [sql.SQL("{} {}{}").format(sql.Identifier(n), t.cast, sql.SQL(" NOT NULL") if n in keys else sql.SQL(""))
                for n, t in types.items()]
     if spec.load.raw_column:
         columns.append(sql.SQL("{} jsonb").format(sql.Identifier(spec.load.raw_column)))
     columns += [sql.SQL("{} {}{}").format(sql.Identifier(n), sql.SQL(k),
                                           sql.SQL(f" NOT NULL DEFAULT {_AUDIT_DEFAULTS[n]}") if n in _AUDIT_DEFAULTS else sql.SQL(""))
                 for n, k in audit_columns(spec).items()]
-    columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in spec.pipeline.key)))
-    execute(conn, sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)), label="target: create")
+    sk = surrogate.ddl(spec)
+    if sk is not None:   # the surrogate is the primary key; the business key stays unique
+        columns.insert(0, sk)
+    history = spec.pipeline.strategy == "scd2"
+    if history:
+        columns += scd2.ddl(spec)
+        execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS btree_gist"), label="target: btree_gist")
+    elif spec.pipeline.strategy == "append":
+        columns += append.ddl(spec)
+    elif spec.pipeline.key:   # replace_partition may go without one
+        columns.append(sql.SQL("{} ({})").format(sql.SQL("UNIQUE" if sk is not None else "PRIMARY KEY"),
+                                                 sql.SQL(", ").join(sql.Identifier(k) for k in unique_key(spec))))
+    part = spec.pipeline.partition
+    native = (sql.SQL(" PARTITION BY RANGE ({})").format(sql.Identifier(part.column)) if part and part.native
+              else sql.SQL(""))
+    execute(conn, sql.SQL("CREATE TABLE {} ({}){}").format(target, sql.SQL(", ").join(columns), native),
+            label="target: create")
+    if history:
+        execute(conn, scd2.build_current_index(spec), label="target: one current row per key")

@@ -16,7 +16,7 @@ fresh database. `expected.json` describes one run, or several under "runs":
     { "error": {"type": "HeaderMismatch", "exit_code": 2, "message_contains": ["..."]} }
 
 A run inside "runs" may also say "copy": {"input.csv": "day2.csv"} (copy a case file over
-the spec's source before the run) and "force": true. At the top level, "checks":
+the spec's source before the run), "force": true and "partition": "2024-01-15". At the top level, "checks":
 [{"sql": "...", "rows": [[...]]}] are queries run after the last run, and "xfail":
 "BUG: ..." marks a case that shows a known bug.
 
@@ -77,7 +77,8 @@ def run_and_check(loader, sql, expected: dict[str, Any], spec_name: str = "spec.
         rejects_before = reject_count(sql)
         runs_before = ledger_runs(sql)
         try:
-            report = pgstage.run(loader.root / spec_name, db=loader.db_url, force=run.get("force", False))
+            report = pgstage.run(loader.root / spec_name, db=loader.db_url, force=run.get("force", False),
+                                 partition=run.get("partition"))
         except PgstageError as exc:
             if isinstance(exc, RejectLimitExceeded) and "error" not in run:
                 report = exc.report  # type: ignore[attr-defined]
@@ -160,5 +161,5 @@ def target_rows(sql, spec: Spec) -> list[list[Any]] | None:
     query = pgsql.SQL("SELECT jsonb_build_array({}) FROM {} ORDER BY {}").format(
         pgsql.SQL(", ").join(pgsql.Identifier(c) for c in spec.columns),
         pgsql.Identifier(schema, table),
-        pgsql.SQL(", ").join(pgsql.Identifier(k) for k in spec.pipeline.key))
+        pgsql.SQL(", ").join(pgsql.Identifier(k) for k in spec.pipeline.key or spec.columns))
     return [row[0] for row in sql(query)]

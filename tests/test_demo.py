@@ -13,17 +13,27 @@ from tests.conftest import assert_identity
 
 def test_demo_loads_every_source_and_a_second_demo_skips_everything(tmp_path: Path, db_url: str, sql) -> None:
     first = run_demo(tmp_path / "demo", days=3, orders_per_day=900, db=db_url)
-    assert len(first.reports) == 9
+    assert len(first.reports) == 12   # 3 days x (3 feeds + the Stripe history)
     for report in first.reports:
         assert_identity(report)
         assert report.status == "succeeded", report.message
         assert report.counts.read > 0 and report.counts.rejected > 0
-    inserted = sum(r.counts.inserted for r in first.reports)
+    inserted = sum(r.counts.inserted for r in first.reports if r.target == "sales.orders")
     assert sql("SELECT count(*) FROM sales.orders")[0][0] == inserted
     assert sum(r.counts.stale for r in first.reports) > 0
     assert sum(r.counts.updated for r in first.reports) > 0
     assert sql("SELECT count(*) FROM pgstage.rejects")[0][0] == sum(r.counts.rejected for r in first.reports)
     assert {row[1] for row in first.revenue} == {"shopify", "woocommerce", "stripe"}
+    # The history holds one current version per charge (every Stripe order among them: the history spec
+    # checks fewer columns), and a changed charge's older versions.
+    history = [r for r in first.reports if r.pipeline == "stripe_history"]
+    assert sql("SELECT count(*) = count(DISTINCT source_order_id) FILTER (WHERE _is_current),"
+               " count(DISTINCT source_order_id) FROM sales.payment_history WHERE _is_current")[0] == \
+        (True, sum(r.counts.inserted for r in history))
+    assert sql("SELECT count(*) FROM sales.orders o WHERE source = 'stripe' AND NOT EXISTS (SELECT 1 FROM"
+               " sales.payment_history h WHERE h.source_order_id = o.source_order_id AND h._is_current)") == [(0,)]
+    assert sql("SELECT count(*) FROM sales.payment_history WHERE NOT _is_current")[0][0] == \
+        sum(r.counts.updated for r in history) > 0
 
     before = sql("SELECT * FROM sales.orders ORDER BY source, source_order_id")
     second = run_demo(tmp_path / "demo", days=3, orders_per_day=900, db=db_url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+from datetime import datetime, timezone
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from psycopg import sql
 
 from pgstage import db
 from pgstage.names import checked_table, duplicates_table, staged_prefix
-from pgstage.pipeline import merge, stage, transform, validate
+from pgstage.pipeline import merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import Header, SourceFile
 from pgstage.spec import Spec, parse_spec
 
@@ -72,12 +73,48 @@ CASES = {
         [checks]
         refund_not_above_total = "total >= 0 and (status <> 'refunded' or total > 0)"
         """,
+    "surrogate_hash": """
+        [pipeline]
+        name = "orders"
+        target = "shop.orders"
+        key = ["id", "day"]
+        strategy = "upsert"
+        surrogate_key = { column = "order_uid", kind = "hash" }
+        """,
+    "replace_partition": """
+        [pipeline]
+        name = "orders"
+        target = "shop.orders"
+        key = ["id"]
+        strategy = "replace_partition"
+        partition = { column = "day", grain = "month", native = true }
+        """,
+    "scd2": """
+        [pipeline]
+        name = "orders"
+        target = "shop.orders"
+        key = ["id", "day"]
+        strategy = "scd2"
+        version = "day"
+
+        [scd2]
+        on_missing = "new_record"
+        track = ["total", "status"]
+        """,
+    "append": """
+        [pipeline]
+        name = "orders"
+        target = "shop.orders"
+        strategy = "append"
+        """,
 }
 EXTRA = {"checks_and_unique": '\n[load]\nraw_column = "_raw"\n'}
 
 
 def spec_of(case: str) -> Spec:
-    text = textwrap.dedent(CASES[case]) + '\n[source]\npath = "orders.csv"\nnull = ["NULL", "-"]\n' + COLUMNS
+    pipeline, _, scd2 = textwrap.dedent(CASES[case]).partition("[scd2]")
+    text = pipeline + '\n[source]\npath = "orders.csv"\nnull = ["NULL", "-"]\n' + COLUMNS + (
+        "\n[scd2]" + scd2 if scd2 else "")
     if case == "checks_and_unique":
         text = text.replace('regex = \'^[^@ ]+@[^@ ]+$\', required = true }', "unique = true }")
     return parse_spec(text + EXTRA.get(case, ""))
@@ -103,6 +140,36 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
     one, two = batch(spec, 0, 0), batch(spec, 1, 0)
     context = validate.Context(collation="pg_c_utf8", target_exists=True, row_hash_seed=42, known_rows=True)
     beaten = duplicates_table(RUN_ID)
+    strategy = spec.pipeline.strategy
+    if strategy == "replace_partition":
+        window = partition.window(spec, types, "2024-01-15")
+        context = validate.Context(collation="pg_c_utf8", target_exists=True, partition=window)
+        cols = merge.keyed._written_columns(spec, one)
+        return {
+            "validate_check": lambda: validate.build_check(spec, types, one.staged, one.table, context),
+            "merge_collector": lambda: merge.replace_partition.build_collector(spec, one, RUN_ID),
+            "merge_collect": lambda: merge.replace_partition.build_collect(spec, types, one, RUN_ID, beaten, dedup=True),
+            "merge_delete_partition": lambda: merge.replace_partition.build_delete(spec, window),
+            "merge_insert_partition": lambda: merge.replace_partition.build_insert(spec, cols, RUN_ID),
+            "merge_native_swap": lambda: sql.SQL(";\n").join(
+                q for _, q in merge.replace_partition.build_native_swap(spec, window, cols, RUN_ID, True)),
+            "merge_prediction": lambda: merge.replace_partition.build_prediction(spec, types, one, beaten),
+        }
+    if strategy == "scd2":
+        as_of = datetime(2024, 1, 16, tzinfo=timezone.utc)
+        return {
+            "merge_steps": lambda: sql.SQL(";\n").join(
+                q for _, q in merge.scd2.build_steps(spec, types, one, RUN_ID, beaten, as_of)),
+            "merge_current_index": lambda: merge.scd2.build_current_index(spec),
+            "merge_missing": lambda: merge.scd2._missing(spec, as_of, sql.Identifier("pgstage", "_seen_7")),
+        }
+    if strategy == "append":
+        return {
+            "merge_append": lambda: merge.append.build_insert(spec, types, one, RUN_ID),
+            "merge_append_collect": lambda: merge.append.build_insert(spec, types, one, RUN_ID,
+                                                                      sql.Identifier("pgstage", "_rp_7")),
+            "merge_append_collector": lambda: merge.append.build_collector(spec, one, RUN_ID),
+        }
     return {
         "validate_check": lambda: validate.build_check(spec, types, one.staged, one.table, context),
         "validate_check_first_load": lambda: validate.build_check(spec, types, one.staged, one.table, validate.Context()),

@@ -36,9 +36,9 @@ note = { from = "note", type = "text" }
 @pytest.fixture
 def paths(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     taken: Counter[str] = Counter()
-    for name in ("build_insert", "build_upsert"):
-        real = getattr(merge, name)
-        monkeypatch.setattr(merge, name, lambda *a, _real=real, _name=name, **k: taken.update([_name]) or _real(*a, **k))
+    for name in ("build_insert", "build_upsert"):   # where the keyed strategies' merge looks them up
+        real = getattr(merge.keyed, name)
+        monkeypatch.setattr(merge.keyed, name, lambda *a, _real=real, _name=name, **k: taken.update([_name]) or _real(*a, **k))
     return taken
 
 

@@ -22,6 +22,7 @@ LogLevelOption = Annotated[Optional[str], typer.Option("--log-level", help="debu
 def run_command(
     spec: Annotated[Path, typer.Argument(help="The pipeline spec (TOML).", show_default=False)],
     partition: Annotated[Optional[str], typer.Option("--partition", help="Day to load (YYYY-MM-DD); fills {date} in source.path.")] = None,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="scd2: when the snapshot is valid from (ISO timestamp; default: the partition's day end, else the run's start).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Load files even if these exact bytes were loaded before.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Stage and validate, forecast the merge, write nothing to the target.")] = False,
     db: DbOption = None,
@@ -33,7 +34,7 @@ def run_command(
     logs.configure(log_format, log_level)
     try:
         with run_progress():
-            report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
+            report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run, as_of=as_of)
     except (RejectLimitReport, AnomalyReport) as exc:
         if exc.report is not None:
             render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)

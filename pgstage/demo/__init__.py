@@ -24,6 +24,8 @@ from pgstage.run import run
 from pgstage.spec import load_spec
 
 START = date(2024, 1, 1)
+# The three feeds into sales.orders, then the Stripe payments' history (scd2) from the same files.
+SPECS = (*SOURCES, "stripe_history")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def run_demo(workdir: Path, *, days: int = 7, orders_per_day: int = 50_000, seed
     url = resolve_url(db)
     reports = []
     for day in (START + timedelta(days=i) for i in range(days)):
-        for source in SOURCES:
+        for source in SPECS:
             spec = load_spec(specs_dir() / f"{source}.toml")
             report = run(spec, partition=day, db=url, base_dir=workdir)
             reports.append(report)

@@ -41,7 +41,10 @@ def eligible(spec: Spec) -> bool:
     """Whether the verdict on a record depends on nothing but its bytes and the spec."""
     looks_beyond = (spec.references or spec.checks
                     or any(c.references or c.unique for c in spec.columns.values()))
-    return not looks_beyond and spec.source.kind in ("csv", "jsonl", "parquet")
+    # replace_partition rewrites every row of its partition, scd2 compares with the current version, not
+    # with the row the record once produced: both need each record's values, known or not.
+    rewrites = spec.pipeline.strategy in ("replace_partition", "scd2", "append")
+    return not looks_beyond and not rewrites and spec.source.kind in ("csv", "jsonl", "parquet")
 
 
 def seed(spec: Spec, datestyle: str) -> int:

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute, mask, relation_exists
-from pgstage.names import CHECKED_PREFIX, DUPLICATES_PREFIX, LEDGER_SCHEMA, STAGED_PREFIX
+from pgstage.names import CHECKED_PREFIX, COLLECTOR_PREFIX, DUPLICATES_PREFIX, LEDGER_SCHEMA, SEEN_PREFIX, STAGED_PREFIX
 from pgstage.pipeline._functions import INSTALL
 from pgstage.pipeline.extract import SourceFile
 from pgstage.pipeline.stage import StagedBatch, StartPoint
@@ -251,14 +251,24 @@ def orphan_tables(conn: psycopg.Connection[Any], run_id: int | None = None) -> l
 
 
 def finished_duplicate_tables(conn: psycopg.Connection[Any]) -> list[str]:
-    """Cross-batch duplicate tables (`_dup_<run>`) of runs that will never be resumed."""
+    """Cross-batch duplicate tables (`_dup_<run>`), replace_partition collectors (`_rp_<run>`) and scd2 seen keys
+    (`_seen_<run>`) of runs that will never be resumed."""
     rows = execute(conn, sql.SQL(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname ~ %s"
         " AND NOT EXISTS (SELECT 1 FROM pgstage.runs r WHERE r.run_id = split_part(c.relname, '_', 3)::bigint"
-        "   AND r.status IN ('running', 'failed'))"), (LEDGER_SCHEMA, f"^{DUPLICATES_PREFIX}_[0-9]+$"),
+        "   AND r.status IN ('running', 'failed'))"),
+        (LEDGER_SCHEMA, f"^({DUPLICATES_PREFIX}|{COLLECTOR_PREFIX}|{SEEN_PREFIX})_[0-9]+$"),
         label="ledger: finished duplicates").fetchall()
     return [r[0] for r in rows]
+
+
+def started_at(conn: psycopg.Connection[Any], run_id: int) -> datetime:
+    """When the run started: a resumed run keeps it (scd2's default as-of time)."""
+    row = execute(conn, sql.SQL("SELECT started_at FROM pgstage.runs WHERE run_id = %s"), (run_id,),
+                  label="ledger: started").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
 
 
 def table_exists(conn: psycopg.Connection[Any], table: str) -> bool:

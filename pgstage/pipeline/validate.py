@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute, execute_many, qualified
-from pgstage.pipeline import known, transform
+from pgstage.pipeline import known, partition, transform
 from pgstage.pipeline._cast_first import MAX_ATTEMPTS, CastLuck, CastPlan, candidates, culprit
 from pgstage.names import KNOWN, LEDGER_SCHEMA, ROW_HASH
 from pgstage.pipeline.stage import NO_AUTOVACUUM, StagedBatch
@@ -124,7 +124,8 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     not valid input, and `check` learns from it (see pipeline/_cast_first.py).
     """
     context = context or Context()
-    keys = set(spec.pipeline.key)
+    # Key columns are required; so is the partition column of a run that replaces a partition.
+    keys = set(spec.pipeline.key) | ({context.partition.column} if context.partition else set())
     columns = {name: c for name, c in spec.columns.items() if c.from_ is not None}
     # Internal names start with "_", which spec column names may not: no collision possible.
     ids = {name: {p: sql.Identifier(f"_{p}_{name}") for p in ("t", "n", "p", "ok", "v")} for name in columns}
@@ -239,6 +240,7 @@ class Context:
     known_rows: bool = False
     luck: CastLuck = field(default_factory=CastLuck)
     staged: threading.Event | None = None
+    partition: partition.Window | None = None   # replace_partition: records outside it are rejected
 
 
 def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> list[Rule]:
@@ -257,6 +259,10 @@ def table_rules(spec: Spec, types: dict[str, ColumnType], context: Context) -> l
     for name, column in spec.columns.items():
         if column.unique:
             rules.append(_unique_rule(spec, name, context))
+    if context.partition is not None:
+        w = context.partition
+        rules.append(Rule(sql.SQL("NOT coalesce({}, true)").format(partition.inside(w)),
+                          _reason(w.column, "partition", partition.outside_reason(w))))
     if spec.checks:
         # Imported here: sqlglot, which parses the checks, is a seventh of the CLI's start-up.
         from pgstage.checks import compile_check

@@ -1,4 +1,5 @@
-"""Merge: dedup the valid rows of a batch on the key, classify them against the target, write.
+"""The keyed strategies (insert_only, upsert, upsert_if_newer): dedup a batch's valid rows on the
+key, classify them against the target, write.
 
 One statement per batch. Rows are classified before anything is written (insert / update /
 unchanged / stale), so unchanged rows cost no write, no lock and no WAL — unlike
@@ -16,6 +17,7 @@ from psycopg import sql
 from pgstage.db import execute
 from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
+from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, ROW_HASH, SOURCE_DELETED_AT
 from pgstage.pipeline.stage import NO_AUTOVACUUM
@@ -46,8 +48,16 @@ def soft_deletes(spec: Spec) -> str | None:
 
 
 def _written_columns(spec: Spec, checked: Checked) -> list[str]:
-    """The target columns a merge writes: the spec's, the raw record, `_deleted_at` when marking, the row hash."""
-    return [*_compared_columns(spec), *([ROW_HASH] if checked.hashed else [])]
+    """The target columns a merge writes: the spec's, the raw record, `_deleted_at` when marking, a hash surrogate
+    key, the row hash."""
+    hashed_id = surrogate.computed(spec)
+    return [*_compared_columns(spec), *([hashed_id] if hashed_id else []), *([ROW_HASH] if checked.hashed else [])]
+
+
+def _fixed(spec: Spec) -> set[str]:
+    """Columns an update never sets: the key, and the surrogate key that stands for it."""
+    hashed_id = surrogate.computed(spec)
+    return {*spec.pipeline.key, *([hashed_id] if hashed_id else [])}
 
 
 def _compared_columns(spec: Spec) -> list[str]:
@@ -170,7 +180,9 @@ def build_overlap(spec: Spec, types: dict[str, ColumnType], checked: list[Checke
 
 def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType],
                     checked: list[Checked]) -> bool:
-    """True unless the batches provably share no key (then `find_beaten` is not needed)."""
+    """True unless the batches provably share no key (then `find_beaten` is not needed); False without a key."""
+    if not spec.pipeline.key:   # keyless strategies keep every valid record
+        return False
     query = build_overlap(spec, types, checked)
     if query is None:
         return True
@@ -179,14 +191,21 @@ def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, 
 
 
 def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None, *,
-                  dedup: bool = True) -> sql.Composed:
+                  dedup: bool = True, record: bool = False) -> sql.Composed:
     """SELECT the batch's valid rows as target columns, one per key (the winner) unless `dedup` is False.
 
     `dedup=False` is for a batch known to hold each key once: it skips the DISTINCT ON sort.
+    `record`: also `_record`, the record number in its file (append).
     """
     mode = soft_deletes(spec)
     names = [*target_columns(spec), *([DELETED_AT] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
-    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    outputs: list[sql.Composable] = [sql.Identifier(n) for n in names]
+    hashed_id = surrogate.computed(spec)
+    if hashed_id:
+        outputs.append(sql.SQL("{} AS {}").format(surrogate.build_hash(spec, types, "b"), sql.Identifier(hashed_id)))
+    if record:
+        outputs.append(sql.SQL("b._rec AS _record"))
+    cols = sql.SQL(", ").join(outputs)
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
              for n, c in spec.columns.items()]
@@ -260,7 +279,7 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
     """
     names = _written_columns(spec, checked)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    non_key = [sql.Identifier(n) for n in names if n not in spec.pipeline.key]
+    non_key = [sql.Identifier(n) for n in names if n not in _fixed(spec)]
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = cls.{0}").format(c) for c in non_key),
                                sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
     # The classification found each row to change at cls._ctid: a TID scan, not a second key
@@ -337,7 +356,7 @@ def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     key_list = sql.SQL(", ").join(keys)
     sets = sql.SQL(", ").join([*(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
-                                 for n in names if n not in spec.pipeline.key),
+                                 for n in names if n not in _fixed(spec)),
                                sql.SQL("_updated_at = now(), _run_id = {}").format(sql.Literal(run_id))])
     conflict = (sql.SQL("DO NOTHING") if spec.pipeline.strategy == "insert_only" else
                 sql.SQL("DO UPDATE SET {} WHERE {}").format(sets, _overwrites(spec, "t", "excluded")))

@@ -1,0 +1,77 @@
+"""Merge: one module per strategy; this package's names are the ones the run calls.
+
+- `keyed`: insert_only, upsert, upsert_if_newer — dedup on the key, classify against the
+  target (insert / update / unchanged / stale), write only what changes;
+- `replace_partition`: collect the run's rows, then swap its partition in one transaction;
+- `scd2`: a history of versions per key;
+- `append`: every record a row, by file and record number;
+- `surrogate`: the surrogate key column (uuid or hash) any keyed strategy may add.
+
+`merge()` and `predict()` pick the strategy's module, so the run's phases do not branch on it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from pgstage.pipeline.merge import append, replace_partition, scd2
+from pgstage.pipeline.merge.keyed import (MIN_WRITE_SHARE, WRITE_SAMPLE, MergeCounts, batches_overlap, build_beaten,
+                                          build_has_duplicates, build_insert, build_merge, build_overlap,
+                                          build_prediction, build_resolve, build_upsert, build_write_sample,
+                                          find_beaten, resolve_rejects as _resolve_keyed, soft_deletes,
+                                          target_columns, target_is_empty)
+from pgstage.pipeline.merge import keyed as _keyed
+from pgstage.pipeline.transform import ColumnType
+from pgstage.pipeline.validate import Checked
+from pgstage.spec import Spec
+
+__all__ = ["append", "MIN_WRITE_SHARE", "WRITE_SAMPLE", "MergeCounts", "batches_overlap", "build_beaten", "build_has_duplicates",
+           "build_insert", "build_merge", "build_overlap", "build_prediction", "build_resolve", "build_upsert",
+           "build_write_sample", "find_beaten", "merge", "predict", "replace_partition", "replaces_partition", "scd2",
+           "resolve_rejects", "soft_deletes", "target_columns", "target_is_empty"]
+
+
+def replaces_partition(spec: Spec) -> bool:
+    return spec.pipeline.strategy == "replace_partition"
+
+
+def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+          run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False,
+          as_of: datetime | None = None, replacing: bool = False) -> MergeCounts:
+    """Merge one batch inside the caller's transaction by the spec's strategy (see each module).
+
+    `as_of`: scd2's valid_from for rows without a version (the run decides it once); `replacing`:
+    append collects the batch, its file's earlier rows are replaced with the file's last batch.
+    """
+    if spec.pipeline.strategy == "append":
+        return append.merge(conn, spec, types, checked, run_id, replacing=replacing)
+    if replaces_partition(spec):
+        return replace_partition.collect(conn, spec, types, checked, run_id, beaten)
+    if spec.pipeline.strategy == "scd2":
+        assert as_of is not None, "scd2 needs the run's as-of time"
+        return scd2.merge(conn, spec, types, checked, run_id, beaten, as_of)
+    return _keyed.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts)
+
+
+def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+            beaten: str | None, target_exists: bool, as_of: datetime | None = None) -> MergeCounts:
+    """What `merge` would count for the batch, computed read-only (the dry run)."""
+    if spec.pipeline.strategy == "append":
+        return append.predict(conn, spec, types, checked)
+    if replaces_partition(spec):
+        return replace_partition.predict(conn, spec, types, checked, beaten)
+    if spec.pipeline.strategy == "scd2":
+        assert as_of is not None, "scd2 needs the run's as-of time"
+        return scd2.predict(conn, spec, types, checked, beaten, as_of, target_exists)
+    return _keyed.predict(conn, spec, types, checked, beaten, target_exists)
+
+
+def resolve_rejects(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], run_id: int,
+                    collation: str | None = None) -> int:
+    """Mark earlier rejects resolved by this run's rows of their key; a keyless target resolves none."""
+    if not spec.pipeline.key:
+        return 0
+    return _resolve_keyed(conn, spec, types, run_id, collation)

@@ -1,0 +1,3 @@
+CREATE TABLE IF NOT EXISTS "pgstage"."_rp_7" AS
+SELECT "id", "v", "total", "email", "day", "status", "_row_hash"
+FROM "shop"."orders" WITH NO DATA
