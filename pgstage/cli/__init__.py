@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pgstage.cli import backfill as backfill_commands
 from pgstage.cli import db as db_commands
 from pgstage.cli import demo as demo_commands
 from pgstage.cli import init as init_commands
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("run")(run_commands.run_command)
+app.command("backfill")(backfill_commands.backfill_command)
 app.command("repair")(run_commands.repair_command)
 app.command("runs")(runs_commands.runs_command)
 app.command("show")(runs_commands.show_command)
