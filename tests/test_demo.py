@@ -51,5 +51,5 @@ def test_demo_of_two_years_refuses_what_the_disk_cannot_hold(tmp_path: Path, db_
     assert result.exit_code == 1
     output = " ".join(result.output.split())
     assert "about 3.65 GB of files, 10.95 GB once loaded" in output
-    assert "730 days of 50,000 orders need about 3.6 GB of files and 11.0 GB of database; 5.0 GB are free under" in output
+    assert "730 days of 50,000 orders need about 3.6 GB of files and 10.9 GB of database; 5.0 GB are free under" in output
     assert list((tmp_path / "d").iterdir()) == []
