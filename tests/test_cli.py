@@ -149,7 +149,7 @@ def test_pipeline_lock_exits_4(tmp_path: Path, db_url: str) -> None:
     assert invoke("run", str(spec), "--db", db_url)[0] == 0
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["repair"], ["runs"], ["show"], ["demo"], ["init"], ["rejects"], ["db"],
+@pytest.mark.parametrize("command", [[], ["run"], ["backfill"], ["repair"], ["runs"], ["show"], ["demo"], ["init"], ["rejects"], ["db"],
                                      ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "psql"]])
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = invoke(*command, "--help")
@@ -158,6 +158,6 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_every_command_is_documented() -> None:
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
-    for command in ("pgstage run", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
+    for command in ("pgstage run", "pgstage backfill", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
                     "pgstage rejects", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
         assert f"## `{command}" in docs, command
