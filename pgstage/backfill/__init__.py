@@ -112,8 +112,14 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
                                     name=f"pgstage backfill {job.backfill_id} job {i + 1}") for i in range(jobs)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:   # Ctrl-C: the jobs finish the units they hold and claim no more
+            tally.stop.set()
+            for thread in threads:
+                thread.join()
+            raise
         if tally.crash is not None:
             raise tally.crash
         units = queue.statuses(conn, job.backfill_id)
@@ -165,6 +171,7 @@ class _Tally:
         self.records = 0
         self.warnings: list[str] = []
         self.crash: BaseException | None = None
+        self.stop = threading.Event()
         self._late = False
         self._lock = threading.Lock()
 
@@ -193,7 +200,7 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
         claimer = connect(url)
         # The claim's transaction stays open while its unit runs.
         execute(claimer, sql.SQL("SET idle_in_transaction_session_timeout = 0"), label="backfill: claim session")
-        while True:
+        while not tally.stop.is_set():
             if session is None or session.closed:
                 session = connect(url)
             with claimer.transaction():
@@ -209,6 +216,7 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
                 session.close()   # a failed run may leave its session mid-transaction or broken: the next unit gets a new one
     except BaseException as exc:  # the queue itself failed (database gone): the units stay pending for a re-run
         tally.crash = tally.crash or exc
+        tally.stop.set()
     finally:
         for conn in (claimer, session):
             if conn is not None:
