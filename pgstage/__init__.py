@@ -6,6 +6,7 @@ The public API is what this module exports; everything else may change.
 from pgstage.backfill import BackfillReport, backfill
 from pgstage.errors import (
     DatabaseError,
+    ExitStatus,
     HeaderMismatch,
     MissingDependency,
     PgstageError,
@@ -14,6 +15,7 @@ from pgstage.errors import (
     SourceError,
     SpecError,
     TargetMismatch,
+    UntrustedIndexDefinition,
     UsageError,
 )
 from pgstage.report import Counts, FileReport, RunReport
@@ -21,7 +23,7 @@ from pgstage.run import run
 from pgstage.spec import Spec, load_spec, parse_spec
 
 __all__ = [
-    "BackfillReport", "Counts", "DatabaseError", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
-    "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UsageError",
+    "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
+    "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "backfill", "load_spec", "parse_spec", "run",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -95,15 +95,19 @@ def compile_check(name: str, expression: str, columns: Mapping[str, str], *,
 
 
 def validate_checks(spec_checks: Mapping[str, str], columns: Mapping[str, str], *,
-                    source: str | Path | None = None) -> dict[str, sql.Composable]:
-    """Compile every check; one SpecError lists all the problems of all the checks at once."""
+                    source: str | Path | None = None,
+                    locate: Callable[[str], str] | None = None) -> dict[str, sql.Composable]:
+    """Compile every check; one SpecError lists all the problems of all the checks at once.
+
+    `locate(name)` prefixes each problem with where the check is written (`spec.toml:14`).
+    """
     compiled: dict[str, sql.Composable] = {}
     problems: list[str] = []
     for name, expression in spec_checks.items():
         try:
             compiled[name] = compile_check(name, expression, columns, source=source)
         except SpecError as exc:
-            problems.append(exc.message)
+            problems.append(f"{locate(name)}: {exc.message}" if locate else exc.message)
     if problems:
         raise SpecError(f"{source or 'spec'}: {len(problems)} problem(s) in [checks]", problems=tuple(problems),
                         hint="a check is one SQL condition over the target's columns; see docs/validation.md")

@@ -1,8 +1,8 @@
 """Connections and the one door every statement goes through.
 
 Resolution order: `--db URL`, then `PGSTAGE_DATABASE_URL`, then the embedded server.
-`execute()` labels, times and (with `--trace-sql`) prints every statement; psycopg errors
-are wrapped once here into pgstage errors, transient ones marked for retry.
+`execute()` labels, times and (with `PGSTAGE_TRACE_SQL=1`) prints every statement; psycopg errors
+are wrapped once here into pgstage errors, transient ones (by SQLSTATE) marked for retry.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -20,20 +20,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgstage import embedded
-from pgstage.errors import ConnectionFailed, DatabaseError, TransientDatabaseError
+from pgstage.errors import QUERY_CANCELED, TRANSIENT_SQLSTATES, ConnectionFailed, DatabaseError, Diagnostics, TransientDatabaseError
 
 MIN_SERVER_VERSION = 160000
 ENV_URL = "PGSTAGE_DATABASE_URL"
 TRACE = os.environ.get("PGSTAGE_TRACE_SQL") == "1"
-
-_TRANSIENT = (
-    psycopg.errors.SerializationFailure,
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.LockNotAvailable,
-    psycopg.errors.AdminShutdown,
-    psycopg.errors.CannotConnectNow,
-)
-
 
 def mask(url: str) -> str:
     """The URL with any password replaced, for logs and reports."""
@@ -57,7 +48,8 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         conn = psycopg.connect(url, autocommit=autocommit, application_name="pgstage")
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(f"cannot connect to {mask(url)}: {str(exc).strip()}",
-                            hint=f"pass --db URL or set {ENV_URL}; without either pgstage starts an embedded server") from None
+                               hint=f"pass --db URL or set {ENV_URL}; without either pgstage starts an embedded server",
+                               sqlstate=sqlstate(exc)) from None
     if conn.info.server_version < MIN_SERVER_VERSION:
         version = conn.info.server_version
         conn.close()
@@ -67,15 +59,52 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     return conn
 
 
+def sqlstate(exc: psycopg.Error) -> str | None:
+    """The error's SQLSTATE: the server's, or the one its psycopg class stands for; None when libpq lost the server."""
+    return exc.diag.sqlstate or getattr(type(exc), "sqlstate", None)
+
+
+def is_transient(exc: psycopg.Error) -> bool:
+    """Whether retrying from the last checkpoint can succeed (see TRANSIENT_SQLSTATES).
+
+    An error without a SQLSTATE is libpq's own: the connection broke before the server
+    could say anything (server killed, network cut), which is the first thing to retry.
+    """
+    code = sqlstate(exc)
+    return code in TRANSIENT_SQLSTATES if code else isinstance(exc, psycopg.OperationalError)
+
+
 def wrap(exc: psycopg.Error, label: str) -> DatabaseError:
-    """Turn a psycopg error into ours, keeping PostgreSQL's words and SQLSTATE."""
+    """Turn a psycopg error into ours, keeping PostgreSQL's words, SQLSTATE and diagnostic fields."""
     diag = exc.diag
+    code = sqlstate(exc)
     parts = [f"{label}: {diag.message_primary or str(exc).strip()}"]
     if diag.message_detail:
         parts.append(diag.message_detail)
     hint = diag.message_hint
-    kind = TransientDatabaseError if isinstance(exc, _TRANSIENT) or isinstance(exc, psycopg.OperationalError) else DatabaseError
-    return kind(" ".join(parts) + (f" [SQLSTATE {diag.sqlstate}]" if diag.sqlstate else ""), hint=hint)
+    if code == QUERY_CANCELED and "statement timeout" in (diag.message_primary or ""):
+        hint = ("a statement ran longer than the session's statement_timeout: raise [load] statement_timeout"
+                " in the spec (\"0\" means no limit)")
+    kind = TransientDatabaseError if is_transient(exc) else DatabaseError
+    return kind(" ".join(parts) + (f" [SQLSTATE {code}]" if code else ""), hint=hint, sqlstate=code,
+                diagnostics=Diagnostics(message=diag.message_primary, detail=diag.message_detail,
+                                        schema=diag.schema_name, table=diag.table_name, column=diag.column_name,
+                                        datatype=diag.datatype_name, constraint=diag.constraint_name))
+
+
+def qualified(schema: str, name: str) -> str:
+    """`schema.name` as PostgreSQL reads it (each part double-quoted, inner quotes doubled).
+
+    The one way a relation is looked up by name (`to_regclass(%s)`): joined by hand, a
+    mixed-case name, or one with a space or a quote, is not found.
+    """
+    return sql.Identifier(schema, name).as_string()
+
+
+def relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    row = execute(conn, sql.SQL("SELECT to_regclass(%s) IS NOT NULL"), (qualified(schema, name),),
+                  label="exists").fetchone()
+    return bool(row and row[0])
 
 
 def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Sequence[Any] | dict[str, Any] | None = None,
@@ -96,6 +125,32 @@ def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params
     return cursor
 
 
+def execute_many(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Sequence[Sequence[Any]],
+                 *, label: str) -> None:
+    """One statement for many parameter rows (psycopg pipelines them): through the same door as execute()."""
+    started = time.perf_counter()
+    try:
+        with conn.cursor() as cursor:
+            cursor.executemany(query, params)
+    except psycopg.Error as exc:
+        raise wrap(exc, label) from exc
+    if TRACE:
+        _trace(f"-- {label}\n{query.as_string(conn)};\n-- {label}: {time.perf_counter() - started:.3f}s,"
+               f" {len(params)} parameter rows [{threading.current_thread().name}]")
+
+
+def copy(cursor: psycopg.Cursor[Any], statement: sql.Composed, *, label: str) -> AbstractContextManager[psycopg.Copy]:
+    """Start a COPY: the door for COPY as execute() is for other statements, so tracing shows it too.
+
+    psycopg's errors pass through unwrapped: a refused COPY is data for its caller (a window
+    to screen, a record to quarantine), which wraps what it does not handle.
+    """
+    if TRACE:
+        _trace(f"-- {label}\n{statement.as_string(cursor.connection)};\n-- {label}: started"
+               f" [{threading.current_thread().name}]")
+    return cursor.copy(statement)
+
+
 _EPOCH = time.perf_counter()   # trace lines tell when each statement ended, to see what overlapped
 
 
@@ -105,12 +160,3 @@ _trace_lock = threading.Lock()
 def _trace(text: str) -> None:
     with _trace_lock:
         print(text, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def transaction(conn: psycopg.Connection[Any], label: str) -> Iterator[None]:
-    try:
-        with conn.transaction():
-            yield
-    except psycopg.Error as exc:
-        raise wrap(exc, label) from exc

@@ -1,12 +1,25 @@
 """One error tree: every failure a user can see says what, where and what to do.
 
-The CLI maps these to exit codes in one place (`cli/_errors.py`); library callers catch
+The CLI maps these to exit statuses (`ExitStatus`) in one place (`cli/_errors.py`); library callers catch
 `PgstageError` and read `.exit_code`, `.location` and `.hint`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """The `pgstage` command's exit statuses (SPEC §6), named once; each error class carries its own."""
+
+    OK = 0
+    FAILED = 1            # a run failed (database, source), or a bug
+    USAGE = 2             # bad spec, option, header or target: fix the input, do not retry
+    REJECT_LIMIT = 3      # too many rejects: nothing merged
+    LOCKED = 4            # another run holds the pipeline
+    INTERRUPTED = 130     # Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,12 @@ class PgstageError(Exception):
     message: str
     location: Location = field(default_factory=Location)
     hint: str | None = None
-    exit_code: int = 1
+    exit_code: ClassVar[ExitStatus] = ExitStatus.FAILED    # a subclass names its own: `class X(..., exit_code=...)`
+
+    def __init_subclass__(cls, exit_code: ExitStatus | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -51,11 +69,10 @@ class PgstageError(Exception):
 
 
 @dataclass
-class SpecError(PgstageError):
+class SpecError(PgstageError, exit_code=ExitStatus.USAGE):
     """The pipeline spec is wrong; `problems` lists every problem found, not just the first."""
 
     problems: tuple[str, ...] = ()
-    exit_code: int = 2
 
     def __str__(self) -> str:
         if not self.problems:
@@ -65,10 +82,8 @@ class SpecError(PgstageError):
 
 
 @dataclass
-class UsageError(PgstageError):
+class UsageError(PgstageError, exit_code=ExitStatus.USAGE):
     """A command was called in a way that cannot work (bad option, bad date)."""
-
-    exit_code: int = 2
 
 
 @dataclass
@@ -77,43 +92,81 @@ class SourceError(PgstageError):
 
 
 @dataclass
-class HeaderMismatch(SourceError):
+class HeaderMismatch(SourceError, exit_code=ExitStatus.USAGE):
     """The source's header does not provide what the spec needs: a usage problem (exit 2)."""
 
-    exit_code: int = 2
-
 
 @dataclass
-class TargetMismatch(PgstageError):
+class TargetMismatch(PgstageError, exit_code=ExitStatus.USAGE):
     """An existing target table disagrees with the spec (column missing, other type, no key)."""
 
-    exit_code: int = 2
-
 
 @dataclass
-class RejectLimitExceeded(PgstageError):
+class RejectLimitExceeded(PgstageError, exit_code=ExitStatus.REJECT_LIMIT):
     """Too many rejected rows: nothing was merged, the rejects were recorded."""
 
-    exit_code: int = 3
-
 
 @dataclass
-class PipelineLocked(PgstageError):
+class PipelineLocked(PgstageError, exit_code=ExitStatus.LOCKED):
     """Another run holds this pipeline's lock."""
 
-    exit_code: int = 4
+
+# SQLSTATEs pgstage decides on (PostgreSQL's Appendix A), named once.
+DATA_EXCEPTION = "22"          # a class: a value that does not fit its type
+INTEGRITY_VIOLATION = "23"     # a class: a constraint refused a row
+NUMERIC_OVERFLOW = "22003"
+UNIQUE_VIOLATION = "23505"
+QUERY_CANCELED = "57014"       # statement_timeout, or a cancel request
+# The faults a run retries from its last checkpoint (docs/guarantees.md, "Transient faults"),
+# by SQLSTATE and nothing else: a statement timeout, a full disk (53100) or exhausted memory
+# (53200) would fail the same way again, so they fail the run at once with their message.
+TRANSIENT_SQLSTATES = frozenset({
+    "08000", "08001", "08003", "08004", "08006",   # connection exception: the connection was lost or refused
+    "57P01", "57P02", "57P03",                      # admin shutdown, crash shutdown, cannot connect now (restart)
+    "40001", "40P01",                               # serialization failure, deadlock detected
+    "55P03",                                        # lock not available: lock_timeout elapsed
+    "53300",                                        # too many connections
+})
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """PostgreSQL's own fields of an error (psycopg's `diag`), kept so callers need not dig in `__cause__`."""
+
+    message: str | None = None      # the primary message
+    detail: str | None = None
+    schema: str | None = None
+    table: str | None = None
+    column: str | None = None
+    datatype: str | None = None
+    constraint: str | None = None
 
 
 @dataclass
 class DatabaseError(PgstageError):
-    """PostgreSQL refused something; the message is PostgreSQL's, in the spec's terms."""
+    """PostgreSQL refused something; the message is PostgreSQL's, in the spec's terms.
+
+    `sqlstate` is the error's code (None when the client lost the server before any answer);
+    `diagnostics` the fields PostgreSQL sent with it.
+    """
+
+    sqlstate: str | None = None
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    @property
+    def sqlstate_class(self) -> str | None:
+        """The code's first two characters: 22 data exception, 23 integrity violation, 08 connection, ..."""
+        return self.sqlstate[:2] if self.sqlstate else None
 
 
 @dataclass
-class MissingDependency(PgstageError):
-    """An optional extra is needed; the hint names the pip command."""
+class UntrustedIndexDefinition(PgstageError):
+    """A definition in pgstage.index_rebuilds is not one pgstage wrote: it is refused, never run."""
 
-    exit_code: int = 2
+
+@dataclass
+class MissingDependency(PgstageError, exit_code=ExitStatus.USAGE):
+    """An optional extra is needed; the hint names the pip command."""
 
 
 @dataclass

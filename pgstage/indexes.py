@@ -6,22 +6,51 @@ drop and the rebuild, leaving the table without its indexes. So each definition 
 to `pgstage.index_rebuilds` in the same transaction as its DROP, and removed in the same
 transaction as its CREATE: whatever instant the process dies, the ledger names exactly the
 indexes to rebuild, and the next run on the target (or `pgstage repair`) rebuilds them.
+
+Whoever can write `pgstage.index_rebuilds` must not get SQL run by the next load. So only
+indexes on plain columns are dropped (an expression or a predicate calls functions; such an
+index is kept and maintained by the merge), and a stored definition is run only if it still
+has exactly that shape, for that index of that target: nothing in it can call a function.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from pgstage import faults
-from pgstage.db import execute
+from pgstage.db import execute, qualified, relation_exists
+from pgstage.errors import Location, UntrustedIndexDefinition
 from pgstage.spec import Spec
 
 REBUILD_MAINTENANCE_WORK_MEM = "512MB"
 AUTO_MIN_ROWS = 50_000
 AUTO_FRACTION = 4.0        # incoming rows per existing row
+
+
+# The shape of pg_get_indexdef's rendering of a non-unique index on plain columns: names
+# (quoted when needed), optional collation and operator class names, orderings. No
+# parenthesis inside the key list, so no expression, and no WHERE, so no predicate.
+_IDENT = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
+_QUALIFIED = rf"{_IDENT}(?:\.{_IDENT})?"
+_KEY = rf"{_IDENT}(?: COLLATE {_QUALIFIED})?(?: {_QUALIFIED})?(?: DESC)?(?: NULLS (?:FIRST|LAST))?"
+_PLAIN_INDEX = re.compile(
+    rf"CREATE INDEX (?P<name>{_IDENT}) ON (?:ONLY )?(?P<schema>{_IDENT})\.(?P<table>{_IDENT})"
+    rf" USING (?:btree|hash|gist|spgist|gin|brin) \({_KEY}(?:, {_KEY})*\)(?: INCLUDE \({_IDENT}(?:, {_IDENT})*\))?")
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def plain_definition(definition: str, name: str, target: tuple[str, str]) -> bool:
+    """Whether `definition` creates index `name` on `target` from plain columns only (pure)."""
+    found = _PLAIN_INDEX.fullmatch(definition)
+    return bool(found and _unquote(found["name"]) == name
+                and (_unquote(found["schema"]), _unquote(found["table"])) == target)
 
 
 def secondary_indexes(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, str]]:
@@ -51,7 +80,7 @@ def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int
     if strategy == "rebuild":
         return True
     row = execute(conn, sql.SQL("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)"),
-                  (".".join(spec.target),), label="indexes: size").fetchone()
+                  (qualified(*spec.target),), label="indexes: size").fetchone()
     existing = int(row[0]) if row else 0
     return incoming_rows >= AUTO_MIN_ROWS and incoming_rows >= AUTO_FRACTION * existing
 
@@ -61,6 +90,8 @@ def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int) -> lis
     schema, _ = spec.target
     dropped = []
     for name, definition in secondary_indexes(conn, spec):
+        if not plain_definition(definition, name, spec.target):
+            continue   # an expression or a predicate: kept, see the module's docstring
         with conn.transaction():
             execute(conn, sql.SQL(
                 "INSERT INTO pgstage.index_rebuilds (target, index_name, definition, run_id) VALUES (%s, %s, %s, %s)"
@@ -78,13 +109,19 @@ def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
     schema, _ = spec.target
     rebuilt = []
     for name, definition in rows:
+        if not plain_definition(definition, name, spec.target):
+            raise UntrustedIndexDefinition(
+                f"pgstage.index_rebuilds holds a definition for index {name!r} of {spec.pipeline.target} that pgstage"
+                f" did not write, so it was not run: {definition!r}",
+                location=Location(file=str(spec.path) if spec.path else None),
+                hint="pgstage only drops indexes on plain columns; recreate the index yourself if it is wanted, then"
+                     f" delete the row: DELETE FROM pgstage.index_rebuilds WHERE target = '{spec.pipeline.target}'"
+                     f" AND index_name = '{name}'")
         with conn.transaction():
             execute(conn, sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
                 sql.Literal(REBUILD_MAINTENANCE_WORK_MEM)), label="indexes: memory")
-            exists = execute(conn, sql.SQL("SELECT to_regclass(%s)"), (f'"{schema}"."{name}"',),
-                             label="indexes: exists").fetchone()
-            if not (exists and exists[0]):
-                # The definition text comes from pg_get_indexdef, PostgreSQL's own rendering.
+            if not relation_exists(conn, schema, name):
+                # PostgreSQL's own rendering from pg_get_indexdef, checked above to hold names only.
                 execute(conn, sql.SQL(definition), label=f"indexes: rebuild {name}")  # type: ignore[arg-type]
             faults.hit("index.rebuild")
             execute(conn, sql.SQL("DELETE FROM pgstage.index_rebuilds WHERE target = %s AND index_name = %s"),

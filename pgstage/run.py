@@ -45,6 +45,7 @@ from pgstage import faults, indexes, target
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
+from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
 from pgstage.pipeline import known, ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
@@ -114,7 +115,7 @@ class Load:
     @property
     def duplicates(self) -> str:
         """The run's table of cross-batch losers (kept until the run succeeds, see `_plan_merge`)."""
-        return f"_dup_{self.run_id}"
+        return duplicates_table(self.run_id)
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def _validation_context(conn: psycopg.Connection[Any], spec: Spec) -> validate.C
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
     return validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
-                            known_rows=bool(seed is not None and found and known.ROW_HASH in found
+                            known_rows=bool(seed is not None and found and ROW_HASH in found
                                             and known.eligible(spec)),
                             staged=threading.Event())   # set when the last batch is staged: see validate.check
 
@@ -298,7 +299,7 @@ def _stage_and_validate(load: Load) -> Validated:
         if start.changed:
             _drop_tables(conn, [load.duplicates])
         since = ledger.watermark(conn, spec.pipeline.name, source.name) if load.run.cdc else None
-        batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=f"_stg_{load.run_id}_{file_no}",
+        batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=staged_prefix(load.run_id, file_no),
                                       start=start, batch_rows=spec.load.batch_rows, since=since,
                                       parallel=spec.load.workers)
         validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch))
@@ -320,7 +321,7 @@ def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stag
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
     with session.transaction():
         checked = validate.check(session, load.spec, load.types, batch,
-                                 f"_chk_{load.run_id}_{batch.file_no}_{batch.batch_no}", load.run_id, load.validation)
+                                 checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id, load.validation)
         ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated")
     faults.hit("validate.after")
     return checked
@@ -389,7 +390,7 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
                                                                                  validated.batches):
         beaten = load.duplicates
         merge.find_beaten(conn, spec, validated.batches, beaten)
-    seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], postgres.CHANGED_AT)
+    seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], SOURCE_CHANGED_AT)
             if load.run.cdc else None)
     return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen)
 

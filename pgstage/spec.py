@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pgstage.errors import SpecError
+from pgstage.names import AUDIT_COLUMNS
 
 Strategy = Literal["insert_only", "upsert", "upsert_if_newer"]
 Normalizer = Literal["trim", "lower", "upper"]
@@ -255,7 +256,7 @@ class Spec(_Model):
         if bad:
             raise ValueError(f"column names are 1-63 characters and may not start with '_' (reserved): {bad}")
         raw = self.load.raw_column
-        if raw is not None and (raw in self.columns or raw in ("_loaded_at", "_updated_at", "_run_id")):
+        if raw is not None and (raw in self.columns or raw in AUDIT_COLUMNS):
             raise ValueError(f"load.raw_column {raw!r} is already a column")
         if self.source.on_new_fields == "keep_raw" and raw is None:
             raise ValueError("source.on_new_fields = \"keep_raw\" needs load.raw_column, the JSONB column that keeps them")
@@ -386,13 +387,13 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
     for loc, message in _raw_cross_checks(data):
         problems.append(f"{name}:{_line_of(text, loc)}: {'.'.join(loc)}: {message}")
     if spec is not None and spec.checks:
-        from pgstage.checks import compile_check
+        from pgstage.checks import validate_checks   # sqlglot only for a spec with checks
 
-        for check_name, expression in spec.checks.items():
-            try:
-                compile_check(check_name, expression, {c: col.pg_type for c, col in spec.columns.items()})
-            except SpecError as exc:
-                problems.append(f"{name}:{_line_of(text, ('checks', check_name))}: {exc.message}")
+        try:
+            validate_checks(spec.checks, {c: col.pg_type for c, col in spec.columns.items()},
+                            locate=lambda check: f"{name}:{_line_of(text, ('checks', check))}")
+        except SpecError as exc:
+            problems += exc.problems
     if problems or spec is None:
         raise SpecError(f"{name}: {len(problems)} problem(s) in the pipeline spec", problems=tuple(problems),
                         hint="see docs/spec.md for every field")

@@ -16,17 +16,16 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
+from pgstage.names import DELETED_AT, LOADED_AT, ROW_HASH, RUN_ID, UPDATED_AT
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
-AUDIT_COLUMNS = {
-    "_loaded_at": "timestamp with time zone",
-    "_updated_at": "timestamp with time zone",
-    "_run_id": "bigint",
+AUDIT_TYPES = {
+    LOADED_AT: "timestamp with time zone",
+    UPDATED_AT: "timestamp with time zone",
+    RUN_ID: "bigint",
 }
-_AUDIT_DEFAULTS = {"_loaded_at": "now()", "_updated_at": "now()"}
-DELETED_AT = "_deleted_at"   # when a postgres source marks soft deletes (source.on_delete = "mark")
-ROW_HASH = "_row_hash"
+_AUDIT_DEFAULTS = {LOADED_AT: "now()", UPDATED_AT: "now()"}
 
 
 def audit_columns(spec: Spec, found: dict[str, str] | None = None) -> dict[str, str]:
@@ -36,7 +35,7 @@ def audit_columns(spec: Spec, found: dict[str, str] | None = None) -> dict[str, 
     """
     marks = spec.source.kind == "postgres" and spec.source.deleted_at and spec.source.on_delete == "mark"
     hashed = {ROW_HASH: "bigint"} if keeps_row_hash(found) else {}
-    return {**AUDIT_COLUMNS, **hashed, **({DELETED_AT: "timestamp with time zone"} if marks else {})}
+    return {**AUDIT_TYPES, **hashed, **({DELETED_AT: "timestamp with time zone"} if marks else {})}
 
 
 def keeps_row_hash(found: dict[str, str] | None) -> bool:

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
+import typer.main
 from typer.testing import CliRunner
 
 from pgstage.cli import app
+from tests import specs
 
 runner = CliRunner()
 
-SPEC = """
-[pipeline]
-name = "orders"
-target = "shop.orders"
-key = ["id"]
-strategy = "upsert"
-
-[source]
-path = "orders.csv"
-
-[columns]
+SPEC = specs.template(name="orders", target="shop.orders", path="orders.csv", columns="""
 id = { from = "Id", type = "bigint" }
 total = { from = "Total", type = "money_cents", min = 0 }
-
-[load]
-max_reject_ratio = 0.25
-"""
+""", load="max_reject_ratio = 0.25").format()
 
 
 def write(tmp_path: Path, spec: str = SPEC, csv: str = "Id,Total\n1,1.00\n2,2.50\n3,3\n4,4\n") -> Path:
@@ -161,3 +157,60 @@ def test_every_command_is_documented() -> None:
     for command in ("pgstage run", "pgstage backfill", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
                     "pgstage rejects", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
         assert f"## `{command}" in docs, command
+
+
+def test_exit_statuses_are_named_once_and_carried_by_the_errors() -> None:
+    from pgstage import errors
+    from pgstage.errors import ExitStatus
+    assert [(s.name, int(s)) for s in ExitStatus] == [("OK", 0), ("FAILED", 1), ("USAGE", 2), ("REJECT_LIMIT", 3),
+                                                     ("LOCKED", 4), ("INTERRUPTED", 130)]
+    expected = {errors.PgstageError: 1, errors.SpecError: 2, errors.UsageError: 2, errors.SourceError: 1,
+                errors.HeaderMismatch: 2, errors.TargetMismatch: 2, errors.RejectLimitExceeded: 3,
+                errors.PipelineLocked: 4, errors.DatabaseError: 1, errors.MissingDependency: 2,
+                errors.ConnectionFailed: 1, errors.TransientDatabaseError: 1, errors.UntrustedIndexDefinition: 1}
+    assert {cls: cls("x").exit_code for cls in expected} == expected
+
+
+def test_a_bad_option_exits_2_with_the_usage(tmp_path: Path) -> None:
+    code, out = invoke("run", str(write(tmp_path)), "--bogus")
+    assert code == 2 and "No such option: --bogus" in out
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every leaf command of the app with its words (`("db", "url")`), from typer's own command tree."""
+    children = getattr(command, "commands", None)
+    if children is None:
+        yield path, command
+        return
+    for name, child in children.items():
+        yield from _commands(child, (*path, name))
+
+
+def test_every_option_of_every_command_is_in_its_docs_section() -> None:
+    """`docs/cli.md` has a section per command; each of the command's options must appear in it."""
+    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    sections = {}   # "pgstage db url" -> its heading and text
+    for section in re.split(r"^(?=## )", docs, flags=re.M)[1:]:
+        heading = re.match(r"## `([^`]*)`", section)
+        assert heading, section.splitlines()[0]
+        sections[" ".join(w for w in heading[1].split() if w.islower() and not w.startswith(("[", "-")))] = section
+    missing = []
+    for words, command in _commands(typer.main.get_command(app)):
+        name = " ".join(("pgstage", *words))
+        if name not in sections:
+            missing.append(f"{name}: no section")
+            continue
+        for param in command.params:
+            if param.param_type_name == "option":
+                missing += [f"{name}: {opt}" for opt in param.opts
+                            if opt.startswith("--") and opt not in sections[name]]
+    assert missing == []
+
+
+def test_trace_sql_shows_copy_too(tmp_path: Path, db_url: str) -> None:
+    """PGSTAGE_TRACE_SQL=1 prints every statement, COPY included (read when pgstage is imported)."""
+    result = subprocess.run([sys.executable, "-m", "pgstage.cli", "run", str(write(tmp_path)), "--db", db_url],
+                            env={**os.environ, "PGSTAGE_TRACE_SQL": "1"}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r'^-- stage: copy\nCOPY "pgstage"\."_stg_1_0_0" ', result.stderr, flags=re.M)
+    assert "-- validate" in result.stderr and "-- merge" in result.stderr

@@ -25,32 +25,13 @@ import pgstage
 from pgstage import faults
 from pgstage.errors import PipelineLocked
 from tests.conftest import assert_identity
+from tests import specs
 from tests.test_property import Row, oracle, write_csv
 
 BATCH = 10
-SPEC = """
-[pipeline]
-name = "crash"
-target = "app.items"
-key = ["id"]
-strategy = "upsert_if_newer"
-version = "v"
-
-[source]
-path = "data/*.csv"
-
-[columns]
-id = {{ from = "id", type = "bigint" }}
-v = {{ from = "version", type = "integer" }}
-amount = {{ from = "amount", type = "money_cents", required = true, min = 0 }}
-note = {{ from = "note", type = "text" }}
-
-[load]
-batch_rows = {batch}
-max_reject_ratio = 0.5
-index_strategy = "rebuild"
-max_retries = {retries}
-"""
+SPEC = specs.template(name="crash", target="app.items", path="data/*.csv", columns=specs.ITEMS,
+                      strategy="upsert_if_newer", pipeline='version = "v"',
+                      load="batch_rows = {batch}\nmax_reject_ratio = 0.5\nindex_strategy = \"rebuild\"\nmax_retries = {retries}")
 
 # (point, how many times it is reached in the delta run: 6 batches, one window each, one index)
 POINTS = [("stage.copy", 6), ("stage.window", 6), ("validate.after", 6), ("merge.commit", 6), ("merge.after", 6),

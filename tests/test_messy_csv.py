@@ -14,28 +14,11 @@ import pytest
 
 from pgstage.errors import PgstageError, RejectLimitExceeded
 from pgstage.pipeline.extract import csv as csv_extract
+from tests import specs
 from tests.test_cases import run_and_check
 
-SPEC = """
-[pipeline]
-name = "messy"
-target = "public.items"
-key = ["id"]
-strategy = "upsert"
-
-[source]
-path = "{path}"
-{source}
-
-[columns]
-id     = {{ from = "id", type = "integer", required = true }}
-name   = {{ from = "name", type = "text" }}
-amount = {{ from = "amount", type = "numeric(10,2)" }}
-
-[load]
-max_reject_ratio = {ratio}
-{load}
-"""
+SPEC = specs.template(name="messy", target="public.items", path="{path}", columns=specs.MESSY, source="{source}",
+                      load="max_reject_ratio = {ratio}\n{load}")
 
 
 def write_spec(loader, *, path: str = "input.csv", source: str = "", load: str = "", ratio: float = 0.5,

@@ -23,6 +23,7 @@ import pgstage
 from pgstage.pipeline import merge
 from pgstage.pipeline.extract import csv as csv_extract
 from tests.conftest import assert_identity
+from tests import specs
 
 _examples = itertools.count()
 MONEY = re.compile(r"^[+-]?([0-9]{1,3}(,[0-9]{3}){1,4}|[0-9]{1,15})(\.[0-9]{1,2})?$")
@@ -51,26 +52,8 @@ rows = st.builds(
     ragged=st.integers(0, 6).map(lambda x: x == 0),
 )
 
-SPEC = """
-[pipeline]
-name = "p{n}"
-target = "prop.t{n}"
-key = ["id"]
-strategy = "{strategy}"
-{version}
-
-[source]
-path = "{glob}"
-
-[columns]
-id = {{ from = "id", type = "bigint" }}
-v = {{ from = "version", type = "integer" }}
-amount = {{ from = "amount", type = "money_cents", required = true, min = 0 }}
-note = {{ from = "note", type = "text" }}
-
-[load]
-max_reject_ratio = 1.0
-"""
+SPEC = specs.template(name="p{n}", target="prop.t{n}", path="{glob}", columns=specs.ITEMS, strategy="{strategy}",
+                      pipeline="{version}", load="max_reject_ratio = 1.0")
 
 
 def write_csv(path: Path, records: list[Row]) -> None:

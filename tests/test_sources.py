@@ -31,28 +31,11 @@ from pgstage.errors import HeaderMismatch, MissingDependency, SourceError, SpecE
 from pgstage.pipeline.extract import csv as csv_extract
 from pgstage.pipeline.extract import parquet as parquet_extract
 from tests.conftest import assert_identity
+from tests import specs
 from tests.test_cases import run_and_check
 
-SPEC = """
-[pipeline]
-name = "sources"
-target = "public.items"
-key = ["id"]
-
-[source]
-kind = "{kind}"
-path = "{path}"
-{source}
-
-[columns]
-id     = {{ from = "id", type = "integer", required = true }}
-name   = {{ from = "name", type = "text" }}
-amount = {{ from = "amount", type = "numeric(10,2)" }}
-
-[load]
-max_reject_ratio = {ratio}
-{load}
-"""
+SPEC = specs.template(name="sources", target="public.items", path="{path}", columns=specs.MESSY, kind="{kind}", strategy=None,
+                      source="{source}", load="max_reject_ratio = {ratio}\n{load}")
 
 
 def write_spec(loader, path: str, *, kind: str = "csv", source: str = "", load: str = "", ratio: float = 0.5) -> None:

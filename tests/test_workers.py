@@ -19,30 +19,12 @@ from pgstage.pipeline import stage, validate
 from pgstage.pipeline.extract.csv import Window
 from pgstage.workers import Aborted, InOrder
 from tests.conftest import Loader, assert_identity
+from tests import specs
 from tests.test_property import Row, oracle, write_csv
 
-SPEC = """
-[pipeline]
-name = "w"
-target = "app.items"
-key = ["id"]
-strategy = "upsert_if_newer"
-version = "v"
-
-[source]
-path = "data.csv"
-
-[columns]
-id = {{ from = "id", type = "bigint" }}
-v = {{ from = "version", type = "integer" }}
-amount = {{ from = "amount", type = "money_cents", required = true, min = 0 }}
-note = {{ from = "note", type = "text" }}
-
-[load]
-batch_rows = 25
-max_reject_ratio = 0.5
-workers = {workers}
-"""
+SPEC = specs.template(name="w", target="app.items", path="data.csv", columns=specs.ITEMS,
+                      strategy="upsert_if_newer", pipeline='version = "v"',
+                      load="batch_rows = 25\nmax_reject_ratio = 0.5\nworkers = {workers}")
 
 
 def _rows(seed: int, n: int) -> list[Row]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from pgstage.cli import backfill as backfill_commands
+from pgstage.cli._errors import ExitMapping
 from pgstage.cli import db as db_commands
 from pgstage.cli import demo as demo_commands
 from pgstage.cli import init as init_commands
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals hold connection URLs
     no_args_is_help=True,
     add_completion=False,
+    cls=ExitMapping,   # every command's errors become exit statuses in one place
 )
 app.command("run")(run_commands.run_command)
 app.command("backfill")(backfill_commands.backfill_command)

@@ -13,8 +13,9 @@ from rich.markup import escape
 from pgstage.backfill import BackfillReport, Progress, backfill
 from pgstage.backfill.forecast import parse_deadline
 from pgstage.cli import render
-from pgstage.cli._errors import err_console, exits
+from pgstage.cli._errors import err_console
 from pgstage.cli.run import DbOption, JsonOption
+from pgstage.errors import ExitStatus
 
 
 def backfill_command(
@@ -30,20 +31,19 @@ def backfill_command(
     as_json: JsonOption = False,
 ) -> None:
     """Load every day of a range for every spec, in parallel, resuming what a killed or failed backfill left."""
-    with exits():
-        due = parse_deadline(deadline, datetime.now().astimezone()) if deadline else None
-        line = _ProgressLine(enabled=sys.stderr.isatty() and not as_json, jobs=jobs)
-        try:
-            report = backfill(specs or (), start=start, end=end, jobs=jobs, newest_first=newest_first,
-                              retry_failed=retry_failed, join=join, deadline=due, db=db, on_progress=line.update)
-        finally:
-            line.close()
-        if as_json:
-            render.print_json(report.as_dict())
-        else:
-            _summary(report)
-        if report.failed:
-            raise typer.Exit(1)
+    due = parse_deadline(deadline, datetime.now().astimezone()) if deadline else None
+    line = _ProgressLine(enabled=sys.stderr.isatty() and not as_json, jobs=jobs)
+    try:
+        report = backfill(specs or (), start=start, end=end, jobs=jobs, newest_first=newest_first,
+                          retry_failed=retry_failed, join=join, deadline=due, db=db, on_progress=line.update)
+    finally:
+        line.close()
+    if as_json:
+        render.print_json(report.as_dict())
+    else:
+        _summary(report)
+    if report.failed:
+        raise typer.Exit(ExitStatus.FAILED)
 
 
 class _ProgressLine:

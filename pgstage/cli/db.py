@@ -8,7 +8,6 @@ import shutil
 import typer
 
 from pgstage import embedded
-from pgstage.cli._errors import exits
 from pgstage.cli.render import console
 from pgstage.db import mask, resolve_url
 from pgstage.errors import MissingDependency
@@ -19,32 +18,28 @@ app = typer.Typer(help="The embedded PostgreSQL under .pgstage/pgdata (or the da
 @app.command("start")
 def start() -> None:
     """Start the embedded server (it keeps running until `pgstage db stop`)."""
-    with exits():
-        url = embedded.start()
-        console.print(f"embedded PostgreSQL running: {url}")
+    url = embedded.start()
+    console.print(f"embedded PostgreSQL running: {url}")
 
 
 @app.command("stop")
 def stop() -> None:
     """Stop the embedded server of this directory."""
-    with exits():
-        console.print("stopped" if embedded.stop() else "not running")
+    console.print("stopped" if embedded.stop() else "not running")
 
 
 @app.command("url")
 def url() -> None:
     """Print the connection URL pgstage uses (password masked)."""
-    with exits():
-        print(mask(resolve_url(None)))
+    print(mask(resolve_url(None)))
 
 
 @app.command("psql")
 def psql() -> None:
     """Open psql on the database pgstage uses."""
-    with exits():
-        target = resolve_url(None)
-        wheel_psql = embedded.psql_path()
-        binary = str(wheel_psql) if wheel_psql.exists() else shutil.which("psql")
-        if not binary:
-            raise MissingDependency("psql not found", hint="install the PostgreSQL client")
-        os.execv(binary, [binary, target])
+    target = resolve_url(None)
+    wheel_psql = embedded.psql_path()
+    binary = str(wheel_psql) if wheel_psql.exists() else shutil.which("psql")
+    if not binary:
+        raise MissingDependency("psql not found", hint="install the PostgreSQL client")
+    os.execv(binary, [binary, target])

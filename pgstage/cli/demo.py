@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption
 from pgstage.demo import estimated_bytes, run_demo
 from pgstage.report import RunReport
@@ -22,35 +21,34 @@ def demo_command(
     db: DbOption = None,
 ) -> None:
     """Generate Shopify, WooCommerce and Stripe exports with real-world faults and load them into sales.orders."""
-    with exits():
-        files, database = estimated_bytes(days, orders_per_day)
-        render.console.print(f"generating {days} days × {orders_per_day:,} orders into {workdir}/data"
-                             f" (about {files / 1e9:.2f} GB of files, {database / 1e9:.2f} GB once loaded) …")
-        table = Table(title="runs", title_justify="left", show_edge=False)
-        for name in ("run", "pipeline", "day", "status", *render.COUNT_KEYS, "seconds"):
-            table.add_column(name, justify="left" if name in ("pipeline", "day", "status") else "right")
+    files, database = estimated_bytes(days, orders_per_day)
+    render.console.print(f"generating {days} days × {orders_per_day:,} orders into {workdir}/data"
+                         f" (about {files / 1e9:.2f} GB of files, {database / 1e9:.2f} GB once loaded) …")
+    table = Table(title="runs", title_justify="left", show_edge=False)
+    for name in ("run", "pipeline", "day", "status", *render.COUNT_KEYS, "seconds"):
+        table.add_column(name, justify="left" if name in ("pipeline", "day", "status") else "right")
 
-        def add(rep: RunReport) -> None:
-            c = rep.counts
-            table.add_row(str(rep.run_id), rep.pipeline, rep.partition or "", rep.status,
-                          *(f"{getattr(c, k):,}" for k in render.COUNT_KEYS), f"{rep.duration_s:.2f}")
+    def add(rep: RunReport) -> None:
+        c = rep.counts
+        table.add_row(str(rep.run_id), rep.pipeline, rep.partition or "", rep.status,
+                      *(f"{getattr(c, k):,}" for k in render.COUNT_KEYS), f"{rep.duration_s:.2f}")
 
-        result = run_demo(workdir, days=days, orders_per_day=orders_per_day, db=db, on_report=add)
-        render.console.print(table)
-        total = sum((r.counts.read for r in result.reports))
-        seconds = sum(r.duration_s for r in result.reports)
-        if total:
-            render.console.print(f"{total:,} records in {seconds:.1f}s of runs: {total / seconds:,.0f} records/s")
-        rejects: dict[str, int] = {}
-        for r in result.reports:
-            for rule, n in r.rejects_by_rule.items():
-                rejects[f"{r.pipeline}: {rule}"] = rejects.get(f"{r.pipeline}: {rule}", 0) + n
-        if rejects:
-            render.console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rejects.items())))
-        revenue = Table(title="confirmed revenue per day and source (sales.orders)", title_justify="left", show_edge=False)
-        for name in ("day", "source", "orders", "revenue"):
-            revenue.add_column(name, justify="right" if name in ("orders", "revenue") else "left")
-        for day, source, orders, amount in result.revenue:
-            revenue.add_row(str(day), source, f"{orders:,}", f"{amount:,.2f}")
-        render.console.print(revenue)
-        render.console.print("see every run with `pgstage runs`, one run's rejects with `pgstage show RUN_ID`")
+    result = run_demo(workdir, days=days, orders_per_day=orders_per_day, db=db, on_report=add)
+    render.console.print(table)
+    total = sum((r.counts.read for r in result.reports))
+    seconds = sum(r.duration_s for r in result.reports)
+    if total:
+        render.console.print(f"{total:,} records in {seconds:.1f}s of runs: {total / seconds:,.0f} records/s")
+    rejects: dict[str, int] = {}
+    for r in result.reports:
+        for rule, n in r.rejects_by_rule.items():
+            rejects[f"{r.pipeline}: {rule}"] = rejects.get(f"{r.pipeline}: {rule}", 0) + n
+    if rejects:
+        render.console.print("rejects by rule: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rejects.items())))
+    revenue = Table(title="confirmed revenue per day and source (sales.orders)", title_justify="left", show_edge=False)
+    for name in ("day", "source", "orders", "revenue"):
+        revenue.add_column(name, justify="right" if name in ("orders", "revenue") else "left")
+    for day, source, orders, amount in result.revenue:
+        revenue.add_row(str(day), source, f"{orders:,}", f"{amount:,.2f}")
+    render.console.print(revenue)
+    render.console.print("see every run with `pgstage runs`, one run's rejects with `pgstage show RUN_ID`")

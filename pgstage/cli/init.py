@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption
 from pgstage.errors import UsageError
 from pgstage.init import draft_spec
@@ -29,18 +28,17 @@ def init_command(
     db: DbOption = None,
 ) -> None:
     """Draft a commented spec from a sample file: PostgreSQL decides each column's type, required flags and key."""
-    with exits():
-        if output is not None and output.exists() and not force:
-            raise UsageError(f"{output} already exists", hint="pass --force to overwrite it, or choose another --output")
-        text = draft_spec(sample, db=db, name=name, target=target, sample_rows=sample_rows,
-                          delimiter=_TAB_SPELLINGS.get(delimiter, delimiter) if delimiter else None,
-                          encoding=encoding, output=output)
-        if output is None:
-            typer.echo(text, nl=False)  # plain: rich would read `[pipeline]` as markup
-            return
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror}", hint="choose a writable --output path") from None
-        render.console.print(f"wrote {output}: review the types and the key, then `pgstage run {output}`",
-                             markup=False)
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} already exists", hint="pass --force to overwrite it, or choose another --output")
+    text = draft_spec(sample, db=db, name=name, target=target, sample_rows=sample_rows,
+                      delimiter=_TAB_SPELLINGS.get(delimiter, delimiter) if delimiter else None,
+                      encoding=encoding, output=output)
+    if output is None:
+        typer.echo(text, nl=False)  # plain: rich would read `[pipeline]` as markup
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}", hint="choose a writable --output path") from None
+    render.console.print(f"wrote {output}: review the types and the key, then `pgstage run {output}`",
+                         markup=False)

@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption, JsonOption
 from pgstage.rejects import RejectRow, export_rejects, list_rejects, reject_rules
 
@@ -24,23 +23,22 @@ def rejects_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show a run's rejects (record number, every reason, the raw values), or export them to fix and reload."""
-    with exits():
-        if export is not None:
-            written = export_rejects(run_id, export, db=db, rule=rule, limit=limit)
-            if as_json:
-                render.print_json({"run_id": run_id, "export": str(export), "rejects": written})
-            else:
-                render.console.print(f"wrote {written:,} reject(s) of run {run_id} to {export}", markup=False)
-            return
-        rows = list_rejects(run_id, db=db, rule=rule, limit=limit)
+    if export is not None:
+        written = export_rejects(run_id, export, db=db, rule=rule, limit=limit)
         if as_json:
-            render.print_json([row.as_dict() for row in rows])
-        elif rows:
-            rejects_table(rows)
+            render.print_json({"run_id": run_id, "export": str(export), "rejects": written})
         else:
-            rules = reject_rules(run_id, db=db) if rule else {}
-            render.console.print(f"run {run_id}: no rejects" + (f" match rule {rule!r}" if rule else "")
-                                 + (f" (rules in this run: {', '.join(rules)})" if rules else ""), markup=False)
+            render.console.print(f"wrote {written:,} reject(s) of run {run_id} to {export}", markup=False)
+        return
+    rows = list_rejects(run_id, db=db, rule=rule, limit=limit)
+    if as_json:
+        render.print_json([row.as_dict() for row in rows])
+    elif rows:
+        rejects_table(rows)
+    else:
+        rules = reject_rules(run_id, db=db) if rule else {}
+        render.console.print(f"run {run_id}: no rejects" + (f" match rule {rule!r}" if rule else "")
+                             + (f" (rules in this run: {', '.join(rules)})" if rules else ""), markup=False)
 
 
 def raw_text(row: RejectRow) -> str:

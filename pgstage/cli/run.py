@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.repair import repair
 from pgstage.run import RejectLimitReport, run
 
@@ -25,14 +24,13 @@ def run_command(
     as_json: JsonOption = False,
 ) -> None:
     """Stage, validate, deduplicate and merge a source into its target; print the run's counts."""
-    with exits():
-        try:
-            report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
-        except RejectLimitReport as exc:
-            if exc.report is not None:
-                render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
-            raise
-        render.print_json(report.as_dict()) if as_json else render.report(report)
+    try:
+        report = run(spec, partition=partition, db=db, force=force, dry_run=dry_run)
+    except RejectLimitReport as exc:
+        if exc.report is not None:
+            render.print_json(exc.report.as_dict()) if as_json else render.report(exc.report)
+        raise
+    render.print_json(report.as_dict()) if as_json else render.report(report)
 
 
 def repair_command(
@@ -40,8 +38,7 @@ def repair_command(
     db: DbOption = None,
 ) -> None:
     """Rebuild indexes a killed run left dropped and remove leftover staging tables (every run does this too)."""
-    with exits():
-        result = repair(spec, db=db)
-        render.console.print(f"{result.target}: rebuilt {len(result.rebuilt_indexes)} index(es)"
-                             + (f" ({', '.join(result.rebuilt_indexes)})" if result.rebuilt_indexes else "")
-                             + f", dropped {len(result.dropped_tables)} leftover staging table(s)")
+    result = repair(spec, db=db)
+    render.console.print(f"{result.target}: rebuilt {len(result.rebuilt_indexes)} index(es)"
+                         + (f" ({', '.join(result.rebuilt_indexes)})" if result.rebuilt_indexes else "")
+                         + f", dropped {len(result.dropped_tables)} leftover staging table(s)")

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from pgstage.cli import render
-from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption, JsonOption
 from pgstage.history import run_details, recent_runs
 
@@ -19,9 +18,8 @@ def runs_command(
     as_json: JsonOption = False,
 ) -> None:
     """List recent runs from the ledger, newest first."""
-    with exits():
-        rows = recent_runs(db=db, pipeline=pipeline, limit=limit)
-        render.print_json(rows) if as_json else render.runs_table(rows)
+    rows = recent_runs(db=db, pipeline=pipeline, limit=limit)
+    render.print_json(rows) if as_json else render.runs_table(rows)
 
 
 def show_command(
@@ -30,9 +28,8 @@ def show_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show one run: status, counts per file, rejects by rule and sample rejects."""
-    with exits():
-        run, samples = run_details(run_id, db=db)
-        if as_json:
-            render.print_json({**run, "sample_rejects": samples})
-        else:
-            render.run_details(run, samples)
+    run, samples = run_details(run_id, db=db)
+    if as_json:
+        render.print_json({**run, "sample_rejects": samples})
+    else:
+        render.run_details(run, samples)

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
+from pgstage.errors import NUMERIC_OVERFLOW, DatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.stage import StagedBatch
 from pgstage.pipeline.transform import ColumnType
@@ -38,8 +39,6 @@ from pgstage.spec import Spec
 MAX_ATTEMPTS = 4
 # Different bad values of one column before the column is checked again instead of refusing them one by one.
 MAX_REFUSED = 8
-# The SQLSTATE of a value too wide for numeric(p, s), whose message quotes no value.
-NUMERIC_OVERFLOW = "22003"
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def quoted_value(message: str) -> str | None:
 
 
 def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], staged: StagedBatch,
-            plan: CastPlan, error: psycopg.Error, collation: str | None) -> list[tuple[str, str | None]]:
+            plan: CastPlan, error: DatabaseError, collation: str | None) -> list[tuple[str, str | None]]:
     """The columns and values that failed a cast-first pass; None as a value: check that column instead.
 
     A value is refused in a column whose type refuses it (asked once, of PostgreSQL) when the
@@ -103,9 +102,9 @@ def culprit(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTy
     of the batch. Each search stops at the first record that matches, near where the pass stopped.
     """
     columns = [n for n in candidates(spec, types) if n not in plan.checked]
-    value = quoted_value(error.diag.message_primary or "")
+    value = quoted_value(error.diagnostics.message or "")
     if value is None:
-        if error.diag.sqlstate == NUMERIC_OVERFLOW:
+        if error.sqlstate == NUMERIC_OVERFLOW:
             return [(n, None) for n in columns if types[n].category == "N" and "(" in types[n].name]
         return []
     normalized = {n: transform.normalized(staged.column(spec.columns[n].from_ or ""), spec.columns[n], spec.source.null,

@@ -28,12 +28,11 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import transform
-from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
+from pgstage.names import KNOWN, LEDGER_SCHEMA, ROW_HASH
+from pgstage.pipeline.stage import NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
-ROW_HASH = "_row_hash"
-KNOWN = "_known"
 SAMPLE_RECORDS = 1000
 MIN_SHARE = 0.25        # below this share of known records the hash join costs more than it saves
 

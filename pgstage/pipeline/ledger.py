@@ -15,14 +15,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.db import execute
+from pgstage.db import execute, relation_exists
+from pgstage.names import CHECKED_PREFIX, DUPLICATES_PREFIX, LEDGER_SCHEMA, STAGED_PREFIX
+from pgstage.pipeline._functions import INSTALL
 from pgstage.pipeline.extract import SourceFile
 from pgstage.pipeline.stage import StagedBatch, StartPoint
-from pgstage.pipeline.transform import TRY_TO_TIMESTAMP
-from pgstage.pipeline.validate import FENCE
 from pgstage.report import Counts
-
-SCHEMA_VERSION = 1
 
 _DDL = [
     "CREATE SCHEMA IF NOT EXISTS pgstage",
@@ -121,8 +119,8 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
             found = execute(conn, sql.SQL(needed), label="ledger: upgrade?").fetchone()  # type: ignore[arg-type]
             if found and found[0]:
                 execute(conn, sql.SQL(change), label="ledger: upgrade")  # type: ignore[arg-type]
-        execute(conn, TRY_TO_TIMESTAMP, label="ledger: functions")
-        execute(conn, FENCE, label="ledger: functions")
+        for function in INSTALL:
+            execute(conn, function, label="ledger: functions")
 
 
 def start_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | None, target: str,
@@ -212,11 +210,12 @@ def orphan_tables(conn: psycopg.Connection[Any], run_id: int | None = None) -> l
     """Staging tables of runs that are not running (killed attempts), or of one run."""
     rows = execute(conn, sql.SQL(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'pgstage' AND c.relkind = 'r' AND c.relname ~ '^_(stg|chk)_[0-9]+_'"
+        " WHERE n.nspname = %(schema)s AND c.relkind = 'r' AND c.relname ~ %(pattern)s"
         " AND (%(run)s::bigint IS NULL OR split_part(c.relname, '_', 3)::bigint = %(run)s)"
         " AND NOT EXISTS (SELECT 1 FROM pgstage.runs r WHERE r.run_id = split_part(c.relname, '_', 3)::bigint"
         "   AND r.status = 'running' AND %(run)s::bigint IS NULL)"),
-        {"run": run_id}, label="ledger: orphans").fetchall()
+        {"run": run_id, "schema": LEDGER_SCHEMA, "pattern": f"^({STAGED_PREFIX}|{CHECKED_PREFIX})_[0-9]+_"},
+        label="ledger: orphans").fetchall()
     return [r[0] for r in rows]
 
 
@@ -224,16 +223,15 @@ def finished_duplicate_tables(conn: psycopg.Connection[Any]) -> list[str]:
     """Cross-batch duplicate tables (`_dup_<run>`) of runs that will never be resumed."""
     rows = execute(conn, sql.SQL(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'pgstage' AND c.relkind = 'r' AND c.relname ~ '^_dup_[0-9]+$'"
+        " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relname ~ %s"
         " AND NOT EXISTS (SELECT 1 FROM pgstage.runs r WHERE r.run_id = split_part(c.relname, '_', 3)::bigint"
-        "   AND r.status IN ('running', 'failed'))"), label="ledger: finished duplicates").fetchall()
+        "   AND r.status IN ('running', 'failed'))"), (LEDGER_SCHEMA, f"^{DUPLICATES_PREFIX}_[0-9]+$"),
+        label="ledger: finished duplicates").fetchall()
     return [r[0] for r in rows]
 
 
 def table_exists(conn: psycopg.Connection[Any], table: str) -> bool:
-    row = execute(conn, sql.SQL("SELECT to_regclass(%s) IS NOT NULL"), (f'pgstage."{table}"',),
-                  label="ledger: exists").fetchone()
-    return bool(row and row[0])
+    return relation_exists(conn, LEDGER_SCHEMA, table)
 
 
 def fail_run(conn: psycopg.Connection[Any], run_id: int, message: str) -> None:

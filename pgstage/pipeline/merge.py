@@ -14,12 +14,11 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
-from pgstage.errors import DatabaseError, TransientDatabaseError
+from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.transform import ColumnType
-from pgstage.pipeline.extract.postgres import DELETED_AT
-from pgstage.pipeline.known import KNOWN, ROW_HASH
-from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM
+from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, ROW_HASH, SOURCE_DELETED_AT
+from pgstage.pipeline.stage import NO_AUTOVACUUM
 from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
 
@@ -53,7 +52,7 @@ def _written_columns(spec: Spec, checked: Checked) -> list[str]:
 
 def _compared_columns(spec: Spec) -> list[str]:
     """The target columns whose equality makes a row unchanged (not the row hash: it is a hint)."""
-    return [*target_columns(spec), *(["_deleted_at"] if soft_deletes(spec) == "mark" else [])]
+    return [*target_columns(spec), *([DELETED_AT] if soft_deletes(spec) == "mark" else [])]
 
 
 def _deleted_count(spec: Spec) -> sql.Composable:
@@ -186,7 +185,7 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     `dedup=False` is for a batch known to hold each key once: it skips the DISTINCT ON sort.
     """
     mode = soft_deletes(spec)
-    names = [*target_columns(spec), *(["_deleted_at"] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
+    names = [*target_columns(spec), *([DELETED_AT] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     picks = [sql.SQL("{} AS {}").format(transform.const(c, types[n]), sql.Identifier(n)) if c.const is not None
              else sql.SQL("c.{}").format(sql.Identifier(n))
@@ -197,7 +196,8 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     picks.append(sql.SQL("c.{}").format(sql.Identifier(KNOWN)))
     rows: sql.Composable = sql.SQL("{} c").format(checked.ident)
     if mode:  # the source's deleted_at is staged beside the fields; the checked table has only typed columns
-        picks.append(sql.SQL("g.{}::timestamptz AS _deleted_at").format(checked.staged.column(DELETED_AT)))
+        picks.append(sql.SQL("g.{}::timestamptz AS {}").format(checked.staged.column(SOURCE_DELETED_AT),
+                                                               sql.Identifier(DELETED_AT)))
         rows = sql.SQL("{} c JOIN {} g ON g._rec = c._rec").format(checked.ident, checked.staged.ident)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     order: list[sql.Composable] = [*keys, *_rank_order(spec, sql.Identifier("_rec"))]
@@ -434,7 +434,7 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup)
         row = execute(conn, query, label=label).fetchone()
     except DatabaseError as exc:
-        if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+        if exc.sqlstate == UNIQUE_VIOLATION:
             # Another load inserted some of these keys after this batch was classified: the
             # batch is rolled back and retried, and then sees those rows as existing.
             raise TransientDatabaseError(f"a concurrent load wrote keys of {checked.staged.source.name}: {exc.message}",

@@ -25,7 +25,8 @@ import psycopg
 from psycopg import sql
 
 from pgstage import faults
-from pgstage.db import execute, wrap
+from pgstage.db import copy as db_copy
+from pgstage.db import execute, qualified, wrap
 from pgstage.errors import HeaderMismatch, Location
 from pgstage.pipeline._quarantine import Quarantined, isolate, json_lines, numbered, printable
 from pgstage.pipeline._screen import applies, screen
@@ -33,9 +34,9 @@ from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetRead
 from pgstage.pipeline.extract.csv import ByteWindows
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
 from pgstage.pipeline.extract.postgres import PostgresReader
+from pgstage.names import LEDGER_SCHEMA
 from pgstage.spec import Spec, pg_encoding
 
-LEDGER_SCHEMA = "pgstage"
 # For the run's own tables (staging, checked, known, beaten), which live minutes and are read
 # in full: autovacuum would vacuum and analyze each one after its COPY (a 1M-row table passes
 # every threshold), spending a core the load needs, and a DROP waits a second
@@ -223,7 +224,7 @@ def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) 
         # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
         execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
         execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})" + NO_AUTOVACUUM).format(
-            ident, sql.Literal(f"{LEDGER_SCHEMA}.{table}_rec"), columns), label="stage: create")
+            ident, sql.Literal(qualified(LEDGER_SCHEMA, f"{table}_rec")), columns), label="stage: create")
 
 
 def drop(conn: psycopg.Connection[Any], table: str) -> None:
@@ -326,8 +327,8 @@ def _copy_statement(batch: StagedBatch, dialect: CsvDialect, *, numbered: bool) 
 
 def _number_from(conn: psycopg.Connection[Any], batch: StagedBatch, record: int) -> None:
     """The next row COPY inserts gets record number `record`."""
-    execute(conn, sql.SQL("SELECT setval({}, {}, false)").format(
-        sql.Literal(f"{LEDGER_SCHEMA}.{batch.table}_rec"), sql.Literal(record)), label="stage: number")
+    execute(conn, sql.SQL("SELECT setval(%s::regclass, %s, false)"), (qualified(LEDGER_SCHEMA, f"{batch.table}_rec"), record),
+            label="stage: number")
 
 
 @dataclass
@@ -387,7 +388,7 @@ def _copy_window(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes,
 def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, data: bytes | list[bytes | memoryview]) -> int:
     """COPY the bytes, given whole or in pieces (a screened window), in one statement."""
     with conn.cursor() as cursor:
-        with cursor.copy(statement) as copy:
+        with db_copy(cursor, statement, label="stage: copy") as copy:
             for piece in [data] if isinstance(data, bytes) else data:
                 copy.write(piece)
             faults.hit("stage.copy")
@@ -468,7 +469,8 @@ def _isolate_json(conn: psycopg.Connection[Any], batch: StagedBatch, data: bytes
         texts, undecodable = json_lines(data, first_record=record)
         try:
             with conn.cursor() as cursor:
-                with cursor.copy(sql.SQL("COPY {} (n, line) FROM STDIN").format(lines)) as copy:
+                with db_copy(cursor, sql.SQL("COPY {} (n, line) FROM STDIN").format(lines),
+                             label="stage: copy json lines") as copy:
                     for number, text in texts:
                         copy.write_row((number - record + 1, text))
         except psycopg.Error as exc:

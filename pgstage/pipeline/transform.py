@@ -347,16 +347,3 @@ def special_pattern(column: ColumnSpec, kind: ColumnType) -> str | None:
     if kind.category == "N":
         return SPECIAL_NUMBER if kind.name.startswith(_SPECIAL_NUMBER_TYPES) else None
     return SPECIAL_DATETIME if kind.category == "D" else None
-
-
-# PARALLEL RESTRICTED: its EXCEPTION block opens a subtransaction, which a parallel worker
-# may not ("cannot start subtransactions during a parallel operation"); the leader runs it.
-TRY_TO_TIMESTAMP = sql.SQL("""
-CREATE OR REPLACE FUNCTION pgstage.try_to_timestamp(value text, fmt text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE STRICT PARALLEL RESTRICTED AS $fn$
-BEGIN
-    RETURN to_timestamp(value, fmt);
-EXCEPTION WHEN others THEN
-    RETURN NULL;
-END
-$fn$""")

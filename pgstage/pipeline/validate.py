@@ -22,19 +22,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.db import execute
+from pgstage.db import execute, execute_many, qualified
 from pgstage.pipeline import known, transform
 from pgstage.pipeline._cast_first import MAX_ATTEMPTS, CastLuck, CastPlan, candidates, culprit
-from pgstage.pipeline.stage import LEDGER_SCHEMA, NO_AUTOVACUUM, StagedBatch
+from pgstage.names import KNOWN, LEDGER_SCHEMA, ROW_HASH
+from pgstage.pipeline.stage import NO_AUTOVACUUM, StagedBatch
 from pgstage.pipeline.transform import ColumnType
-from pgstage.errors import DatabaseError, SpecError
+from pgstage.errors import DATA_EXCEPTION, INTEGRITY_VIOLATION, DatabaseError, SpecError
 from pgstage.spec import ColumnSpec, Reference, Spec, parse_reference
 
-
-# Volatile, so the planner keeps each level a subquery; parallel safe, so workers may run it;
-# a plain SQL body, so it is inlined to a constant and costs nothing per row.
-FENCE = sql.SQL("CREATE OR REPLACE FUNCTION pgstage.fence() RETURNS integer"
-                " LANGUAGE sql VOLATILE PARALLEL SAFE AS 'SELECT 1'")
 
 # What the planner must believe for the pass to run in parallel workers: it prices our
 # expressions at a fraction of their real cost (a regex or a timestamp parse is ~1 µs),
@@ -136,7 +132,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     raw = sql.Identifier("_raw_record")
     hashed = context.row_hash_seed is not None
     carried: list[sql.Composable] = [rec, *([raw] if spec.load.raw_column else []),
-                                     *([sql.Identifier(known.ROW_HASH)] if hashed else [])]
+                                     *([sql.Identifier(ROW_HASH)] if hashed else [])]
     # A rejected record's raw values go to pgstage.rejects: carried along as one datum (cheap)
     # and turned into JSON only for the rows that fail, so the rejects need no join with staging.
     src = sql.Identifier("_src")
@@ -165,7 +161,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
         extra.append(sql.SQL("{} AS {}").format(staged.raw_values(sql.Identifier("s")), src))
     if context.row_hash_seed is not None:
         extra.append(sql.SQL("{} AS {}").format(known.row_hash(spec, staged, "s", context.row_hash_seed),
-                                                sql.Identifier(known.ROW_HASH)))
+                                                sql.Identifier(ROW_HASH)))
     l1_source = sql.SQL("(SELECT {} FROM {} s) s").format(sql.SQL(", ").join([sql.SQL("s.*"), *extra]), records)
     l1 = level(l1_items, l1_source, "l1")
     l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
@@ -216,7 +212,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
         reasons, rejected_raw = sql.SQL("NULL::jsonb[]"), sql.SQL("NULL::jsonb")
     outputs: list[sql.Composable] = [*carried, *(sql.Identifier(n) for n in columns)]
     checked = sql.SQL("SELECT {}, {} AS _reasons, {} AS _rejected_raw, false AS {} FROM {}").format(
-        sql.SQL(", ").join(outputs), reasons, rejected_raw, sql.Identifier(known.KNOWN), l6)
+        sql.SQL(", ").join(outputs), reasons, rejected_raw, sql.Identifier(KNOWN), l6)
     if known_table is not None:
         kept = set(known.kept_columns(spec))
         appended = [rec, *([sql.SQL("NULL::jsonb")] if spec.load.raw_column else []),
@@ -309,7 +305,7 @@ def check_references(conn: psycopg.Connection[Any], spec: Spec) -> None:
     for where, ref in refs:
         found = execute(conn, sql.SQL(
             "SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)"
-            " AND a.attnum > 0 AND NOT a.attisdropped"), (f'"{ref.schema_}"."{ref.table}"',),
+            " AND a.attnum > 0 AND NOT a.attisdropped"), (qualified(ref.schema_, ref.table),),
             label="validate: references").fetchone()
         existing = (found[0] if found else None) or []
         if not existing:
@@ -382,10 +378,10 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
                         label=f"validate (cast first) {staged.source.name}")
             break
         except DatabaseError as exc:
-            if not isinstance(exc.__cause__, (psycopg.errors.DataError, psycopg.errors.IntegrityError)):
+            if exc.sqlstate_class not in (DATA_EXCEPTION, INTEGRITY_VIOLATION):
                 raise
             attempts += 1
-            found = culprit(conn, spec, types, staged, plan, exc.__cause__, context.collation)
+            found = culprit(conn, spec, types, staged, plan, exc, context.collation)
             if not found:
                 context.luck.give_up()
             for column, bad in found:
@@ -399,10 +395,10 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         execute(conn, sql.SQL("DROP TABLE {}").format(sql.Identifier(LEDGER_SCHEMA, known_table)),
                 label="validate: drop known")
     if staged.quarantined:
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
-                " VALUES (%s, %s, %s, %s, jsonb_build_object('_record', %s::text),"
-                " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))",
-                [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined])
+        execute_many(conn, sql.SQL(
+            "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
+            " VALUES (%s, %s, %s, %s, jsonb_build_object('_record', %s::text),"
+            " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))"),
+            [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined],
+            label="validate: unreadable records")
     return Checked(staged, table, rejected, known=known_rows, hashed=seed_value is not None)

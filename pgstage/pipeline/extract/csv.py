@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pgstage.errors import HeaderMismatch, Location, SourceError
+from pgstage.pipeline.extract._closing import Closing
 from pgstage.pipeline.extract.compression import READ_ERRORS, is_plain, open_decompressed
 from pgstage.spec import SourceSection, pg_encoding
 
@@ -100,7 +101,7 @@ def _last_window(window: bytes) -> bytes:
     return body + (b"\r\n" if first > 0 and window[first - 1:first] == b"\r" else b"\n")
 
 
-class ByteWindows:
+class ByteWindows(Closing):
     """A file's decompressed bytes, cut into windows that end on a record boundary.
 
     Offsets count decompressed bytes, so a checkpoint means the same thing for a plain and a
@@ -126,12 +127,6 @@ class ByteWindows:
 
     def close(self) -> None:
         self._stream.close()
-
-    def __enter__(self) -> "ByteWindows":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _skip_to(self, offset: int) -> None:
         """Move to a recorded checkpoint (always a record boundary) past what is buffered."""
@@ -231,9 +226,6 @@ class CsvReader(ByteWindows):
         self.data_start = self._offset
         if start is not None and start > self._offset:
             self._skip_to(start)
-
-    def __enter__(self) -> "CsvReader":
-        return self
 
     def _read_header(self) -> Header:
         self._fill(WINDOW_BYTES)

@@ -35,9 +35,6 @@ class JsonlReader(ByteWindows):
         if start is not None and start > self._offset:
             self._skip_to(start)
 
-    def __enter__(self) -> "JsonlReader":
-        return self
-
     def _cut(self, buf: bytes | bytearray) -> int:
         # Every newline ends a line, even in broken JSON: quotes are not counted.
         return buf.rfind(b"\n") + 1 or -1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgstage.errors import Location, MissingDependency, SourceError
+from pgstage.pipeline.extract._closing import Closing
 from pgstage.pipeline.extract.compression import sniff
 from pgstage.pipeline.extract.csv import Header, Window
 
@@ -52,7 +53,7 @@ def flatten_schema(schema: Any) -> Iterator[tuple[str, str, Any]]:
         yield from leaves(field, field.name, field.name)
 
 
-class ParquetReader:
+class ParquetReader(Closing):
     """Reads one Parquet file as CSV windows of at most WINDOW_ROWS rows.
 
     `start` resumes at a row index recorded in the ledger. Call `select` with the fields to
@@ -91,12 +92,6 @@ class ParquetReader:
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
         self._file.close()
-
-    def __enter__(self) -> "ParquetReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def textual(self, name: str) -> bool:
         """Whether a field can be staged as text (lists, maps and unions cannot)."""

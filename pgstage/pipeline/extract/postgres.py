@@ -25,15 +25,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgstage.db import copy as db_copy
 from pgstage.db import execute, mask, wrap
 from pgstage.errors import DatabaseError, Location, SourceError, SpecError
+from pgstage.names import SOURCE_CHANGED_AT, SOURCE_DELETED_AT
 from pgstage.pipeline.extract.csv import ByteWindows, Header
 from pgstage.pipeline.extract.files import SourceFile
 from pgstage.spec import SourceSection
 
-# Names of the computed fields in the staging table; a ':' keeps them apart from any `from`.
-CHANGED_AT = "pgstage:changed_at"
-DELETED_AT = "pgstage:deleted_at"
 _TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 
 
@@ -178,14 +177,14 @@ class PostgresReader(ByteWindows):
     def select(self, fields: Sequence[str]) -> tuple[str, ...]:
         """Choose the table's columns to stage; returns the staged fields, computed ones last."""
         self._fields = tuple(fields)
-        return (*self._fields, CHANGED_AT, *((DELETED_AT,) if self.source.deleted_at else ()))
+        return (*self._fields, SOURCE_CHANGED_AT, *((SOURCE_DELETED_AT,) if self.source.deleted_at else ()))
 
     def _start(self) -> None:
         statement = build_copy_out(self.source, self._fields, self.since)
         self._cursor = self._conn.cursor()
         try:
             # Kept referenced: a dropped context manager would end the COPY when collected.
-            self._copy_cm = self._cursor.copy(statement)
+            self._copy_cm = db_copy(self._cursor, statement, label=f"source: copy out {self.label}")
             copy = self._copy_cm.__enter__()
         except psycopg.Error as exc:
             raise wrap(exc, f"source: copy out {self.label}") from exc
@@ -206,6 +205,3 @@ class PostgresReader(ByteWindows):
     def close(self) -> None:
         """Closing the connection ends the read-only transaction (and a COPY left unfinished)."""
         self._conn.close()
-
-    def __enter__(self) -> "PostgresReader":
-        return self

@@ -1,0 +1,6 @@
+INSERT INTO "shop"."orders" ("id", "v", "total", "email", "day", "status", "_raw", "_row_hash", _loaded_at, _updated_at, _run_id)
+SELECT "id", "v", "total", "email", "day", "status", "_raw", "_row_hash", now(), now(), 7
+FROM (SELECT DISTINCT ON ("id") "id", "v", "total", "email", "day", "status", "_raw", "_row_hash", "_known"
+FROM (SELECT c._rec, c."id", c."v", c."total", c."email", c."day", c."status", c._raw_record AS "_raw", c."_row_hash", c."_known"
+FROM "pgstage"."_chk_7_0_0" c) b
+ORDER BY "id", "_rec" DESC) s

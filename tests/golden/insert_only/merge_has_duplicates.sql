@@ -1,0 +1,2 @@
+SELECT count(*) <> count(DISTINCT ("id", "day"))
+FROM "pgstage"."_chk_7_0_0"
