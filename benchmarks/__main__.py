@@ -31,6 +31,8 @@ RATIOS: dict[str, list[tuple[str, str]]] = {
     "dirty": [("initial", "pgstage initial")],
     "dry_run": [("initial", "pgstage initial")],
     **strategies.RATIOS,
+    "backfill": [("initial", "pgstage initial (one file, same rows)")],
+    "noop_shell": [("noop", "pgstage noop in-process")],
 }
 
 
@@ -55,14 +57,15 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per measurement (and one more per extra baseline): medians, throughput, peak RSS, ratios."""
     median = {name: statistics.median(r["seconds"] for r in runs) for name, runs in raw.items()}
     out = []
-    for name in (*BASELINES, *SCENARIOS):
+    for name in (*BASELINES, *SCENARIOS, *scenarios.EXTRA):
         if name not in raw:
             continue
         runs = raw[name]
         rows = runs[0]["rows"]
         base = {"scenario": name, "seconds": median[name],
                 "seconds_all": [r["seconds"] for r in runs],
-                "rows": rows, "rows_per_s": None if name == "noop" else rows / median[name],
+                "rows": rows, "rows_per_s": None if name in ("noop", "noop_shell") or not rows else rows / median[name],
+                "wall_s": statistics.median(r.get("wall_s", r["seconds"]) for r in runs),
                 "peak_rss_mb": max(r["maxrss_kb"] for r in runs) / 1024, "ratio": None, "vs": None}
         compared = [(ref, label) for ref, label in RATIOS.get(name, []) if ref in median]
         if not compared:
@@ -73,15 +76,15 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def table(summary: list[dict[str, Any]]) -> str:
-    lines = [f"{'scenario':<22} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12} {'ratio':>8}  vs",
+    lines = [f"{'scenario':<22} {'seconds':>9} {'shell s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'ratio':>8}  vs",
              "-" * 80]
     for row in summary:
         if row.get("continued"):
-            lines.append(f"{'':<22} {'':>9} {'':>11} {'':>12} {row['ratio']:>7.2f}x  {row['vs']}")
+            lines.append(f"{'':<22} {'':>9} {'':>8} {'':>11} {'':>12} {row['ratio']:>7.2f}x  {row['vs']}")
             continue
         rate = f"{row['rows_per_s']:,.0f}" if row["rows_per_s"] else "-"
         ratio = f"{row['ratio']:>7.2f}x" if row["ratio"] is not None else f"{'-':>8}"
-        lines.append(f"{row['scenario']:<22} {row['seconds']:>9.2f} {rate:>11} {row['peak_rss_mb']:>12.0f} "
+        lines.append(f"{row['scenario']:<22} {row['seconds']:>9.2f} {row['wall_s']:>8.2f} {rate:>11} {row['peak_rss_mb']:>12.0f} "
                      f"{ratio}  {row['vs'] or ''}")
     return "\n".join(lines)
 

@@ -28,6 +28,16 @@ def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
             "files": [{"path": f.path, "status": f.status, "counts": f.counts.as_dict()} for f in report.files]}
 
 
+def _backfill(job: dict[str, Any]) -> dict[str, Any]:
+    import pgstage
+
+    started = time.perf_counter()
+    report = pgstage.backfill([job["spec"]], start=job["start"], end=job["end"], jobs=job.get("jobs", 1), db=job["db"])
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "status": "failed" if report.failed else "succeeded", "counts": report.counts.as_dict(),
+            "units": report.units, "unit_seconds": report.unit_seconds}
+
+
 def _baseline(job: dict[str, Any]) -> dict[str, Any]:
     import psycopg
 
@@ -44,7 +54,7 @@ def _baseline(job: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     job = json.loads(argv[1])
-    result = _pgstage(job) if job["kind"] == "pgstage" else _baseline(job)
+    result = {"pgstage": _pgstage, "backfill": _backfill}.get(job["kind"], _baseline)(job)
     result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps(result))
 

@@ -37,11 +37,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from benchmarks import baselines
+from benchmarks import backfill, baselines
 from benchmarks.data import Dataset, dataset, seed_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("initial", "incremental", "noop", "forced_noop", "dirty", "dry_run")
+SCENARIOS = ("initial", "incremental", "noop", "forced_noop", "dirty", "dry_run", "backfill")
+# Measurements that belong to a scenario without being one (see benchmarks/backfill.py).
+EXTRA = ("backfill_empty", "noop_shell", "startup", "python_bare")
 PIPELINE = "bench_orders"
 SPEC = """\
 [pipeline]
@@ -259,6 +261,7 @@ def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
             state = "initial"
             if "noop" in selected:
                 _pgstage(bench, "noop", rep, url, clean, status="skipped", expect={"read": 0})
+                backfill.shell_noop(bench, rep, url, bench.spec(clean.path), clean.rows)
             if "forced_noop" in selected:
                 _pgstage(bench, "forced_noop", rep, url, clean, force=True,
                          expect={"read": clean.rows, "unchanged": clean.rows, "inserted": 0, "updated": 0})
@@ -274,6 +277,9 @@ def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
             if bare_state == state and bench.checksums[f"bare_sql after {state}"][-1] != checksum:
                 bench.warnings.append(f"repeat {rep + 1}: pgstage and bare_sql targets differ after {state}: "
                                       f"{checksum} vs {bench.checksums[f'bare_sql after {state}'][-1]}")
+
+    if "backfill" in selected:
+        backfill.run(bench, rep)
 
     if "dirty" in selected:
         with bench.database("dirty") as url:

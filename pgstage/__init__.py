@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else may change.
 """
 
+from pgstage.backfill import BackfillReport, backfill
 from pgstage.errors import (
     DatabaseError,
     ExitStatus,
@@ -22,7 +23,7 @@ from pgstage.run import run
 from pgstage.spec import Spec, load_spec, parse_spec
 
 __all__ = [
-    "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
+    "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
     "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
-    "load_spec", "parse_spec", "run",
+    "backfill", "load_spec", "parse_spec", "run",
 ]

@@ -174,18 +174,20 @@ class MergePlan:
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
         base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
-        as_of: str | datetime | None = None) -> RunReport:
+        as_of: str | datetime | None = None, conn: psycopg.Connection[Any] | None = None) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
 
     `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
     partition's day end, else the run's start.
 
     With dry_run, stage and validate as usual, then predict the merge's counts by a read-only
-    comparison with the target, which is neither created nor written.
+    comparison with the target, which is neither created nor written. `conn`: an open
+    autocommit session on `db` for the first attempt (a backfill reuses one per job instead of
+    connecting for every day); it is left open, and a retry connects anew.
     """
     ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of)
     try:
-        report = _attempts(ctx)
+        report = _attempts(ctx, conn)
     except BaseException as exc:
         outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
                        time.time() - (time.perf_counter() - ctx.started))
@@ -193,28 +195,30 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     return outcome.finished(ctx.spec, ctx.url, report)
 
 
-def _attempts(ctx: RunContext) -> RunReport:
+def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None) -> RunReport:
     """The attempts of one run: transient faults are retried, each attempt resuming the last."""
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
-    first: psycopg.Connection[Any] | None = connect(ctx.url)
+    first: psycopg.Connection[Any] | None = conn or connect(ctx.url)
     retrying = Retrying(retry=retry_if_exception(lambda exc: isinstance(exc, (Transient, ConnectionFailed))),
                         stop=stop_after_attempt(ctx.spec.load.max_retries + 1),
                         wait=wait_random_exponential(multiplier=0.5, max=10), reraise=True)
     try:
         for attempt in retrying:
             with attempt:
-                conn, first = first or connect(ctx.url), None
+                session, first = first or connect(ctx.url), None
                 try:
-                    with conn:
-                        return _attempt(conn, ctx)
+                    if session is conn:   # the caller's: not closed here
+                        return _attempt(session, ctx)
+                    with session:
+                        return _attempt(session, ctx)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
         _mark_failed(ctx, f"gave up after {ctx.spec.load.max_retries} retries: {exc}")
         raise
     finally:
-        if first is not None:
+        if first is not None and first is not conn:
             first.close()
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -145,8 +145,8 @@ def test_pipeline_lock_exits_4(tmp_path: Path, db_url: str) -> None:
     assert invoke("run", str(spec), "--db", db_url)[0] == 0
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["repair"], ["runs"], ["show"], ["demo"], ["init"], ["rejects"], ["db"],
-                                     ["anomalies"], ["reconcile"], ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "psql"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["backfill"], ["repair"], ["runs"], ["show"], ["demo"], ["init"], ["rejects"], ["db"],
+                                     ["anomalies"], ["reconcile"], ["report"], ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "psql"]])
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = invoke(*command, "--help")
     assert code == 0 and "Usage" in out
@@ -154,8 +154,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_every_command_is_documented() -> None:
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
-    for command in ("pgstage run", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
-                    "pgstage rejects", "pgstage anomalies", "pgstage reconcile", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
+    for command in ("pgstage run", "pgstage backfill", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
+                    "pgstage rejects", "pgstage anomalies", "pgstage reconcile", "pgstage report", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
         assert f"## `{command}" in docs, command
 
 

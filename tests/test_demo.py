@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pgstage.cli import app
-from pgstage.demo import run_demo
+from pgstage.demo import estimated_bytes, run_demo
 from tests.conftest import assert_identity
 
 
@@ -56,3 +58,16 @@ def test_demo_command_prints_runs_and_revenue(tmp_path: Path, db_url: str) -> No
         assert "<h1>" + name + "</h1>" in (tmp_path / "d" / f"report-{name}.html").read_text()
     assert "logs: stderr, console format" in result.output
     assert "alerts: none configured (set PGSTAGE_ALERT_WEBHOOK" in result.output
+
+
+def test_demo_of_two_years_refuses_what_the_disk_cannot_hold(tmp_path: Path, db_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """730 days of 50,000 orders: 3.65 GB of files and 10.95 GB of database; with 5 GB free, nothing is written."""
+    assert estimated_bytes(730, 50_000) == (3_650_000_000, 10_950_000_000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100 * 10**9, 95 * 10**9, 5 * 10**9))  # type: ignore[attr-defined]
+    result = CliRunner().invoke(app, ["demo", "--days", "730", "--dir", str(tmp_path / "d"), "--db", db_url])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "about 3.65 GB of files, 10.95 GB once loaded" in output
+    assert "730 days of 50,000 orders need about 3.6 GB of files and 10.9 GB of database; 5.0 GB are free under" in output
+    assert list((tmp_path / "d").iterdir()) == []

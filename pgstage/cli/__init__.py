@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pgstage.cli import backfill as backfill_commands
 from pgstage.cli._errors import ExitMapping
 from pgstage.cli import db as db_commands
 from pgstage.cli import demo as demo_commands
@@ -23,6 +24,7 @@ app = typer.Typer(
     cls=ExitMapping,   # every command's errors become exit statuses in one place
 )
 app.command("run")(run_commands.run_command)
+app.command("backfill")(backfill_commands.backfill_command)
 app.command("repair")(run_commands.repair_command)
 app.command("runs")(runs_commands.runs_command)
 app.command("show")(runs_commands.show_command)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption
-from pgstage.demo import SOURCES, run_demo, specs_dir
+from pgstage.demo import SOURCES, estimated_bytes, run_demo, specs_dir
 from pgstage.ops import logs
 from pgstage.ops.alerts import masked, targets
 from pgstage.spec import load_spec
@@ -25,7 +25,9 @@ def demo_command(
     db: DbOption = None,
 ) -> None:
     """Generate Shopify, WooCommerce and Stripe exports with real-world faults and load them into sales.orders."""
-    render.console.print(f"generating {days} days × {orders_per_day:,} orders into {workdir}/data …")
+    files, database = estimated_bytes(days, orders_per_day)
+    render.console.print(f"generating {days} days × {orders_per_day:,} orders into {workdir}/data"
+                         f" (about {files / 1e9:.2f} GB of files, {database / 1e9:.2f} GB once loaded) …")
     table = Table(title="runs", title_justify="left", show_edge=False)
     for name in ("run", "pipeline", "day", "status", *render.COUNT_KEYS, "seconds"):
         table.add_column(name, justify="left" if name in ("pipeline", "day", "status") else "right")

@@ -7,6 +7,7 @@ deterministic: a second demo regenerates identical bytes, and every file is skip
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -26,6 +27,26 @@ from pgstage.spec import load_spec
 START = date(2024, 1, 1)
 # The three feeds into sales.orders, then the Stripe payments' history (scd2) from the same files.
 SPECS = (*SOURCES, "stripe_history")
+# Measured: 2 days of 50,000 orders write 9.7 MB of CSV (97 bytes an order, three sources
+# together). The database holds about three times the files' bytes (rows, key index, WAL).
+FILE_BYTES_PER_ORDER = 100
+DATABASE_FACTOR = 3
+
+
+def estimated_bytes(days: int, orders_per_day: int) -> tuple[int, int]:
+    """(the generated files, the loaded database), roughly: 730 days of 50,000 orders are 3.7 GB and 11 GB."""
+    files = days * orders_per_day * FILE_BYTES_PER_ORDER
+    return files, files * DATABASE_FACTOR
+
+
+def check_disk(workdir: Path, days: int, orders_per_day: int) -> None:
+    """Refuse before writing anything when the files and the database would not fit on the disk."""
+    files, database = estimated_bytes(days, orders_per_day)
+    free = shutil.disk_usage(workdir).free
+    if files + database > free:
+        raise SourceError(f"{days} days of {orders_per_day:,} orders need about {files / 1e9:.1f} GB of files and"
+                          f" {database / 1e9:.1f} GB of database; {free / 1e9:.1f} GB are free under {workdir}",
+                          hint="lower --days or --orders-per-day, or free some space")
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,7 @@ def run_demo(workdir: Path, *, days: int = 7, orders_per_day: int = 50_000, seed
              on_report: Callable[[RunReport], None] | None = None) -> DemoResult:
     """Generate (deterministically) and load every source for every day; return reports and revenue."""
     workdir.mkdir(parents=True, exist_ok=True)
+    check_disk(workdir, days, orders_per_day)
     generate(workdir / "data", days=days, orders_per_day=orders_per_day, seed=seed, start=START)
     url = resolve_url(db)
     reports = []

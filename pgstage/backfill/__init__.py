@@ -1,0 +1,240 @@
+"""`pgstage backfill`: every (spec, day) of a range as one unit, run in parallel, resumable, shareable.
+
+Each unit is exactly `pgstage run SPEC --partition DAY` (same ledger rows, same guarantees),
+run in-process through `pgstage.run` on a session the job keeps from unit to unit. Units sit
+in the ledger queue (queue.py): a re-run of the same command resumes the same backfill and
+does only what is left, and `join=ID` lets other processes or machines take units from it.
+A unit that fails is recorded with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgstage.backfill import queue
+from pgstage.backfill.forecast import Forecast, forecast
+from pgstage.db import connect, execute, resolve_url
+from pgstage.errors import PgstageError, UsageError
+from pgstage.pipeline import ledger
+from pgstage.report import Counts
+from pgstage.run import RejectLimitReport, parse_partition, run
+from pgstage.spec import Spec, load_spec
+
+__all__ = ["BackfillReport", "Progress", "backfill"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One overall progress line: units done of total (every process's), this process's records and rate."""
+
+    done: int
+    total: int
+    failed: int
+    records: int
+    elapsed_s: float
+    forecast: Forecast
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    backfill_id: int
+    resumed: bool
+    pipelines: tuple[str, ...]
+    first_day: date
+    last_day: date
+    jobs: int
+    units: dict[str, int]           # by status, every process's
+    counts: Counts                  # summed over the succeeded units' runs: the §5 identity holds for the sum
+    duration_s: float               # this process's wall time
+    unit_seconds: float             # the units' own durations, summed
+    records: int                    # read by this process's units
+    failures: tuple[dict[str, Any], ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.units.get("failed"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--json` document."""
+        return {"backfill_id": self.backfill_id, "resumed": self.resumed, "pipelines": list(self.pipelines),
+                "from": self.first_day.isoformat(), "to": self.last_day.isoformat(), "jobs": self.jobs,
+                "units": dict(self.units), "rows": self.counts.as_dict(), "duration_s": round(self.duration_s, 3),
+                "unit_seconds": round(self.unit_seconds, 3), "records": self.records,
+                "records_per_s": round(self.records / self.duration_s) if self.duration_s > 0 else 0,
+                "failures": list(self.failures), "warnings": list(self.warnings)}
+
+
+def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = None, end: str | date | None = None,
+             jobs: int = 1, newest_first: bool = False, retry_failed: bool = False, join: int | None = None,
+             deadline: datetime | None = None, db: str | None = None, base_dir: Path | None = None,
+             on_progress: Callable[[Progress], None] | None = None,
+             clock: Callable[[], float] = time.monotonic) -> BackfillReport:
+    """Run every (spec, day) from `start` to `end` on `jobs` threads, or join backfill `join`; return its summary.
+
+    Failed units do not raise: they are in the report (`failed`), with their reasons.
+    """
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs} must be at least 1")
+    url = resolve_url(db)   # the embedded server, if any, starts once for every unit
+    with connect(url) as conn:
+        ledger.ensure(conn)
+        queue.ensure(conn)
+        if join is not None:
+            if specs or start or end:
+                raise UsageError("--join takes its specs and days from the backfill it joins",
+                                 hint=f"run `pgstage backfill --join {join}` without specs, --from or --to")
+            found = queue.find(conn, join)
+            if found is None:
+                raise UsageError(f"there is no backfill {join} in this database", hint="check the id and --db")
+            job, resumed = found, True
+        else:
+            job, resumed = _create(conn, specs, start, end, newest_first, base_dir)
+        loaded = _load_specs(job.specs)
+        if retry_failed:
+            queue.retry_failed(conn, job.backfill_id)
+        before = queue.statuses(conn, job.backfill_id)
+        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url)
+        threads = [threading.Thread(target=_work, args=(url, job.backfill_id, loaded, job.specs, tally),
+                                    name=f"pgstage backfill {job.backfill_id} job {i + 1}") for i in range(jobs)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:   # Ctrl-C: the jobs finish the units they hold and claim no more
+            tally.stop.set()
+            for thread in threads:
+                thread.join()
+            raise
+        if tally.crash is not None:
+            raise tally.crash
+        units = queue.statuses(conn, job.backfill_id)
+        total = queue.counts(conn, job.backfill_id)
+        total.check_merged()
+        return BackfillReport(job.backfill_id, resumed, tuple(s.pipeline for s in job.specs), job.first_day,
+                              job.last_day, jobs, units, total, clock() - tally.started,
+                              queue.unit_seconds(conn, job.backfill_id), tally.records,
+                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings))
+
+
+def _create(conn: psycopg.Connection[Any], specs: Sequence[str | Path], start: str | date | None,
+            end: str | date | None, newest_first: bool, base_dir: Path | None) -> tuple[queue.Backfill, bool]:
+    if not specs:
+        raise UsageError("name at least one spec to backfill, or --join ID")
+    first, last = parse_partition(start), parse_partition(end)
+    if first is None or last is None:
+        raise UsageError("a backfill needs --from and --to", hint="e.g. --from 2024-01-01 --to 2024-12-31")
+    if first > last:
+        raise UsageError(f"--from {first} is after --to {last}")
+    refs = []
+    for path in specs:
+        spec = load_spec(path)
+        if spec.source.kind == "postgres" or "{date}" not in (spec.source.path or ""):
+            raise UsageError(f"{path}: source.path has no {{date}}, so every day would load the same files",
+                             hint="a backfill loads daily files: put {date} in source.path")
+        refs.append(queue.SpecRef(str(Path(path).resolve()), spec.pipeline.name,
+                                  str(base_dir.resolve()) if base_dir else None))
+    names = [r.pipeline for r in refs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two specs share a pipeline name: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return queue.create_or_resume(conn, tuple(refs), first, last, newest_first)
+
+
+def _load_specs(refs: tuple[queue.SpecRef, ...]) -> tuple[Spec, ...]:
+    """Every spec once, up front: a spec this machine cannot read stops the process before it claims a unit."""
+    return tuple(load_spec(ref.path) for ref in refs)
+
+
+class _Tally:
+    """This process's progress, shared by its jobs; the forecast and its warnings."""
+
+    def __init__(self, job: queue.Backfill, before: dict[str, int], jobs: int, deadline: datetime | None,
+                 clock: Callable[[], float], on_progress: Callable[[Progress], None] | None, url: str) -> None:
+        self.job, self.jobs, self.deadline, self.clock, self.on_progress = job, jobs, deadline, clock, on_progress
+        self.total = sum(before.values())
+        self.done_before = self.total - before["pending"]
+        self.started = clock()
+        self.records = 0
+        self.warnings: list[str] = []
+        self.crash: BaseException | None = None
+        self.stop = threading.Event()
+        self._late = False
+        self._lock = threading.Lock()
+
+    def unit_done(self, outcome: queue.Outcome, statuses: dict[str, int]) -> None:
+        with self._lock:
+            self.records += outcome.records
+            done = self.total - statuses["pending"]
+            elapsed = self.clock() - self.started
+            now = datetime.now().astimezone()
+            fc = forecast(measured=done - self.done_before, elapsed_s=elapsed, remaining=statuses["pending"],
+                          jobs=self.jobs, now=now, deadline=self.deadline)
+            if fc.late and not self._late:   # said as soon as the projection passes the deadline, again if it recovers and slips
+                warning = fc.warning(self.jobs)
+                if warning:
+                    self.warnings.append(warning)
+            self._late = fc.late
+            if self.on_progress:
+                self.on_progress(Progress(done, self.total, statuses["failed"], self.records, elapsed, fc))
+
+
+def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue.SpecRef, ...], tally: _Tally) -> None:
+    """One job: claim a unit, run it on this job's session, record its outcome with the claim; until none is left."""
+    claimer: psycopg.Connection[Any] | None = None
+    session: psycopg.Connection[Any] | None = None
+    try:
+        claimer = connect(url)
+        # The claim's transaction stays open while its unit runs.
+        execute(claimer, sql.SQL("SET idle_in_transaction_session_timeout = 0"), label="backfill: claim session")
+        while not tally.stop.is_set():
+            if session is None or session.closed:
+                session = connect(url)
+            with claimer.transaction():
+                unit = queue.claim(claimer, backfill_id)
+                if unit is None:
+                    return
+                ref = refs[unit.spec_no]
+                outcome = _run_unit(specs[unit.spec_no], unit.day, url, Path(ref.base_dir) if ref.base_dir else None,
+                                    session)
+                queue.finish(claimer, unit, outcome)
+            tally.unit_done(outcome, queue.statuses(claimer, backfill_id))
+            if session.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                session.close()   # a failed run may leave its session mid-transaction or broken: the next unit gets a new one
+    except BaseException as exc:  # the queue itself failed (database gone): the units stay pending for a re-run
+        tally.crash = tally.crash or exc
+        tally.stop.set()
+    finally:
+        for conn in (claimer, session):
+            if conn is not None:
+                conn.close()
+
+
+def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: psycopg.Connection[Any]) -> queue.Outcome:
+    """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception."""
+    started = time.perf_counter()
+    try:
+        report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session)
+    except RejectLimitReport as exc:
+        return queue.Outcome("failed", exc.report.run_id if exc.report else None, exc.exit_code, str(exc),
+                             time.perf_counter() - started, exc.report.counts.read if exc.report else 0)
+    except PgstageError as exc:
+        return queue.Outcome("failed", None, exc.exit_code, str(exc), time.perf_counter() - started)
+    except Exception as exc:  # a bug in one unit must not stop the others; the summary shows it
+        return queue.Outcome("failed", None, 1, f"internal error: {type(exc).__name__}: {exc}",
+                             time.perf_counter() - started)
+    status = "skipped" if report.status == "skipped" else "succeeded"
+    return queue.Outcome(status, report.run_id, 0, report.message, time.perf_counter() - started, report.counts.read)
