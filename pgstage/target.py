@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgstage import declared_indexes
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
 from pgstage.names import DELETED_AT, LOADED_AT, ROW_HASH, RUN_ID, UPDATED_AT
@@ -136,3 +137,5 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
                 for n, k in audit_columns(spec).items()]
     columns.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in spec.pipeline.key)))
     execute(conn, sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(columns)), label="target: create")
+    for name, statement in declared_indexes.creates(spec, {n: t.name for n, t in types.items()}):
+        execute(conn, statement, label=f"target: index {name}")
