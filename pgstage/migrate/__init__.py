@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pgstage.db import connect, resolve_url
 from pgstage.migrate.apply import Applied, MigrationReport, apply_plan, rollback_change
-from pgstage.migrate.plan import MigrationPlan, build_plan, render
+from pgstage.migrate.plan import MigrationPlan, build_plan
 from pgstage.spec import Spec, load_spec
 
-__all__ = ["Applied", "MigrationPlan", "MigrationReport", "apply", "plan", "render", "rollback"]
+__all__ = ["Applied", "MigrationPlan", "MigrationReport", "apply", "plan", "rollback"]
 
 
 def _spec(spec: Spec | str | Path) -> Spec:

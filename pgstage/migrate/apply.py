@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage import declared_indexes
+from pgstage import declared_indexes, faults
 from pgstage.db import execute
 from pgstage.errors import LOCK_NOT_AVAILABLE, DatabaseError, MigrationFailed, UsageError
 from pgstage.migrate import _diff, _ledger, plan as planning
@@ -165,6 +165,7 @@ def _backfill(conn: psycopg.Connection[Any], spec: Spec, migration_id: int, step
             with conn.transaction():
                 cursor = execute(conn, step.backfill.batch(page, end), label=f"migrate: {step.what}")
                 _ledger.batch_done(conn, migration_id, end, last, cursor.rowcount)
+            faults.hit("migrate.batch")
             written += max(cursor.rowcount, 0)
             page = end
             if pause_s:

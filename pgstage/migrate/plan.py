@@ -105,28 +105,3 @@ def build_change(spec: Spec, types: dict[str, ColumnType], target: Target, kind:
     if kind in ("drop_column", "removed_column"):
         return _steps.drop_column(target, detail, drop=drop_removed)
     return None
-
-
-def render(plan: MigrationPlan) -> str:
-    """The plan as text: each change, each step with its SQL, its lock and the rows it touches."""
-    lines = [f"target {plan.target} (about {plan.rows:,} rows)"]
-    if not plan.changes and not plan.refused:
-        lines.append("nothing to migrate: the target matches the spec")
-    for number, change in enumerate(plan.changes, 1):
-        resumed = f" (resumes migration {change.migration_id})" if change.migration_id else ""
-        lines.append(f"\n{number}. {change.summary}{resumed}")
-        if change.note:
-            lines.append(f"   note: {change.note}")
-        for i, step in enumerate(change.steps):
-            shown = step.backfill.shown() if step.backfill else step.statement
-            done = "  [done]" if i < change.resumed_at else ""
-            batched = ", in batches of heap pages" if step.backfill else ""
-            lines.append(f"   - {step.what}{done}\n     lock: {step.lock}; rows: ~{step.rows:,}{batched}"
-                         + (f"\n     {shown.as_string()}" if shown is not None else ""))
-        if change.actionable:
-            undo = ("cannot be undone" if change.rollback is None else
-                    "; ".join(s.statement.as_string() for s in change.rollback if s.statement is not None))
-            lines.append(f"   rollback: {undo}")
-    for problem in plan.refused:
-        lines.append(f"\nnot planned: {problem}")
-    return "\n".join(lines)
