@@ -10,6 +10,7 @@ from pgstage.cli import demo as demo_commands
 from pgstage.cli import init as init_commands
 from pgstage.cli import migrate as migrate_commands
 from pgstage.cli import rejects as rejects_commands
+from pgstage.cli import reprocess as reprocess_commands
 from pgstage.cli import run as run_commands
 from pgstage.cli import runs as runs_commands
 
@@ -29,6 +30,7 @@ app.command("demo")(demo_commands.demo_command)
 app.command("init")(init_commands.init_command)
 app.command("rejects")(rejects_commands.rejects_command)
 app.command("migrate")(migrate_commands.migrate_command)
+app.command("reprocess")(reprocess_commands.reprocess_command)
 app.add_typer(db_commands.app, name="db")
 
 
