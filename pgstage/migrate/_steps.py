@@ -24,6 +24,7 @@ CATALOG = "ACCESS EXCLUSIVE, catalog only (no scan, no rewrite)"
 ROWS = "ROW EXCLUSIVE, row locks on one batch at a time (reads and writes go on)"
 SHARE_UPDATE = "SHARE UPDATE EXCLUSIVE (reads and writes go on)"
 RESCAN = "ACCESS EXCLUSIVE, with a full scan or rewrite"
+TRIGGER = "SHARE ROW EXCLUSIVE, catalog only (writes wait an instant)"
 
 NEW_PREFIX = "_pgstage_new_"         # the widened copy of a column being rewritten
 COPY_TRIGGER = "_pgstage_copy_"      # the trigger that keeps that copy in step with writers
@@ -202,7 +203,7 @@ def widen_by_copy(target: Target, detail: Mapping[str, Any]) -> Change:
         Step("keep the copy in step with writers (trigger)", sql.SQL(
             "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW"
             " EXECUTE FUNCTION pgstage.copy_column({}, {})").format(
-                trigger, target.ident, sql.Literal(column), sql.Literal(f"{NEW_PREFIX}{column}"[:63])), CATALOG),
+                trigger, target.ident, sql.Literal(column), sql.Literal(f"{NEW_PREFIX}{column}"[:63])), TRIGGER),
         Step("copy the values", None, ROWS, target.rows,
              Backfill(copy_values(target, column, f"{NEW_PREFIX}{column}"[:63]), f"column {column!r}")),
     ]

@@ -236,7 +236,8 @@ def rollback_change(conn: psycopg.Connection[Any], spec: Spec, migration_id: int
         target = Target(*spec.target, rows=_diff.estimated_rows(conn, spec.target))
         change = planning.build_change(spec, types, target, row["kind"], row["detail"], drop_removed=True)
         if change is None or change.rollback is None:
-            why = change.note if change is not None and change.note else "nothing records how"
+            why = (change.note or "").removeprefix("cannot be undone: ") if change is not None else ""
+            why = why or "nothing records how"
             raise MigrationFailed(f"migration {migration_id} ({row['summary']}) cannot be undone: {why}")
         for step in change.rollback:
             _run_step(conn, spec, step, lambda: None)
