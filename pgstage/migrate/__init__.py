@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pgstage.db import connect, resolve_url
 from pgstage.migrate.apply import Applied, MigrationReport, apply_plan, rollback_change
-from pgstage.migrate.plan import MigrationPlan, build_plan
+from pgstage.migrate.planner import MigrationPlan, build_plan
 from pgstage.spec import Spec, load_spec
 
 __all__ = ["Applied", "MigrationPlan", "MigrationReport", "apply", "plan", "rollback"]

@@ -22,7 +22,7 @@ from psycopg import sql
 from pgstage import declared_indexes, faults
 from pgstage.db import execute
 from pgstage.errors import LOCK_NOT_AVAILABLE, DatabaseError, MigrationFailed, UsageError
-from pgstage.migrate import _diff, _ledger, plan as planning
+from pgstage.migrate import _diff, _ledger, planner as planning
 from pgstage.migrate._steps import NOT_NULL_CHECK, Change, Step, Target
 from pgstage.pipeline import ledger as run_ledger
 from pgstage.safety import apply_session_settings, pipeline_lock
