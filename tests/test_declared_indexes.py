@@ -93,3 +93,27 @@ def test_created_with_the_target_and_kept_through_a_rebuild(loader: Loader, sql)
     assert definitions(sql) == made
     assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
     assert sql("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
+
+
+def test_the_sales_example_declares_its_two_indexes_and_migrate_adds_them_back(tmp_path, db_url: str, sql) -> None:
+    from pgstage import migrate
+    from pgstage.demo import run_demo, specs_dir
+
+    run_demo(tmp_path / "demo", days=1, orders_per_day=900, db=db_url)
+    wanted = {
+        "orders_source_ordered_at": "CREATE INDEX orders_source_ordered_at ON sales.orders USING btree"
+                                    " (source, ordered_at DESC)",
+        "orders_customer_email": "CREATE INDEX orders_customer_email ON sales.orders USING btree (customer_email)"
+                                 " WHERE (customer_email IS NOT NULL)",
+    }
+    found = "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid" \
+            " WHERE i.indrelid = 'sales.orders'::regclass AND NOT i.indisprimary AND i.indisvalid"
+    assert dict(sql(found)) == wanted
+    sql("DROP INDEX sales.orders_source_ordered_at, sales.orders_customer_email")
+    spec = specs_dir() / "shopify.toml"
+    plan = migrate.plan(spec, db=db_url)
+    assert [(c.kind, c.subject) for c in plan.changes if c.kind == "add_index"] == [
+        ("add_index", "orders_source_ordered_at"), ("add_index", "orders_customer_email")]
+    migrate.apply(spec, db=db_url)
+    assert dict(sql(found)) == wanted
+    assert [c.kind for c in migrate.plan(spec, db=db_url).changes] == []

@@ -294,3 +294,15 @@ def test_cli_plan_apply_and_usage(populated: Loader, sql) -> None:
     assert applied.returncode == 0, applied.stderr
     assert "migration 6: new column 'channel' text (required) (6 steps, 100,000 rows written)" in applied.stdout
     assert "post-checks: no row lost (100,000 before, 100,000 after)" in applied.stdout
+
+
+def test_apply_refuses_while_a_run_holds_the_pipeline(populated: Loader, sql) -> None:
+    from pgstage.errors import PipelineLocked
+
+    with psycopg.connect(populated.db_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended('pgstage:orders:', 0))")
+        before = shape(sql)
+        with pytest.raises(PipelineLocked, match="pipeline 'orders' is being loaded by another session"):
+            migrate.apply(populated.root / "spec.toml", db=populated.db_url)
+        assert shape(sql) == before
+        assert sql("SELECT count(*) FROM pgstage.migrations") == [(0,)]
