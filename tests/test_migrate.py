@@ -306,3 +306,19 @@ def test_apply_refuses_while_a_run_holds_the_pipeline(populated: Loader, sql) ->
             migrate.apply(populated.root / "spec.toml", db=populated.db_url)
         assert shape(sql) == before
         assert sql("SELECT count(*) FROM pgstage.migrations") == [(0,)]
+
+
+def test_a_required_column_existing_rows_cannot_fill_is_refused_before_any_step(populated: Loader, sql) -> None:
+    populated.spec(V1.replace('email = { from = "email", type = "text" }',
+                              'email = { from = "email", type = "text", required = true }\n'
+                              'code = { from = "code", type = "text", required = true }')
+                   .replace('raw_column = "_raw"', ""))
+    sql(f"UPDATE {TARGET} SET email = NULL WHERE id % 1000 = 1")
+    before = shape(sql)
+    with pytest.raises(MigrationFailed) as caught:
+        migrate.apply(populated.root / "spec.toml", db=populated.db_url)
+    assert caught.value.message == (
+        "nothing was migrated on m.Orders: column 'email' is required now, but 100 rows are NULL;"
+        " new column 'code' is required, but nothing derives it for the 100,000 existing rows (no const, no raw_column)")
+    assert shape(sql) == before
+    assert sql("SELECT count(*) FROM pgstage.migrations") == [(0,)]

@@ -67,6 +67,7 @@ def apply_plan(conn: psycopg.Connection[Any], spec: Spec, *, drop_removed: bool 
             locks.enter_context(pipeline_lock(conn, spec.pipeline.name, partition))
         plan = planning.build_plan(conn, spec, drop_removed=drop_removed)
         before = _count(conn, spec)
+        _pre_checks(conn, spec, plan, before)
         applied = []
         for change in plan.changes:
             if change.actionable:
@@ -74,6 +75,27 @@ def apply_plan(conn: psycopg.Connection[Any], spec: Spec, *, drop_removed: bool 
         after = _count(conn, spec)
         checks = _post_checks(conn, spec, plan, before, after)
     return MigrationReport(spec.pipeline.target, tuple(applied), before, after, tuple(checks))
+
+
+def _pre_checks(conn: psycopg.Connection[Any], spec: Spec, plan: planning.MigrationPlan, rows: int) -> None:
+    """Refuse, before any step, a NOT NULL that existing rows would break half way through."""
+    problems = []
+    for change in plan.changes:
+        if change.migration_id is not None:
+            continue   # resumed: its checks ran when it started
+        if change.kind == "add_column" and change.detail.get("required") and rows and not any(
+                s.backfill for s in change.steps):
+            problems.append(f"new column {change.subject!r} is required, but nothing derives it for the {rows:,}"
+                            " existing rows (no const, no raw_column)")
+        if change.kind == "set_not_null":
+            found = execute(conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
+                sql.Identifier(*spec.target), sql.Identifier(change.subject)), label="migrate: pre-check").fetchone()
+            if found and found[0]:
+                problems.append(f"column {change.subject!r} is required now, but {found[0]:,} rows are NULL")
+    if problems:
+        raise MigrationFailed(f"nothing was migrated on {spec.pipeline.target}: " + "; ".join(problems),
+                              hint="give those rows a value (a `const`, `pgstage reprocess` from raw records, or an"
+                                   " UPDATE), or leave `required` out of the spec until they have one")
 
 
 def _loading_partitions(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
