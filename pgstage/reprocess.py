@@ -105,7 +105,7 @@ def reprocess(spec: Spec | str | Path, *, db: str | None = None, where: str | No
             totals = _batches(conn, spec, types, context, run_id, predicate, dry_run, batch_rows, pause_s)
             by_rule = ledger.rejects_by_rule(conn, run_id)
             source = source_of(spec)
-            files = [{"path": source.name, "status": "loaded", "counts": totals.as_dict()}]
+            files = [{"path": source.name, "status": "loaded", "rows": totals.as_dict(), "ignored_fields": []}]
             with conn.transaction():
                 ledger.finish_run(conn, run_id, "succeeded", totals, by_rule, files)
     return RunReport(run_id, spec.pipeline.name, PARTITION, "succeeded", totals, by_rule,

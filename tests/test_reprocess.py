@@ -86,6 +86,17 @@ def test_a_changed_map_and_normalize_update_exactly_the_affected_rows(loaded: Lo
     assert sql("SELECT count(*) FROM r.payments WHERE _run_id = %s", (report.run_id,)) == [(len(changed),)]
     assert sql("SELECT status, counts->>'updated' FROM pgstage.runs WHERE run_id = %s", (report.run_id,)) == [
         ("succeeded", str(len(changed)))]
+    shown = subprocess.run([sys.executable, "-m", "pgstage.cli", "show", str(report.run_id), "--db", loaded.db_url,
+                            "--json"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["files"] == [{"path": "reprocess:r.payments", "status": "loaded", "ignored_fields": [],
+                                  "rows": report.counts.as_dict()}]
+    batches = document["batches"]                             # pages in order, records numbered on
+    assert len(batches) > 1 and batches[0]["byte_start"] == 0 and batches[0]["record_start"] == 1
+    assert all(a["byte_end"] == b["byte_start"] and a["record_end"] + 1 == b["record_start"]
+               for a, b in zip(batches, batches[1:]))
+    assert sum(b["counts"]["read"] for b in batches) == ROWS
     again = reprocess(loaded.root / "spec.toml", db=loaded.db_url)
     assert (again.counts.read, again.counts.updated, again.counts.unchanged) == (ROWS, 0, ROWS)
 
