@@ -12,7 +12,9 @@ no row lost, no NULL where required, every constraint and declared index valid.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,14 +131,14 @@ def _apply_change(conn: psycopg.Connection[Any], spec: Spec, plan: planning.Migr
             with conn.transaction():
                 _ledger.step_done(conn, migration_id, number + 1, step.backfill.shown().as_string())
         else:
-            _run_step(conn, spec, step, lambda n=number + 1, s=step: _ledger.step_done(
-                conn, migration_id, n, s.statement.as_string() if s.statement is not None else ""))
+            _run_step(conn, spec, step, partial(_ledger.step_done, conn, migration_id, number + 1,
+                                                step.statement.as_string() if step.statement is not None else ""))
     with conn.transaction():
         _ledger.finish(conn, migration_id)
     return Applied(migration_id, change.kind, change.subject, change.summary, len(change.steps), written)
 
 
-def _run_step(conn: psycopg.Connection[Any], spec: Spec, step: Step, record: Any) -> None:
+def _run_step(conn: psycopg.Connection[Any], spec: Spec, step: Step, record: Callable[[], None]) -> None:
     """One statement with its ledger record; a lock not granted within lock_timeout is tried again."""
     assert step.statement is not None
     for attempt in range(1, LOCK_ATTEMPTS + 1):
