@@ -322,3 +322,15 @@ def test_a_required_column_existing_rows_cannot_fill_is_refused_before_any_step(
         " new column 'code' is required, but nothing derives it for the 100,000 existing rows (no const, no raw_column)")
     assert shape(sql) == before
     assert sql("SELECT count(*) FROM pgstage.migrations") == [(0,)]
+
+
+def test_a_required_column_from_raw_records_lacking_it_is_refused_before_any_step(populated: Loader, sql) -> None:
+    populated.spec(V1.replace('legacy = { from = "legacy", type = "text" }',
+                              'legacy = { from = "legacy", type = "text" }\n'
+                              'region = { from = "Region", type = "text", required = true }'))
+    with pytest.raises(MigrationFailed) as caught:
+        migrate.apply(populated.root / "spec.toml", db=populated.db_url)
+    # ' north ' etc. are values; '' is NULL once cleaned, a quarter of the rows
+    assert caught.value.message == ("nothing was migrated on m.Orders: new column 'region' is required, but 25,000"
+                                    " rows have no valid value in their raw record's field 'Region'")
+    assert "region" not in [name for name, _, _ in shape(sql)]

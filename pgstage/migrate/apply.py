@@ -26,7 +26,7 @@ from pgstage.db import execute
 from pgstage.errors import LOCK_NOT_AVAILABLE, DatabaseError, MigrationFailed, UsageError
 from pgstage.migrate import _diff, _ledger, planner as planning
 from pgstage.migrate._steps import NOT_NULL_CHECK, Change, Step, Target
-from pgstage.pipeline import ledger as run_ledger
+from pgstage.pipeline import ledger as run_ledger, transform
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.spec import Spec
 
@@ -89,6 +89,14 @@ def _pre_checks(conn: psycopg.Connection[Any], spec: Spec, plan: planning.Migrat
                 s.backfill for s in change.steps):
             problems.append(f"new column {change.subject!r} is required, but nothing derives it for the {rows:,}"
                             " existing rows (no const, no raw_column)")
+        elif change.kind == "add_column" and change.detail.get("required") and change.detail.get("derive") == "raw":
+            derived = planning.derivation(spec, transform.resolve_types(conn, spec), change.subject, "raw")
+            assert derived is not None
+            found = execute(conn, sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NULL").format(
+                sql.Identifier(*spec.target), derived.expression), label="migrate: pre-check").fetchone()
+            if found and found[0]:
+                problems.append(f"new column {change.subject!r} is required, but {found[0]:,} rows have no valid"
+                                f" value in their raw record's field {spec.columns[change.subject].from_!r}")
         if change.kind == "set_not_null":
             found = execute(conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
                 sql.Identifier(*spec.target), sql.Identifier(change.subject)), label="migrate: pre-check").fetchone()
@@ -254,8 +262,6 @@ def rollback_change(conn: psycopg.Connection[Any], spec: Spec, migration_id: int
                          hint="a running migration is finished by `pgstage migrate --apply`" if row["status"] == "running"
                          else None)
     with pipeline_lock(conn, spec.pipeline.name, None):
-        from pgstage.pipeline import transform
-
         types = transform.resolve_types(conn, spec)
         target = Target(*spec.target, rows=_diff.estimated_rows(conn, spec.target))
         change = planning.build_change(spec, types, target, row["kind"], row["detail"], drop_removed=True)
