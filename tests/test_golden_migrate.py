@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from pgstage import db, declared_indexes, reprocess
-from pgstage.migrate import _steps, planner
+from pgstage.migrate import planner
 from pgstage.migrate._steps import Change, Target
 from pgstage.names import checked_table, staged_prefix
 from pgstage.pipeline import transform

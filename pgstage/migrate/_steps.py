@@ -10,7 +10,7 @@ PostgreSQL's own rendering (`format_type`, `to_regtype`) and are checked again a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -90,7 +90,6 @@ class Target:
     schema: str
     table: str
     rows: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ident(self) -> sql.Identifier:
