@@ -119,6 +119,7 @@ INTEGRITY_VIOLATION = "23"     # a class: a constraint refused a row
 NUMERIC_OVERFLOW = "22003"
 UNIQUE_VIOLATION = "23505"
 QUERY_CANCELED = "57014"       # statement_timeout, or a cancel request
+LOCK_NOT_AVAILABLE = "55P03"   # lock_timeout elapsed (pgstage migrate tries a DDL again)
 # The faults a run retries from its last checkpoint (docs/guarantees.md, "Transient faults"),
 # by SQLSTATE and nothing else: a statement timeout, a full disk (53100) or exhausted memory
 # (53200) would fail the same way again, so they fail the run at once with their message.
@@ -174,6 +175,11 @@ class DatabaseError(PgstageError):
 @dataclass
 class UntrustedIndexDefinition(PgstageError):
     """A definition in pgstage.index_rebuilds is not one pgstage wrote: it is refused, never run."""
+
+
+@dataclass
+class MigrationFailed(PgstageError):
+    """`pgstage migrate` stopped (a step failed, a post-check, an undo that is not possible); re-running resumes."""
 
 
 @dataclass

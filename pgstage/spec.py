@@ -202,6 +202,7 @@ class ColumnSpec(_Model):
     in_: tuple[str, ...] | None = Field(default=None, alias="in")
     references: str | None = None
     unique: bool = False
+    renamed_from: str | None = Field(default=None, pattern=r"^[^\x00]{1,63}$")   # `pgstage migrate` renames it
 
     @field_validator("references")
     @classmethod
@@ -318,12 +319,21 @@ def parse_reference(text: str) -> Reference:
     return Reference(schema_=found.group(1) or "public", table=found.group(2), columns=columns)
 
 
+class IndexSpec(_Model):
+    """`[indexes] name = { columns = ["a", "b desc"], where = "...", unique = false }` (declared_indexes.py)."""
+
+    columns: tuple[str, ...] = Field(min_length=1)
+    where: str | None = None
+    unique: bool = False
+
+
 class Spec(_Model):
     pipeline: PipelineSection
     source: SourceSection
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     checks: dict[str, str] = Field(default_factory=dict)
     references: dict[str, CompositeReference] = Field(default_factory=dict)
+    indexes: dict[str, IndexSpec] = Field(default_factory=dict)
     load: LoadSection = LoadSection()
     anomaly: AnomalySection = AnomalySection()
     alerts: AlertsSection = AlertsSection()
@@ -425,6 +435,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         model = _FIELDS_BY_MODEL[loc[0]]
     elif len(loc) == 3 and loc[0] == "columns":
         model = ColumnSpec
+    elif len(loc) == 3 and loc[0] == "indexes":
+        model = IndexSpec
     elif len(loc) == 1:
         model = Spec
     else:
@@ -489,10 +501,30 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
                             locate=lambda check: f"{name}:{_line_of(text, ('checks', check))}")
         except SpecError as exc:
             problems += exc.problems
+    if spec is not None and spec.indexes:
+        problems += _index_problems(spec, lambda index: f"{name}:{_line_of(text, ('indexes', index))}")
     if problems or spec is None:
         raise SpecError(f"{name}: {len(problems)} problem(s) in the pipeline spec", problems=tuple(problems),
                         hint="see docs/spec.md for every field")
     return spec.model_copy(update={"path": path})
+
+
+def _index_problems(spec: Spec, locate: Any) -> list[str]:
+    """Every problem of `[indexes]`: bad names, unknown columns, a `where` that is not one condition."""
+    from pgstage.declared_indexes import check_keys, compile_where
+
+    columns = {c: col.pg_type for c, col in spec.columns.items()}
+    found = []
+    for index, declared in spec.indexes.items():
+        if not _NAME.match(index):
+            found.append(f"{locate(index)}: indexes.{index}: an index name is 1-63 characters")
+        found += [f"{locate(index)}: indexes.{index}.columns: {p}" for p in check_keys(declared.columns, columns)]
+        if declared.where is not None:
+            try:
+                compile_where(index, declared.where, columns)
+            except SpecError as exc:
+                found.append(f"{locate(index)}: {exc.message.removeprefix('checks.')}")
+    return found
 
 
 def load_spec(path: str | Path) -> Spec:

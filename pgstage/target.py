@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgstage import declared_indexes
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
 from pgstage.names import DELETED_AT, LOADED_AT, ROW_HASH, RUN_ID, UPDATED_AT
@@ -186,3 +187,5 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
             label="target: create")
     if history:
         execute(conn, scd2.build_current_index(spec), label="target: one current row per key")
+    for name, statement in declared_indexes.creates(spec, {n: t.name for n, t in types.items()}):
+        execute(conn, statement, label=f"target: index {name}")

@@ -9,9 +9,11 @@ from pgstage.cli._errors import ExitMapping
 from pgstage.cli import db as db_commands
 from pgstage.cli import demo as demo_commands
 from pgstage.cli import init as init_commands
+from pgstage.cli import migrate as migrate_commands
 from pgstage.cli import ops as ops_commands
 from pgstage.cli import rejects as rejects_commands
 from pgstage.cli import report as report_commands
+from pgstage.cli import reprocess as reprocess_commands
 from pgstage.cli import run as run_commands
 from pgstage.cli import runs as runs_commands
 
@@ -34,6 +36,8 @@ app.command("rejects")(rejects_commands.rejects_command)
 app.command("report")(report_commands.report_command)
 app.command("anomalies")(ops_commands.anomalies_command)
 app.command("reconcile")(ops_commands.reconcile_command)
+app.command("migrate")(migrate_commands.migrate_command)
+app.command("reprocess")(reprocess_commands.reprocess_command)
 app.add_typer(db_commands.app, name="db")
 
 

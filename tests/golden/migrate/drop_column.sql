@@ -1,0 +1,2 @@
+ALTER TABLE "Shop Data"."Order ""Lines""" DROP COLUMN IF EXISTS "legacy";
+-- rollback
