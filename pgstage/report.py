@@ -62,6 +62,7 @@ class RunReport:
     dry_run: bool = False
     merge_sql: str | None = None        # dry runs: the merge statement of the first batch
     sample_rejects: tuple[dict[str, Any], ...] = ()
+    throttled_s: dict[str, float] = field(default_factory=dict)   # paused seconds by reason (pgstage.pauses)
 
     def __post_init__(self) -> None:
         if self.status == "succeeded":
@@ -85,4 +86,5 @@ class RunReport:
             "dry_run": self.dry_run,
             **({"merge_sql": self.merge_sql} if self.merge_sql else {}),
             **({"sample_rejects": list(self.sample_rejects)} if self.sample_rejects else {}),
+            **({"throttled_s": dict(self.throttled_s)} if self.throttled_s else {}),
         }

@@ -42,11 +42,12 @@ import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pgstage import faults, indexes, target
+from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
-from pgstage.pipeline import known, ledger, merge, stage, transform, validate
+from pgstage.pipeline import chunks, known, ledger, merge, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
@@ -107,10 +108,17 @@ class Load:
     todo: tuple[SourceFile, ...]        # those not loaded before (or all of them with --force)
     skipped: tuple[FileReport, ...]
     validation: validate.Context
+    throttle: Throttle                  # asked before each COPY window, validation and merge chunk
 
     @property
     def spec(self) -> Spec:
         return self.run.spec
+
+    @property
+    def one_merge_at_a_time(self) -> bool:
+        """Throttled or chunked merges take their turn before their transaction opens, not after their
+        writes: no merge then sits open, holding its rows, while an earlier one pauses or commits chunks."""
+        return self.throttle.limits.active or chunks.chunkable(self.spec)
 
     @property
     def duplicates(self) -> str:
@@ -202,7 +210,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
             return _skip(conn, ctx, run_id, skipped)
         try:
             with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
-                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped, _validation_context(conn, ctx.spec))
+                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped, _validation_context(conn, ctx.spec),
+                            Throttle(Limits.of(ctx.spec.load), run_id))
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -296,7 +305,8 @@ def _stage_and_validate(load: Load) -> Validated:
         since = ledger.watermark(conn, spec.pipeline.name, source.name) if load.run.cdc else None
         batches = stage.stage_batches(conn, spec, source, file_no=file_no, table_prefix=staged_prefix(load.run_id, file_no),
                                       start=start, batch_rows=spec.load.batch_rows, since=since,
-                                      parallel=spec.load.workers)
+                                      parallel=spec.load.workers,
+                                      pause=partial(load.throttle.wait, conn, f"COPY of {source.name}"))
         validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch))
                                     for batch in batches]))
     assert load.validation.staged is not None
@@ -314,6 +324,7 @@ def _stage_and_validate(load: Load) -> Validated:
 
 def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
+    load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
     with session.transaction():
         checked = validate.check(session, load.spec, load.types, batch,
                                  checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id, load.validation)
@@ -411,12 +422,24 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
 
 def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePlan, checked: validate.Checked,
                  last_of_file: bool, turn: int, order: InOrder) -> None:
-    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
+    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job).
+
+    With `merge_chunk_rows`, every chunk but the last commits first, each with its own checkpoint
+    (`_merge_chunks`); the last commits with the batch's, as a whole batch's merge does.
+    """
     spec = load.spec
+    where = f"merge of {checked.staged.source.name} batch {checked.staged.batch_no}"
     try:
+        if load.one_merge_at_a_time:
+            order.wait(turn)
+        records, earlier = _merge_chunks(session, load, plan, checked) if chunks.chunkable(spec) else (None, None)
+        load.throttle.wait(session, where)
         with session.transaction():
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
-                            upserts=plan.upserts)
+                            upserts=plan.upserts, records=records)
+            if records is not None and earlier is not None:
+                chunks.record(session, load.run_id, checked.staged, records[1], m)
+                m = chunks.add(earlier, m)
             ledger.record_batch(session, load.run_id, checked.staged, _merged(checked, m), "merged")
             if last_of_file and load.run.cdc:
                 if plan.seen is not None:
@@ -432,6 +455,26 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
         raise
     order.committed(turn)
     _drop_tables(session, [checked.staged.table, checked.table])
+
+
+def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan, checked: validate.Checked
+                  ) -> tuple[merge.Records, merge.MergeCounts]:
+    """Merge and commit every chunk of the batch but the last (pipeline/chunks.py); returns the last
+    chunk's records and the counts committed so far, a killed attempt's chunks included."""
+    staged = checked.staged
+    done, counts = chunks.committed(session, load.run_id, staged)
+    first = staged.record_start if done is None else done + 1
+    *leading, last = chunks.ranges(first, staged.record_end, load.spec.load.merge_chunk_rows or 1)
+    for records in leading:
+        load.throttle.wait(session, f"merge of {staged.source.name} batch {staged.batch_no} records {records[0]}-")
+        with session.transaction():
+            m = merge.merge(session, load.spec, load.types, checked, load.run_id, plan.beaten,
+                            into_empty=plan.into_empty, upserts=plan.upserts, records=records)
+            chunks.record(session, load.run_id, staged, records[1], m)
+            faults.hit("merge.chunk.commit")
+        faults.hit("merge.chunk.after")
+        counts = chunks.add(counts, m)
+    return last, counts
 
 
 def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str, int]) -> RunReport:
@@ -462,7 +505,8 @@ def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[
     totals = sum(per_file.values(), Counts())
     ctx = load.run
     return RunReport(load.run_id, ctx.spec.pipeline.name, ctx.partition, status, totals, by_rule,
-                     time.perf_counter() - ctx.started, ctx.spec.pipeline.target, (*files, *load.skipped))
+                     time.perf_counter() - ctx.started, ctx.spec.pipeline.target, (*files, *load.skipped),
+                     throttled_s=throttled_seconds(load.conn, load.run_id))
 
 
 def _pre_merge(c: validate.Checked) -> Counts:

@@ -46,6 +46,9 @@ def report(rep: RunReport) -> None:
     for sample in rep.sample_rejects:
         reasons = "; ".join(f"{r.get('column') or 'record'}.{r['rule']}: {r['message']}" for r in sample["reasons"])
         console.print(f"  reject {sample['file']} record {sample['record']}: {reasons}", markup=False)
+    if rep.throttled_s:
+        paused = ", ".join(f"{reason} {seconds:.1f}s" for reason, seconds in rep.throttled_s.items())
+        console.print(f"paused by the throttle: {paused}", markup=False)
     if rep.dry_run and rep.merge_sql:
         console.print("the merge statement a real run would execute (first batch):", markup=False)
         console.print(rep.merge_sql, markup=False, soft_wrap=True)
