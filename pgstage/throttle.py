@@ -42,7 +42,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
-from pgstage.errors import DatabaseError, ThrottleQueryFailed, ThrottleTimeout
+from pgstage.errors import DatabaseError, ThrottleQueryFailed, ThrottleTimeout, Transient
 from pgstage.spec import LoadSection
 
 log = logging.getLogger("pgstage.throttle")
@@ -288,7 +288,9 @@ class Throttle:
                         label="throttle: query timeout")
                 row = execute(conn, build_user_query(self.limits.query or ""), label="throttle: query").fetchone()
         except DatabaseError as exc:
-            raise ThrottleQueryFailed(f"load.throttle_query failed: {exc.message}",
+            if isinstance(exc, Transient):   # the connection, not the query: retried as any other
+                raise
+            raise ThrottleQueryFailed(f"load.throttle_query failed: {exc.diagnostics.message or exc.message}",
                                       hint="it must be one read-only SELECT returning true (pause) or false,"
                                            f" within {QUERY_TIMEOUT}") from exc
         return bool(row and row[0])

@@ -35,7 +35,9 @@ def _bin(name: str) -> str:
 
 
 def _run(args: list[str]) -> None:
-    subprocess.run(args, check=True, user=_user(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(args, user=_user(), capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}: {done.stderr or done.stdout}")
 
 
 def _free_port() -> int:
