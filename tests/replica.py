@@ -10,7 +10,6 @@ root). Its `cluster_name` is the `application_name` the primary lists it under i
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -44,11 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _chown(path: Path) -> None:
-    if _user():
-        shutil.chown(path, _user(), _user())
 
 
 @dataclass
@@ -113,7 +107,7 @@ def make_primary(base: Path) -> str:
     server = embedded._wheel().get_server(base / "primary", cleanup_mode="delete")
     url = str(server.get_uri())
     with psycopg.connect(url, autocommit=True) as conn:
-        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN"
+        settings: dict[str, str] = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN"
                                      " ('wal_level', 'max_wal_senders')").fetchall())
         rules = conn.execute("SELECT count(*) FROM pg_hba_file_rules WHERE type = 'local'"
                              " AND 'replication' = ANY(database)").fetchone()

@@ -361,8 +361,13 @@ def test_hysteresis_pauses_above_the_limit_and_resumes_below_half(limit: int, va
 
 
 def test_unthrottled_runs_never_query_the_primary(loader, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[str] = []
-    monkeypatch.setattr(throttle.Throttle, "pressures", lambda self, conn, paused: asked.append("x") or [])
+    asked: list[bool] = []
+
+    def pressures(self: throttle.Throttle, conn: Any, *, paused: bool) -> list[throttle.Pressure]:
+        asked.append(paused)
+        return []
+
+    monkeypatch.setattr(throttle.Throttle, "pressures", pressures)
     write_notes(loader.root)
     loader.spec(spec_text(""))
     check_loaded(db_url, loader.run())
