@@ -482,6 +482,7 @@ def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str
     conn = load.conn
     if plan.beaten:
         _drop_tables(conn, [plan.beaten])
+    load.throttle.wait(conn, "index rebuilds")   # a rebuild writes its whole index to the WAL at once
     indexes.rebuild(conn, load.spec)
     with conn.transaction():
         merge.resolve_rejects(conn, load.spec, load.types, load.run_id, load.validation.collation)

@@ -194,25 +194,26 @@ class Throttle:
         self.status = f"paused: {first.detail}"
         log.warning("run %s paused before %s: %s", self.run_id, where, "; ".join(p.detail for p in found),
                     extra={"event": "throttle.paused", "run_id": self.run_id, "reason": first.reason})
-        sleep = BACKOFF_START_S
+        sleep, latest = BACKOFF_START_S, first
         try:
             while True:
                 waited = self._clock() - started
-                if waited >= self.limits.timeout_s:
+                if waited >= self.limits.timeout_s:   # the message names what holds the run now
                     self._record(conn, first, wall, waited)
                     raise ThrottleTimeout(
-                        f"paused {waited:.0f} s before {where} and gave up: {first.detail}"
-                        f" ({first.setting} = {self.limits.words.get(first.setting, '?')},"
+                        f"paused {waited:.0f} s before {where} and gave up: {latest.detail}"
+                        f" ({latest.setting} = {self.limits.words.get(latest.setting, '?')},"
                         f" throttle_timeout = {self.limits.timeout_s:g} s)",
                         hint="the next run resumes from the last checkpoint; "
-                             + ("check the replica named above" if first.reason.startswith("replica")
-                                else f"see why {first.setting} is exceeded") + ", or raise load.throttle_timeout")
+                             + ("check the replica named above" if latest.reason.startswith("replica")
+                                else f"see why {latest.setting} is exceeded") + ", or raise load.throttle_timeout")
                 time.sleep(min(sleep, max(self.limits.timeout_s - waited, 0.0)))
                 sleep = min(sleep * 2, BACKOFF_MAX_S)
                 found = self.pressures(conn, paused=True)
                 if not found:
                     break
-                self.status = f"paused: {found[0].detail}"
+                latest = found[0]
+                self.status = f"paused: {latest.detail}"
         finally:
             self.status = None
         waited = self._clock() - started
