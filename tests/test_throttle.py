@@ -8,8 +8,10 @@ report's throttled_s — never by timing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import textwrap
 import threading
 import time
@@ -372,3 +374,27 @@ def test_unthrottled_runs_never_query_the_primary(loader, db_url: str, monkeypat
     loader.spec(spec_text(""))
     check_loaded(db_url, loader.run())
     assert asked == []
+
+
+def test_the_cli_reports_paused_seconds_by_reason(loader, db_url: str, sql) -> None:
+    """A throttle_query true until a moment a few seconds ahead: the run pauses, then resumes by itself."""
+    from typer.testing import CliRunner
+
+    from pgstage.cli import app
+
+    until = sql("SELECT (clock_timestamp() + interval '4 seconds')::text")[0][0]
+    write_notes(loader.root)
+    loader.spec(spec_text(f"throttle_query = \"select clock_timestamp() < '{until}'::timestamptz\""))
+    result = CliRunner().invoke(app, ["run", str(loader.root / "spec.toml"), "--db", db_url, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["status"] == "succeeded" and doc["rows"]["inserted"] == ROWS
+    assert list(doc["throttled_s"]) == [throttle.THROTTLE_QUERY] and doc["throttled_s"][throttle.THROTTLE_QUERY] > 0
+    paused = sql("SELECT sum(seconds) FROM pgstage.pauses WHERE reason = 'throttle_query'")[0][0]
+    assert doc["throttled_s"][throttle.THROTTLE_QUERY] == pytest.approx(paused, abs=0.001)
+    sql("TRUNCATE app.notes; TRUNCATE pgstage.files")   # again, rendered for a terminal
+    until = sql("SELECT (clock_timestamp() + interval '4 seconds')::text")[0][0]
+    loader.spec(spec_text(f"throttle_query = \"select clock_timestamp() < '{until}'::timestamptz\""))
+    result = CliRunner().invoke(app, ["run", str(loader.root / "spec.toml"), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"paused by the throttle: throttle_query \d+\.\ds", result.output), result.output
