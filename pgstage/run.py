@@ -432,11 +432,14 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     try:
         if load.one_merge_at_a_time:
             order.wait(turn)
-        records, earlier = _merge_chunks(session, load, plan, checked) if chunks.chunkable(spec) else (None, None)
+        records, earlier, dedup = None, None, None
+        if chunks.chunkable(spec):
+            dedup = merge.has_duplicates(session, spec, checked)    # once, not once a chunk
+            records, earlier = _merge_chunks(session, load, plan, checked, dedup)
         load.throttle.wait(session, where)
         with session.transaction():
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
-                            upserts=plan.upserts, records=records)
+                            upserts=plan.upserts, records=records, dedup=dedup)
             if records is not None and earlier is not None:
                 chunks.record(session, load.run_id, checked.staged, records[1], m)
                 m = chunks.add(earlier, m)
@@ -457,8 +460,8 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     _drop_tables(session, [checked.staged.table, checked.table])
 
 
-def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan, checked: validate.Checked
-                  ) -> tuple[merge.Records, merge.MergeCounts]:
+def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan, checked: validate.Checked,
+                  dedup: bool) -> tuple[merge.Records, merge.MergeCounts]:
     """Merge and commit every chunk of the batch but the last (pipeline/chunks.py); returns the last
     chunk's records and the counts committed so far, a killed attempt's chunks included."""
     staged = checked.staged
@@ -469,7 +472,7 @@ def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan,
         load.throttle.wait(session, f"merge of {staged.source.name} batch {staged.batch_no} records {records[0]}-")
         with session.transaction():
             m = merge.merge(session, load.spec, load.types, checked, load.run_id, plan.beaten,
-                            into_empty=plan.into_empty, upserts=plan.upserts, records=records)
+                            into_empty=plan.into_empty, upserts=plan.upserts, records=records, dedup=dedup)
             chunks.record(session, load.run_id, staged, records[1], m)
             faults.hit("merge.chunk.commit")
         faults.hit("merge.chunk.after")

@@ -388,6 +388,11 @@ def build_has_duplicates(spec: Spec, checked: Checked) -> sql.Composed:
     return sql.SQL("SELECT count(*) <> count(DISTINCT {}) FROM {}").format(key, checked.ident)
 
 
+def has_duplicates(conn: psycopg.Connection[Any], spec: Spec, checked: Checked) -> bool:
+    found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
+    return bool(found and found[0])
+
+
 def build_prediction(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
                      target_exists: bool) -> sql.Composed:
     """What `build_merge` would count, computed read-only: the dry run's forecast."""
@@ -413,20 +418,21 @@ def target_is_empty(conn: psycopg.Connection[Any], spec: Spec) -> bool:
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
           run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False,
-          records: Records | None = None) -> MergeCounts:
+          records: Records | None = None, dedup: bool | None = None) -> MergeCounts:
     """Merge one batch inside the caller's transaction and return what happened to its rows.
 
     `into_empty`: the target was empty when the run's merges began, and no two batches of the
     run merge the same key (cross-batch losers are `beaten`), so every valid row is an insert:
     one INSERT … SELECT, deduplicated only when the batch repeats a key. A first load, or a
     backfill's first day, pays no classification join. `records`: merge only one chunk of the
-    batch (see `_deduplicated`; chunks.py runs them). Otherwise the classifying statement of
+    batch (see `_deduplicated`; run.py's `_merge_chunks` runs them), with `dedup` (whether the
+    batch repeats a key) found once for all its chunks by `has_duplicates`. Otherwise the classifying statement of
     `build_merge`, or, with `upserts` (the target has an immediate unique index on the key)
     and a sample saying nearly every existing row changes, the single pass of `build_upsert`.
     """
     label = f"merge {checked.staged.source.name}"
-    found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
-    dedup = bool(found and found[0])
+    if dedup is None:
+        dedup = has_duplicates(conn, spec, checked)
     if checked.known and checked.known == checked.valid and not dedup and beaten is None and records is None:
         # Every valid record reproduces its target row (a reload of the same bytes): nothing to write.
         return MergeCounts(distinct=checked.known, inserted=0, updated=0, unchanged=checked.known, stale=0)
