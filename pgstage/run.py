@@ -42,7 +42,6 @@ import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pgstage import faults, indexes, target
-from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded, Transient, TransientDatabaseError,
                             UsageError)
@@ -51,6 +50,7 @@ from pgstage.pipeline import chunks, known, ledger, merge, stage, transform, val
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
+from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.spec import Spec, load_spec
 from pgstage.workers import InOrder, Workers, results
 
@@ -469,7 +469,7 @@ def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan,
     first = staged.record_start if done is None else done + 1
     *leading, last = chunks.ranges(first, staged.record_end, load.spec.load.merge_chunk_rows or 1)
     for records in leading:
-        load.throttle.wait(session, f"merge of {staged.source.name} batch {staged.batch_no} records {records[0]}-")
+        load.throttle.wait(session, f"merge of {staged.source.name} batch {staged.batch_no} records {records[0]}-{records[1]}")
         with session.transaction():
             m = merge.merge(session, load.spec, load.types, checked, load.run_id, plan.beaten,
                             into_empty=plan.into_empty, upserts=plan.upserts, records=records, dedup=dedup)
