@@ -113,6 +113,16 @@ class PipelineLocked(PgstageError, exit_code=ExitStatus.LOCKED):
     """Another run holds this pipeline's lock."""
 
 
+@dataclass
+class ThrottleTimeout(PgstageError):
+    """Paused longer than `load.throttle_timeout`: the run fails; the next one resumes at its checkpoint."""
+
+
+@dataclass
+class ThrottleQueryFailed(PgstageError):
+    """`load.throttle_query` cannot be run: the run stops rather than load unguarded."""
+
+
 # SQLSTATEs pgstage decides on (PostgreSQL's Appendix A), named once.
 DATA_EXCEPTION = "22"          # a class: a value that does not fit its type
 INTEGRITY_VIOLATION = "23"     # a class: a constraint refused a row

@@ -26,7 +26,6 @@ from pgstage.db import execute, qualified, relation_exists
 from pgstage.errors import Location, UntrustedIndexDefinition
 from pgstage.spec import Spec
 
-REBUILD_MAINTENANCE_WORK_MEM = "512MB"
 AUTO_MIN_ROWS = 50_000
 AUTO_FRACTION = 4.0        # incoming rows per existing row
 
@@ -119,7 +118,7 @@ def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
                      f" AND index_name = '{name}'")
         with conn.transaction():
             execute(conn, sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
-                sql.Literal(REBUILD_MAINTENANCE_WORK_MEM)), label="indexes: memory")
+                sql.Literal(spec.load.maintenance_work_mem.replace(" ", ""))), label="indexes: memory")
             if not relation_exists(conn, schema, name):
                 # PostgreSQL's own rendering from pg_get_indexdef, checked above to hold names only.
                 execute(conn, sql.SQL(definition), label=f"indexes: rebuild {name}")  # type: ignore[arg-type]

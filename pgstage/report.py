@@ -65,6 +65,7 @@ class RunReport:
     sample_rejects: tuple[dict[str, Any], ...] = ()
     anomaly: dict[str, Any] | None = None       # the volume verdict (pgstage/ops/anomalies.py)
     reconcile: dict[str, Any] | None = None     # `[load] reconcile = "after_run"`'s result (pgstage/ops/reconcile.py)
+    throttled_s: dict[str, float] = field(default_factory=dict)   # paused seconds by reason (pgstage.pauses)
 
     def __post_init__(self) -> None:
         if self.status == "succeeded":
@@ -91,6 +92,7 @@ class RunReport:
             **({"sample_rejects": list(self.sample_rejects)} if self.sample_rejects else {}),
             **({"anomaly": self.anomaly} if self.anomaly else {}),
             **({"reconcile": self.reconcile} if self.reconcile else {}),
+            **({"throttled_s": dict(self.throttled_s)} if self.throttled_s else {}),
         }
 
 

@@ -53,10 +53,11 @@ from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Lo
                             Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
 from pgstage.ops import anomalies, logs, outcome
-from pgstage.pipeline import known, ledger, merge, partition, stage, transform, validate
+from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
+from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.spec import Spec, load_spec
 from pgstage.workers import InOrder, Workers, results
 
@@ -135,10 +136,17 @@ class Load:
     todo: tuple[SourceFile, ...]        # those not loaded before (or all of them with --force)
     skipped: tuple[FileReport, ...]
     validation: validate.Context
+    throttle: Throttle                  # asked before each COPY window, validation and merge chunk
 
     @property
     def spec(self) -> Spec:
         return self.run.spec
+
+    @property
+    def one_merge_at_a_time(self) -> bool:
+        """Throttled or chunked merges take their turn before their transaction opens, not after their
+        writes: no merge then sits open, holding its rows, while an earlier one pauses or commits chunks."""
+        return self.throttle.limits.active or chunks.chunkable(self.spec)
 
     @property
     def duplicates(self) -> str:
@@ -259,7 +267,7 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
         try:
             with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
                 load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped,
-                            _validation_context(conn, ctx, types))
+                            _validation_context(conn, ctx, types), Throttle(Limits.of(ctx.spec.load), run_id))
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -373,7 +381,8 @@ def _stage_and_validate(load: Load) -> Validated:
         batches = _staged(load, stage.stage_batches(conn, spec, source, file_no=file_no,
                                                     table_prefix=staged_prefix(load.run_id, file_no), start=start,
                                                     batch_rows=spec.load.batch_rows, since=since,
-                                                    parallel=spec.load.workers))
+                                                    parallel=spec.load.workers,
+                                                    pause=partial(load.throttle.wait, conn, f"COPY of {source.name}")))
         validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span))
                                     for batch, span in batches]))
     assert load.validation.staged is not None
@@ -409,6 +418,7 @@ def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stag
                     staged: tuple[float, float] | None = None) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
     started = time.perf_counter()
+    load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
     with session.transaction():
         began = time.time()
         checked = validate.check(session, load.spec, load.types, batch,
@@ -578,14 +588,29 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
 
 def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePlan, checked: validate.Checked,
                  last_of_file: bool, turn: int, order: InOrder) -> None:
-    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job)."""
+    """One batch's merge and checkpoint (and its file's fingerprint), committed in batch order (a pool job).
+
+    With `merge_chunk_rows`, every chunk but the last commits first, each with its own checkpoint
+    (`_merge_chunks`); the last commits with the batch's, as a whole batch's merge does.
+    """
     spec, started = load.spec, time.perf_counter()
+    where = f"merge of {checked.staged.source.name} batch {checked.staged.batch_no}"
     try:
+        if load.one_merge_at_a_time:
+            order.wait(turn)
+        records, earlier, dedup = None, None, None
+        if chunks.chunkable(spec):
+            dedup = merge.has_duplicates(session, spec, checked)    # once, not once a chunk
+            records, earlier = _merge_chunks(session, load, plan, checked, dedup)
+        load.throttle.wait(session, where)
         with session.transaction():
             began = time.time()
             m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
                             upserts=plan.upserts, as_of=plan.as_of,
-                            replacing=checked.staged.source.name in plan.replaced)
+                            replacing=checked.staged.source.name in plan.replaced, records=records, dedup=dedup)
+            if records is not None and earlier is not None:
+                chunks.record(session, load.run_id, checked.staged, records[1], m)
+                m = chunks.add(earlier, m)
             if last_of_file and checked.staged.source.name in plan.replaced:
                 order.wait(turn)   # the file's earlier batches are collected: replace its rows in one go
                 m = replace(m, deleted=merge.append.swap_file(session, spec, checked, load.run_id))
@@ -623,6 +648,26 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     _drop_tables(session, [checked.staged.table, checked.table])
 
 
+def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan, checked: validate.Checked,
+                  dedup: bool) -> tuple[merge.Records, merge.MergeCounts]:
+    """Merge and commit every chunk of the batch but the last (pipeline/chunks.py); returns the last
+    chunk's records and the counts committed so far, a killed attempt's chunks included."""
+    staged = checked.staged
+    done, counts = chunks.committed(session, load.run_id, staged)
+    first = staged.record_start if done is None else done + 1
+    *leading, last = chunks.ranges(first, staged.record_end, load.spec.load.merge_chunk_rows or 1)
+    for records in leading:
+        load.throttle.wait(session, f"merge of {staged.source.name} batch {staged.batch_no} records {records[0]}-{records[1]}")
+        with session.transaction():
+            m = merge.merge(session, load.spec, load.types, checked, load.run_id, plan.beaten,
+                            into_empty=plan.into_empty, upserts=plan.upserts, records=records, dedup=dedup)
+            chunks.record(session, load.run_id, staged, records[1], m)
+            faults.hit("merge.chunk.commit")
+        faults.hit("merge.chunk.after")
+        counts = chunks.add(counts, m)
+    return last, counts
+
+
 def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str, int]) -> RunReport:
     """After the last merge: indexes back, rejects of keys loaded since resolved, the run closed with its counts."""
     conn = load.conn
@@ -632,6 +677,7 @@ def _finish(load: Load, validated: Validated, plan: MergePlan, by_rule: dict[str
         _drop_tables(conn, [merge.replace_partition.collector(load.run_id)])
     if load.spec.pipeline.strategy == "scd2":
         _drop_tables(conn, [merge.scd2.seen_table(load.run_id)])
+    load.throttle.wait(conn, "index rebuilds")   # a rebuild writes its whole index to the WAL at once
     indexes.rebuild(conn, load.spec)
     with conn.transaction():
         merge.resolve_rejects(conn, load.spec, load.types, load.run_id, load.validation.collation)
@@ -656,7 +702,8 @@ def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[
     ctx = load.run
     return RunReport(load.run_id, ctx.spec.pipeline.name, ctx.partition, status, totals, by_rule,
                      time.perf_counter() - ctx.started, ctx.spec.pipeline.target, (*files, *load.skipped),
-                     warnings=key_warnings(totals, ctx.spec.pipeline.key, ctx.spec.pipeline.version))
+                     warnings=key_warnings(totals, ctx.spec.pipeline.key, ctx.spec.pipeline.version),
+                     throttled_s=throttled_seconds(load.conn, load.run_id))
 
 
 def _pre_merge(c: validate.Checked) -> Counts:

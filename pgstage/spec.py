@@ -24,6 +24,9 @@ Normalizer = Literal["trim", "lower", "upper"]
 
 MONEY_CENTS = "money_cents"
 _DURATION = r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$"
+_SPAN = r"^\s*\d+(\.\d+)?\s*(ms|s|min|h|d)\s*$"   # a unit is required: "30" could mean ms or s
+_MEMORY = r"^\s*\d+\s*(kB|MB|GB)\s*$"
+_BYTES = r"^\s*\d+\s*(B|kB|MB|GB|TB)?\s*$"
 _NAME = re.compile(r"^[^\x00]{1,63}$")
 
 
@@ -252,8 +255,17 @@ class LoadSection(_Model):
     max_retries: int = Field(default=5, ge=0, le=50)
     max_rejects: int | None = Field(default=None, ge=0)
     raw_column: str | None = Field(default=None, pattern=r"^[^\x00]{1,63}$")
-    work_mem: str = Field(default="256MB", pattern=r"^\s*\d+\s*(kB|MB|GB)\s*$")
+    work_mem: str = Field(default="256MB", pattern=_MEMORY)
+    maintenance_work_mem: str = Field(default="512MB", pattern=_MEMORY)   # index rebuilds
     workers: int = Field(default=2, ge=1, le=16)
+    # Production safety (docs/production.md): pause while the primary is under pressure, and
+    # bound each merge transaction.
+    max_replica_lag: str | None = Field(default=None, pattern=_SPAN)
+    max_replica_lag_bytes: str | None = Field(default=None, pattern=_BYTES)
+    max_active_sessions: int | None = Field(default=None, ge=1)
+    throttle_query: str | None = Field(default=None, min_length=1)
+    throttle_timeout: str = Field(default="10min", pattern=_SPAN)
+    merge_chunk_rows: int | None = Field(default=None, gt=0)
     reconcile: Literal["never", "after_run"] = "never"   # after_run: compare with the source after each success
 
 
@@ -471,8 +483,14 @@ def _describe(error: Any) -> str:
         return f"unknown key{_did_you_mean(str(loc[-1]), _allowed_keys(loc))}"
     if kind == "missing":
         return "missing (required)"
+    if kind == "string_pattern_mismatch" and (wanted := _PATTERN_WORDS.get(error.get("ctx", {}).get("pattern", ""))):
+        return f"expected {wanted}, got {error.get('input')!r}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+_PATTERN_WORDS = {_DURATION: 'a duration such as "10s" or "500ms"', _SPAN: 'a duration with its unit, such as "30s" or "10min"',
+                  _MEMORY: 'a size such as "256MB"', _BYTES: 'a size such as "1GB" or "64MB"'}
 
 
 def parse_spec(text: str, path: Path | None = None) -> Spec:

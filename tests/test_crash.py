@@ -273,3 +273,37 @@ def test_the_runs_own_tables_are_never_autovacuumed(tmp_path: Path, db_url: str,
     report = pgstage.run(folder / "spec.toml", db=db_url)   # and the re-run still finishes the job
     assert report.status == "succeeded"
     assert sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'pgstage' AND tablename LIKE '\\_%%'") == [(0,)]
+
+
+# Chunked merges (load.merge_chunk_rows = 3 over batches of 10 records: 4 chunks a batch, the
+# last committing with the batch): killed between chunks, inside a chunk's transaction and
+# inside the last one, a re-run must still end with the oracle's table and counts.
+CHUNK_POINTS = [("merge.chunk.commit", 18), ("merge.chunk.after", 18), ("merge.commit", 6)]
+CHUNK_ITERATIONS = 15
+
+
+def test_kill_between_and_inside_merge_chunks_then_rerun(tmp_path: Path, db_url: str, sql) -> None:
+    rng = random.Random(20261203)
+    killed = 0
+    for seed in range(CHUNK_ITERATIONS):
+        point, reach = CHUNK_POINTS[seed % len(CHUNK_POINTS)]
+        sql("DROP SCHEMA IF EXISTS app CASCADE; DROP SCHEMA IF EXISTS pgstage CASCADE")
+        folder = tmp_path / f"chunk{seed}"
+        (folder / "data").mkdir(parents=True)
+        (folder / "spec.toml").write_text(textwrap.dedent(SPEC.format(batch=BATCH, retries=0))
+                                          + "merge_chunk_rows = 3\n")
+        base, delta = scenario(1000 + seed)
+        write_csv(folder / "data" / "a_base.csv", base)
+        pgstage.run(folder / "spec.toml", db=db_url)
+        sql("CREATE INDEX items_note ON app.items (note)")
+        write_csv(folder / "data" / "b_delta.csv", delta)
+        code = child_run(folder, db_url, f"{point}:{rng.randint(1, reach)}")
+        assert code == -signal.SIGKILL, (point, code)
+        killed += 1
+        report = pgstage.run(folder / "spec.toml", db=db_url)
+        assert_identity(report)
+        check_final(sql, base, delta, report)
+        # every batch of the delta run merged in 4 chunks, each with its checkpoint
+        assert sql("SELECT batch_no, count(*) FROM pgstage.chunks WHERE run_id = %s GROUP BY 1 ORDER BY 1",
+                   (report.run_id,)) == [(b, 4) for b in range(6)]
+    assert killed == CHUNK_ITERATIONS

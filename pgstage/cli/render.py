@@ -51,6 +51,9 @@ def report(rep: RunReport) -> None:
         console.print(f"volume: {rep.anomaly['verdict']} — {rep.anomaly['reason']}", markup=False)
     if rep.reconcile:
         console.print(f"reconcile: {rep.reconcile.get('summary') or rep.reconcile.get('error')}", markup=False)
+    if rep.throttled_s:
+        paused = ", ".join(f"{reason} {seconds:.1f}s" for reason, seconds in rep.throttled_s.items())
+        console.print(f"paused by the throttle: {paused}", markup=False)
     if rep.dry_run and rep.merge_sql:
         console.print("the merge statement a real run would execute (first batch):", markup=False)
         console.print(rep.merge_sql, markup=False, soft_wrap=True)

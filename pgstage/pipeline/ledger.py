@@ -95,6 +95,24 @@ _DDL = [
         error      text,
         payload    jsonb,
         created_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # Throttling (pgstage/throttle.py): one row per pause, by reason.
+    """CREATE TABLE IF NOT EXISTS pgstage.pauses (
+        run_id     bigint NOT NULL,
+        reason     text NOT NULL,
+        detail     text NOT NULL,
+        started_at timestamptz NOT NULL,
+        seconds    float8 NOT NULL)""",
+    # Chunked merges (load.merge_chunk_rows): each chunk of a batch commits with its row here; a
+    # resumed batch skips the records of its committed chunks and adds their counts.
+    """CREATE TABLE IF NOT EXISTS pgstage.chunks (
+        run_id       bigint NOT NULL,
+        file         text NOT NULL,
+        sha256       text NOT NULL,
+        batch_no     integer NOT NULL,
+        record_end   bigint NOT NULL,
+        counts       jsonb NOT NULL,
+        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (run_id, file, sha256, batch_no, record_end))""",
 ]
 
 # Indexes, and what ledgers of earlier versions lack: (is the change needed?, the change). Each

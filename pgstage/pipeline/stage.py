@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -256,11 +256,12 @@ def split_size(batch_rows: int, parallel: int, remaining_bytes: int | None, wind
 
 def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
                   start: StartPoint, batch_rows: int, since: datetime | None = None,
-                  parallel: int = 1) -> Iterator[StagedBatch]:
+                  parallel: int = 1, pause: Callable[[], None] | None = None) -> Iterator[StagedBatch]:
     """COPY a file, from `start`, into one staging table per batch of about batch_rows records.
 
     `since` is a postgres source's committed watermark (None: extract every row); `parallel`
-    how many workers validate and merge the batches (see `split_size`).
+    how many workers validate and merge the batches (see `split_size`); `pause` is called before
+    each window is sent, outside any transaction (the throttle, pgstage/throttle.py).
     """
     kind = spec.source.kind
     with _open(spec, source, start.byte_offset, since) as reader:
@@ -290,6 +291,8 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
                 _create(conn, table, columns)
                 batch = StagedBatch(source, file_no, batch_no, table, header, field_of, window.offset, window.end, record,
                                     ignored_fields=ignored, kind=kind)
+            if pause is not None:
+                pause()
             if kind == "jsonl":
                 read, spanned = _copy_json_window(conn, batch, window.data, record)
             else:

@@ -18,19 +18,19 @@ from typing import Any
 import psycopg
 
 from pgstage.pipeline.merge import append, replace_partition, scd2
-from pgstage.pipeline.merge.keyed import (MIN_WRITE_SHARE, WRITE_SAMPLE, MergeCounts, batches_overlap, build_beaten,
+from pgstage.pipeline.merge.keyed import (MIN_WRITE_SHARE, WRITE_SAMPLE, MergeCounts, Records, batches_overlap, build_beaten,
                                           build_has_duplicates, build_insert, build_merge, build_overlap,
                                           build_prediction, build_resolve, build_upsert, build_write_sample,
-                                          find_beaten, resolve_rejects as _resolve_keyed, soft_deletes,
+                                          find_beaten, has_duplicates, resolve_rejects as _resolve_keyed, soft_deletes,
                                           target_columns, target_is_empty)
 from pgstage.pipeline.merge import keyed as _keyed
 from pgstage.pipeline.transform import ColumnType
 from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
 
-__all__ = ["append", "MIN_WRITE_SHARE", "WRITE_SAMPLE", "MergeCounts", "batches_overlap", "build_beaten", "build_has_duplicates",
+__all__ = ["append", "MIN_WRITE_SHARE", "WRITE_SAMPLE", "MergeCounts", "Records", "batches_overlap", "build_beaten", "build_has_duplicates",
            "build_insert", "build_merge", "build_overlap", "build_prediction", "build_resolve", "build_upsert",
-           "build_write_sample", "find_beaten", "merge", "predict", "replace_partition", "replaces_partition", "scd2",
+           "build_write_sample", "find_beaten", "has_duplicates", "merge", "predict", "replace_partition", "replaces_partition", "scd2",
            "resolve_rejects", "soft_deletes", "target_columns", "target_is_empty"]
 
 
@@ -40,11 +40,13 @@ def replaces_partition(spec: Spec) -> bool:
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
           run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False,
-          as_of: datetime | None = None, replacing: bool = False) -> MergeCounts:
+          as_of: datetime | None = None, replacing: bool = False, records: Records | None = None,
+          dedup: bool | None = None) -> MergeCounts:
     """Merge one batch inside the caller's transaction by the spec's strategy (see each module).
 
     `as_of`: scd2's valid_from for rows without a version (the run decides it once); `replacing`:
     append collects the batch, its file's earlier rows are replaced with the file's last batch.
+    `records`, `dedup`: one chunk of a keyed strategy's batch (pipeline/chunks.py).
     """
     if spec.pipeline.strategy == "append":
         return append.merge(conn, spec, types, checked, run_id, replacing=replacing)
@@ -53,7 +55,8 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     if spec.pipeline.strategy == "scd2":
         assert as_of is not None, "scd2 needs the run's as-of time"
         return scd2.merge(conn, spec, types, checked, run_id, beaten, as_of)
-    return _keyed.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts)
+    return _keyed.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts,
+                        records=records, dedup=dedup)
 
 
 def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,

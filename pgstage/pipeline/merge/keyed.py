@@ -25,6 +25,10 @@ from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
 
 
+# A merge chunk's first and last record numbers (file-wide, as `_rec`), both included.
+Records = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class MergeCounts:
     distinct: int
@@ -191,11 +195,14 @@ def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, 
 
 
 def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None, *,
-                  dedup: bool = True, record: bool = False) -> sql.Composed:
+                  dedup: bool = True, record: bool = False, records: Records | None = None) -> sql.Composed:
     """SELECT the batch's valid rows as target columns, one per key (the winner) unless `dedup` is False.
 
     `dedup=False` is for a batch known to hold each key once: it skips the DISTINCT ON sort.
     `record`: also `_record`, the record number in its file (append).
+    `records` (first, last) keeps only the rows of one merge chunk: the winners whose record
+    number is in the range, the winner chosen over the whole batch, so a key repeated across
+    two chunks is merged once, by the chunk of its winner.
     """
     mode = soft_deletes(spec)
     names = [*target_columns(spec), *([DELETED_AT] if mode else []), *([ROW_HASH] if checked.hashed else []), KNOWN]
@@ -224,16 +231,24 @@ def _deduplicated(spec: Spec, types: dict[str, ColumnType], checked: Checked, be
     if beaten:
         not_beaten = sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} x WHERE x._file = {} AND x._rec = c._rec)").format(
             sql.Identifier(LEDGER_SCHEMA, beaten), sql.Literal(checked.staged.file_no))
+    if records is not None and not dedup:
+        not_beaten = sql.SQL("{} {} c._rec BETWEEN {} AND {}").format(
+            not_beaten, sql.SQL("AND" if beaten else "WHERE"), sql.Literal(records[0]), sql.Literal(records[1]))
     valid = sql.SQL("SELECT c._rec, {picks} FROM {rows}{not_beaten}").format(
         picks=sql.SQL(", ").join(picks), rows=rows, not_beaten=not_beaten)
     if not dedup:
         return sql.SQL("SELECT {} FROM ({}) b").format(cols, valid)
+    if records is not None:
+        return sql.SQL("SELECT {cols} FROM (SELECT DISTINCT ON ({keys}) _rec, {cols} FROM ({valid}) b ORDER BY {order})"
+                       " w WHERE _rec BETWEEN {first} AND {last}").format(
+            keys=sql.SQL(", ").join(keys), cols=cols, valid=valid, order=sql.SQL(", ").join(order),
+            first=sql.Literal(records[0]), last=sql.Literal(records[1]))
     return sql.SQL("SELECT DISTINCT ON ({keys}) {cols} FROM ({valid}) b ORDER BY {order}").format(
         keys=sql.SQL(", ").join(keys), cols=cols, valid=valid, order=sql.SQL(", ").join(order))
 
 
 def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
-              target_exists: bool = True, *, dedup: bool = True) -> sql.Composed:
+              target_exists: bool = True, *, dedup: bool = True, records: Records | None = None) -> sql.Composed:
     """`WITH src AS (deduplicated valid rows), cls AS (each with its action)`: shared by merge and dry run.
 
     Actions: i insert, w write (update), u unchanged, s stale, d delete. `_ctid` locates the
@@ -241,7 +256,7 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
     """
     mode = soft_deletes(spec)
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
-    src = sql.SQL("WITH src AS ({})").format(_deduplicated(spec, types, checked, beaten, dedup=dedup))
+    src = sql.SQL("WITH src AS ({})").format(_deduplicated(spec, types, checked, beaten, dedup=dedup, records=records))
     was_deleted = sql.SQL(", t._deleted_at IS NOT NULL AS _was_deleted") if mode == "mark" else sql.SQL("")
     if not target_exists:  # a dry run before the first load: everything would be inserted (a deletion: nothing)
         act = "CASE WHEN s._deleted_at IS NULL THEN 'i' ELSE 'u' END" if mode == "delete" else "'i'"
@@ -270,7 +285,7 @@ def _classify(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten
 
 
 def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
-                beaten: str | None = None, *, dedup: bool = True) -> sql.Composed:
+                beaten: str | None = None, *, dedup: bool = True, records: Records | None = None) -> sql.Composed:
     """The single merge statement of one batch (pure: returns SQL, runs nothing).
 
     It returns one row: distinct, inserted, updated, unchanged, stale, deleted, and the number
@@ -302,13 +317,13 @@ def build_merge(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_
         " SELECT count(*), (SELECT count(*) FROM ins), (SELECT count(*) FROM upd){deletes},"
         " count(*) FILTER (WHERE _act = 'u'), count(*) FILTER (WHERE _act = 's'){deleted},"
         " count(*) FILTER (WHERE _act IN ('w', 'd')) FROM cls"
-    ).format(classify=_classify(spec, types, checked, beaten, dedup=dedup), target=sql.Identifier(*spec.target), cols=cols,
+    ).format(classify=_classify(spec, types, checked, beaten, dedup=dedup, records=records), target=sql.Identifier(*spec.target), cols=cols,
              run_id=sql.Literal(run_id), sets=sets, delete=delete, deleted=deleted,
              deletes=sql.SQL(" + (SELECT count(*) FROM del)") if deleting else sql.SQL(""))
 
 
 def build_insert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
-                 beaten: str | None = None, *, dedup: bool) -> sql.Composed:
+                 beaten: str | None = None, *, dedup: bool, records: Records | None = None) -> sql.Composed:
     """The merge of a batch into a target that holds none of its keys: a plain INSERT … SELECT.
 
     No classification join and no CTE to materialize; without duplicate keys, no DISTINCT ON
@@ -317,7 +332,7 @@ def build_insert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
     """
     names = _written_columns(spec, checked)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    src = _deduplicated(spec, types, checked, beaten, dedup=dedup)
+    src = _deduplicated(spec, types, checked, beaten, dedup=dedup, records=records)
     return sql.SQL("INSERT INTO {target} ({cols}, _loaded_at, _updated_at, _run_id)"
                    " SELECT {cols}, now(), now(), {run_id} FROM ({src}) s").format(
         target=sql.Identifier(*spec.target), cols=cols, run_id=sql.Literal(run_id), src=src)
@@ -341,7 +356,7 @@ def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checke
 
 
 def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
-                 beaten: str | None = None, *, dedup: bool = True) -> sql.Composed:
+                 beaten: str | None = None, *, dedup: bool = True, records: Records | None = None) -> sql.Composed:
     """The merge of a batch that mostly changes rows: `INSERT … ON CONFLICT DO UPDATE … WHERE`.
 
     Each row is looked up once, by the primary key's own probe, and written in the same visit;
@@ -373,7 +388,7 @@ def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
         " SELECT (SELECT count(*) FROM every), count(*) FILTER (WHERE _inserted), count(*) FILTER (WHERE NOT _inserted),"
         " (SELECT count(*) FROM every WHERE {known}) + (SELECT u FROM rc), (SELECT st FROM rc), 0,"
         " count(*) FILTER (WHERE NOT _inserted) FROM w"
-    ).format(every=_deduplicated(spec, types, checked, beaten, dedup=dedup), known=sql.Identifier(KNOWN),
+    ).format(every=_deduplicated(spec, types, checked, beaten, dedup=dedup, records=records), known=sql.Identifier(KNOWN),
              target=sql.Identifier(*spec.target), cols=cols, run_id=sql.Literal(run_id), key_list=key_list,
              conflict=conflict, returned=sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in keys), on=on,
              same=_same(spec, "t", "r"), join=join)
@@ -390,6 +405,11 @@ def build_has_duplicates(spec: Spec, checked: Checked) -> sql.Composed:
         return sql.SQL("SELECT count(*) > 1 FROM {}").format(checked.ident)
     key = keys[0] if len(keys) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(keys))
     return sql.SQL("SELECT count(*) <> count(DISTINCT {}) FROM {}").format(key, checked.ident)
+
+
+def has_duplicates(conn: psycopg.Connection[Any], spec: Spec, checked: Checked) -> bool:
+    found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
+    return bool(found and found[0])
 
 
 def build_prediction(spec: Spec, types: dict[str, ColumnType], checked: Checked, beaten: str | None,
@@ -416,32 +436,36 @@ def target_is_empty(conn: psycopg.Connection[Any], spec: Spec) -> bool:
 
 
 def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
-          run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False) -> MergeCounts:
+          run_id: int, beaten: str | None = None, *, into_empty: bool = False, upserts: bool = False,
+          records: Records | None = None, dedup: bool | None = None) -> MergeCounts:
     """Merge one batch inside the caller's transaction and return what happened to its rows.
 
     `into_empty`: the target was empty when the run's merges began, and no two batches of the
     run merge the same key (cross-batch losers are `beaten`), so every valid row is an insert:
     one INSERT … SELECT, deduplicated only when the batch repeats a key. A first load, or a
-    backfill's first day, pays no classification join. Otherwise the classifying statement of
+    backfill's first day, pays no classification join. `records`: merge only one chunk of the
+    batch (see `_deduplicated`; run.py's `_merge_chunks` runs them), with `dedup` (whether the
+    batch repeats a key) found once for all its chunks by `has_duplicates`. Otherwise the classifying statement of
     `build_merge`, or, with `upserts` (the target has an immediate unique index on the key)
     and a sample saying nearly every existing row changes, the single pass of `build_upsert`.
     """
     label = f"merge {checked.staged.source.name}"
-    found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
-    dedup = bool(found and found[0])
-    if checked.known and checked.known == checked.valid and not dedup and beaten is None:
+    if dedup is None:
+        dedup = has_duplicates(conn, spec, checked)
+    if checked.known and checked.known == checked.valid and not dedup and beaten is None and records is None:
         # Every valid record reproduces its target row (a reload of the same bytes): nothing to write.
         return MergeCounts(distinct=checked.known, inserted=0, updated=0, unchanged=checked.known, stale=0)
     try:
         if soft_deletes(spec) is None and into_empty:
-            written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup), label=label).rowcount
+            written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup, records=records),
+                              label=label).rowcount
             return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
         query = None
         if upserts and soft_deletes(spec) is None:
             found = execute(conn, build_write_sample(spec, types, checked), label="merge: writes sample").fetchone()
             existing, writes = found if found else (0, 0)
             if writes >= MIN_WRITE_SHARE * existing:
-                query = build_upsert(spec, types, checked, run_id, beaten, dedup=dedup)
+                query = build_upsert(spec, types, checked, run_id, beaten, dedup=dedup, records=records)
         if query is None:
             # The classification joins the batch to the target; without statistics the planner
             # misjudges the batch's size (a DISTINCT ON is guessed to leave 200 rows; a fresh
@@ -450,7 +474,7 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             varying = [sql.Identifier(k) for k in spec.pipeline.key if spec.columns[k].const is None]
             execute(conn, sql.SQL("ANALYZE {} ({})").format(checked.ident, sql.SQL(", ").join(
                 varying or [sql.Identifier("_rec")])), label="merge: analyze")
-            query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup)
+            query = build_merge(spec, types, checked, run_id, beaten, dedup=dedup, records=records)
         row = execute(conn, query, label=label).fetchone()
     except DatabaseError as exc:
         if exc.sqlstate == UNIQUE_VIOLATION:
