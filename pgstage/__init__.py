@@ -3,6 +3,8 @@
 The public API is what this module exports; everything else may change.
 """
 
+from pgstage.catalog import TableDescription, describe_table
+from pgstage.db import connection_env
 from pgstage.errors import (
     DatabaseError,
     ExitStatus,
@@ -25,4 +27,5 @@ __all__ = [
     "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
     "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "load_spec", "parse_spec", "run",
+    "TableDescription", "connection_env", "describe_table",
 ]
