@@ -47,14 +47,15 @@ _LIBPQ_ENV = (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"), ("dbna
               ("sslmode", "PGSSLMODE"))
 
 
-def connection_env(url: str) -> dict[str, str]:
-    """The libpq environment variables for a URL, so tools that read PG* (dbt, psql) reach the same database.
+def connection_env(url: str | None = None) -> dict[str, str]:
+    """The libpq environment variables for a URL (resolved as every command does: `--db`,
+    PGSTAGE_DATABASE_URL, else the embedded server), so dbt and psql reach the same database.
 
     For the embedded server PGHOST is its Unix socket directory. The password is left out on
     purpose: pgstage never prints one; a server that needs it reads PGPASSWORD set by the user.
     """
     try:
-        params = conninfo_to_dict(url)
+        params = conninfo_to_dict(resolve_url(url))
     except psycopg.ProgrammingError:
         raise DatabaseError("the connection string cannot be parsed",
                             hint="use postgresql://user@host:port/dbname or key=value pairs") from None

@@ -42,7 +42,7 @@ def url() -> None:
 def env(db: DbOption = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of shell lines.")] = False) -> None:
     """Print PGHOST, PGPORT, PGUSER, PGDATABASE for dbt's profiles.yml and psql: `eval "$(pgstage db env)"`."""
-    variables = connection_env(resolve_url(db))
+    variables = connection_env(db)
     if as_json:
         print(json.dumps(variables))
     else:

@@ -8,7 +8,8 @@ select
     sum(amount_cents)             as lifetime_cents,
     min(ordered_at)               as first_order_at,
     max(ordered_at)               as last_order_at,
-    max(changed_at)               as updated_at
+    -- UTC without a zone: dbt's snapshot columns (dbt_valid_from/to) are `timestamp`
+    max(changed_at) at time zone 'UTC' as updated_at
 from {{ ref('stg_orders') }}
 where customer_key is not null
 group by customer_key, order_source, customer_email
