@@ -10,7 +10,8 @@ from rich.table import Table
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption
-from pgstage.demo import run_demo
+from pgstage.demo import START, run_demo
+from pgstage.demo.generate import generate
 from pgstage.report import RunReport
 
 
@@ -19,8 +20,13 @@ def demo_command(
     orders_per_day: Annotated[int, typer.Option("--orders-per-day", min=10, help="Orders per day, all sources together.")] = 50_000,
     workdir: Annotated[Path, typer.Option("--dir", help="Where the generated files go.")] = Path("pgstage-demo"),
     db: DbOption = None,
+    generate_only: Annotated[bool, typer.Option("--generate-only", help="Write the files only; an orchestrator loads them.")] = False,
 ) -> None:
     """Generate Shopify, WooCommerce and Stripe exports with real-world faults and load them into sales.orders."""
+    if generate_only:
+        paths = generate(workdir / "data", days=days, orders_per_day=orders_per_day, start=START)
+        render.console.print(f"{len(paths)} files from {START} in {workdir}/data; nothing loaded")
+        return
     render.console.print(f"generating {days} days × {orders_per_day:,} orders into {workdir}/data …")
     table = Table(title="runs", title_justify="left", show_edge=False)
     for name in ("run", "pipeline", "day", "status", *render.COUNT_KEYS, "seconds"):
