@@ -107,7 +107,7 @@ def test_over_the_reject_threshold_fails_the_blocking_check_and_nothing_downstre
     @dg.asset(deps=[dg.AssetKey(["sales", "orders"])],
               partitions_def=dg.DailyPartitionsDefinition(start_date="2024-01-01"),
               backfill_policy=dg.BackfillPolicy.multi_run(1))
-    def orders_daily(context: dg.AssetExecutionContext) -> None:
+    def orders_daily(context) -> None:  # no annotation: Dagster accepts only its own class there
         built.append(context.partition_key)
 
     assert _materialize([_assets(), orders_daily], "2024-01-01", db_url, workdir).success

@@ -1,10 +1,12 @@
-"""`pgstage db env`: the PG* variables dbt's profiles.yml and psql read, for the database pgstage uses."""
+"""`pgstage db env` (the PG* variables dbt and psql read) and `pgstage demo --generate-only` (files for an orchestrator)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -57,3 +59,13 @@ def test_env_of_an_unparseable_url_exits_1_with_a_hint() -> None:
     assert result.exit_code == 1
     assert "cannot be parsed" in result.output
     assert "Traceback" not in result.output
+
+
+def test_demo_generate_only_writes_the_files_and_loads_nothing(tmp_path: Path, db_url: str, sql: Any) -> None:
+    result = runner.invoke(app, ["demo", "--generate-only", "--days", "2", "--orders-per-day", "30",
+                                 "--dir", str(tmp_path / "demo"), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    files = sorted(p.relative_to(tmp_path / "demo" / "data").as_posix() for p in (tmp_path / "demo" / "data").rglob("*.csv"))
+    assert files == [f"{s}/orders_2024-01-0{d}.csv" for s in ("shopify", "stripe", "woocommerce") for d in (1, 2)]
+    assert "6 files" in result.output and "nothing loaded" in result.output
+    assert sql("SELECT to_regclass('pgstage.runs'), to_regclass('sales.orders')") == [(None, None)]

@@ -136,11 +136,12 @@ def _run_one(context: dg.AssetExecutionContext, pgstage: PgstageResource, spec: 
     try:
         report = pgstage.run(spec, day)
     except RejectLimitExceeded as exc:
-        report = getattr(exc, "report", None)
         _tag(context, exc)
-        if report is None:
+        carried: RunReport | None = getattr(exc, "report", None)   # the run's report: its counts and rules
+        if carried is None:
             raise _failure(exc) from None
         context.log.warning(str(exc))
+        report = carried
     except PgstageError as exc:
         _tag(context, exc)
         raise _failure(exc) from None
