@@ -147,6 +147,20 @@ def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params
     return cursor
 
 
+def execute_many(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Sequence[Sequence[Any]],
+                 *, label: str) -> None:
+    """One statement for many parameter rows (psycopg pipelines them): through the same door as execute()."""
+    started = time.perf_counter()
+    try:
+        with conn.cursor() as cursor:
+            cursor.executemany(query, params)
+    except psycopg.Error as exc:
+        raise wrap(exc, label) from exc
+    if TRACE:
+        _trace(f"-- {label}\n{query.as_string(conn)};\n-- {label}: {time.perf_counter() - started:.3f}s,"
+               f" {len(params)} parameter rows [{threading.current_thread().name}]")
+
+
 def copy(cursor: psycopg.Cursor[Any], statement: sql.Composed, *, label: str) -> AbstractContextManager[psycopg.Copy]:
     """Start a COPY: the door for COPY as execute() is for other statements, so tracing shows it too.
 

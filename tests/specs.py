@@ -30,11 +30,15 @@ note = { from = "note", type = "text" }
 
 
 def template(*, name: str, target: str, path: str, columns: str, strategy: str | None = "upsert",
-             pipeline: str = "", kind: str | None = None, source: str = "", load: str = "") -> str:
-    """A pipeline spec keyed on `id`; `pipeline`, `source` and `load` are extra lines of their sections."""
+             pipeline: str = "", kind: str | None = None, source: str = "", load: str = "",
+             column_placeholders: bool = False) -> str:
+    """A pipeline spec keyed on `id`; `pipeline`, `source` and `load` are extra lines of their sections.
+
+    `column_placeholders`: `columns` is itself a format template (its braces already doubled).
+    """
     lines = ["", "[pipeline]", f'name = "{name}"', f"target = '{target}'", 'key = ["id"]',
              *([f'strategy = "{strategy}"'] if strategy else []), *([pipeline] if pipeline else []),
              "", "[source]", *([f'kind = "{kind}"'] if kind else []), f'path = "{path}"', *([source] if source else []),
-             "", "[columns]", columns.strip().replace("{", "{{").replace("}", "}}"),
+             "", "[columns]", columns.strip() if column_placeholders else columns.strip().replace("{", "{{").replace("}", "}}"),
              "", "[load]", *([load] if load else []), ""]
     return "\n".join(lines)

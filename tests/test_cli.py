@@ -18,26 +18,14 @@ import typer.main
 from typer.testing import CliRunner
 
 from pgstage.cli import app
+from tests import specs
 
 runner = CliRunner()
 
-SPEC = """
-[pipeline]
-name = "orders"
-target = "shop.orders"
-key = ["id"]
-strategy = "upsert"
-
-[source]
-path = "orders.csv"
-
-[columns]
+SPEC = specs.template(name="orders", target="shop.orders", path="orders.csv", columns="""
 id = { from = "Id", type = "bigint" }
 total = { from = "Total", type = "money_cents", min = 0 }
-
-[load]
-max_reject_ratio = 0.25
-"""
+""", load="max_reject_ratio = 0.25").format()
 
 
 def write(tmp_path: Path, spec: str = SPEC, csv: str = "Id,Total\n1,1.00\n2,2.50\n3,3\n4,4\n") -> Path:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import pgstage
 from pgstage.pipeline.extract import csv as csv_extract
 from tests.conftest import Loader, assert_identity
+from tests import specs
 from tests.test_property import SPEC, Row, oracle, rows, write_csv
 
 _examples = itertools.count()
@@ -69,24 +70,11 @@ def test_reload_counts_equal_a_full_validation(tmp_path: Path, db_url: str, sql:
     assert {r[0]: tuple(r) for r in found} == expected_table
 
 
-KNOWN_SPEC = """
-[pipeline]
-name = "orders"
-target = "shop.orders"
-key = ["id"]
-strategy = "upsert"
-
-[source]
-path = "orders.csv"
-
-[columns]
+KNOWN_SPEC = specs.template(name="orders", target="shop.orders", path="orders.csv", column_placeholders=True, columns="""
 id     = {{ from = "id", type = "bigint", required = true }}
 amount = {{ from = "amount", type = "money_cents", min = 0{rule} }}
 note   = {{ from = "note", type = "text" }}
-
-[load]
-max_reject_ratio = 0.5
-"""
+""", load="max_reject_ratio = 0.5")
 
 
 def _orders(loader: Loader, rule: str = "") -> None:

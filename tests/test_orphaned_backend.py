@@ -10,6 +10,7 @@ timeout behind the orphan's rows. The slowness is switched on for the child's se
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,9 @@ import time
 import psycopg
 import pytest
 
+import pgstage
+from pgstage import safety
+from pgstage.errors import PipelineLocked
 from tests import specs
 from tests.conftest import Loader
 
@@ -85,3 +89,27 @@ def test_a_rerun_right_after_kill_9_succeeds(loader: Loader, sql, db_url: str, w
     assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
     assert sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") == [(0,)]
     assert os.environ.get("PGSTAGE_FAULT") is None
+
+
+@pytest.mark.parametrize("holder_alive", [False, True])
+def test_a_lock_still_held_after_the_wait_exits_4_saying_why(loader: Loader, sql, db_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch, holder_alive: bool) -> None:
+    """The ledger's holder is a dead process of this host (or a live one): its session keeps the lock."""
+    loader.spec(SPEC.format())
+    loader.write("items1.csv", "id,note\n1,a\n")
+    loader.run()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = os.getppid() if holder_alive else int(dead.stdout)
+    sql("INSERT INTO pgstage.runs (pipeline, partition, target, status, host, pid) VALUES"
+        " ('orphan', NULL, 'app.items', 'running', %s, %s)", (socket.gethostname(), pid))
+    monkeypatch.setattr(safety, "ORPHAN_WAIT_S", 1.0)
+    loader.write("items2.csv", "id,note\n2,b\n")
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (safety.lock_key("orphan", None),))
+        with pytest.raises(PipelineLocked) as caught:
+            pgstage.run(loader.root / "spec.toml", db=db_url)
+    gone = f"its process {pid} on {socket.gethostname()} is gone but its database session did not end within 1 s"
+    assert (gone in caught.value.message) is not holder_alive
+    assert caught.value.hint is not None and ("pg_terminate_backend" in caught.value.hint) is not holder_alive
+    assert caught.value.exit_code == 4
+    assert sql("SELECT id, note FROM app.items ORDER BY id") == [(1, "a")]

@@ -78,3 +78,25 @@ def test_a_statement_timeout_fails_after_one_attempt_and_names_the_setting(loade
     assert "statement timeout" in message and "[load] statement_timeout" in message
     # Nothing of the second load was merged.
     assert sql("SELECT id, note FROM app.items ORDER BY id") == [(1, "a"), (2, "b")]
+
+
+def test_a_lock_timeout_is_retried_then_the_run_is_marked_failed(loader: Loader, sql, db_url: str) -> None:
+    """55P03 is transient: retried max_retries times, each attempt resuming the run; then `failed`, with why."""
+    loader.spec(SPEC.format().replace('lock_timeout = "30s"\nstatement_timeout = "300ms"',
+                                      'lock_timeout = "200ms"').replace("max_retries = 3", "max_retries = 1"))
+    loader.write("items.csv", "id,note\n1,a\n")
+    loader.run()
+    loader.write("items.csv", "id,note\n1,a\n2,b\n")
+    with psycopg.connect(db_url) as holder:
+        holder.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(TransientDatabaseError) as caught:
+            loader.run()
+        holder.rollback()
+    assert caught.value.sqlstate == "55P03"
+    status, attempts, message = sql("SELECT status, attempts, message FROM pgstage.runs ORDER BY run_id DESC LIMIT 1")[0]
+    assert (status, attempts) == ("failed", 2)
+    assert message.startswith("gave up after 1 retries: ") and "lock timeout" in message
+    report = loader.run()   # the next run resumes it
+    assert report.counts.as_dict() == {"read": 2, "rejected": 0, "valid": 2, "duplicate": 0, "inserted": 1,
+                                       "updated": 0, "unchanged": 1, "stale": 0, "deleted": 0}
+    assert sql("SELECT id, note FROM app.items ORDER BY id") == [(1, "a"), (2, "b")]

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.db import execute, qualified
+from pgstage.db import execute, execute_many, qualified
 from pgstage.pipeline import known, transform
 from pgstage.pipeline._cast_first import MAX_ATTEMPTS, CastLuck, CastPlan, candidates, culprit
 from pgstage.names import KNOWN, LEDGER_SCHEMA, ROW_HASH
@@ -395,10 +395,10 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         execute(conn, sql.SQL("DROP TABLE {}").format(sql.Identifier(LEDGER_SCHEMA, known_table)),
                 label="validate: drop known")
     if staged.quarantined:
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
-                " VALUES (%s, %s, %s, %s, jsonb_build_object('_record', %s::text),"
-                " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))",
-                [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined])
+        execute_many(conn, sql.SQL(
+            "INSERT INTO pgstage.rejects (run_id, file, batch_no, record, raw, reasons)"
+            " VALUES (%s, %s, %s, %s, jsonb_build_object('_record', %s::text),"
+            " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))"),
+            [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined],
+            label="validate: unreadable records")
     return Checked(staged, table, rejected, known=known_rows, hashed=seed_value is not None)
