@@ -142,3 +142,21 @@ def test_a_pgstage_error_fails_the_step_with_its_message_and_exit_code(workdir: 
         assert "Id" in error.message                        # pgstage's own words about the header
         assert failure.step_failure_data.user_failure_data.metadata[EXIT_CODE_TAG].value == 2
         assert instance.get_run_by_id(result.run_id).tags[EXIT_CODE_TAG] == "2"
+
+
+def test_a_bare_table_keys_public_and_the_asset_runs_without_its_check(tmp_path: Path, db_url: str, sql: SQL) -> None:
+    (tmp_path / "notes.csv").write_text("id,body\n1,a\n2,b\n3,c\n", encoding="utf-8")
+    spec = tmp_path / "notes.toml"
+    spec.write_text('[pipeline]\nname = "notes"\ntarget = "notes"\nkey = ["id"]\nstrategy = "upsert"\n'
+                    '[source]\nkind = "csv"\npath = "notes.csv"\n'
+                    '[columns]\nid = { from = "id", type = "bigint" }\nbody = { from = "body", type = "text" }\n',
+                    encoding="utf-8")
+    assets = pgstage_assets([spec])
+    assert assets.keys == {dg.AssetKey(["public", "notes"])}
+    result = dg.materialize([assets], selection=dg.AssetSelection.all().without_checks(),
+                            resources={"pgstage": PgstageResource(database_url=db_url)})
+    assert result.success
+    assert result.get_asset_check_evaluations() == []
+    meta = _materialization(result).metadata
+    assert (meta["dagster/row_count"].value, meta["pgstage/inserted"].value) == (3, 3)
+    assert sql("SELECT id, body FROM public.notes ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]

@@ -50,7 +50,7 @@ class PgstageTranslator:
     """Asset key, group and description of a target table; subclass to override any of them."""
 
     def asset_key(self, target: str, specs: Sequence[Spec]) -> dg.AssetKey:
-        return dg.AssetKey(target.split("."))
+        return dg.AssetKey(list(specs[0].target))      # (schema, table); a bare table is in public
 
     def group_name(self, target: str, specs: Sequence[Spec]) -> str | None:
         return "pgstage"
@@ -125,7 +125,8 @@ def pgstage_assets(specs: Sequence[Spec | str | Path], *, partitions_def: dg.Par
                 asset_key=keys[target], metadata=_metadata(reports, pgstage.describe(target)),
                 check_results=[dg.AssetCheckResult(**{**_as_kwargs(check.evaluate(group, reports)),
                                                       "asset_key": keys[target], "check_name": check.name})
-                               for check in CHECKS])
+                               for check in CHECKS
+                               if dg.AssetCheckKey(keys[target], check.name) in context.selected_asset_check_keys])
 
     return _load
 
