@@ -160,3 +160,20 @@ def test_a_bare_table_keys_public_and_the_asset_runs_without_its_check(tmp_path:
     meta = _materialization(result).metadata
     assert (meta["dagster/row_count"].value, meta["pgstage/inserted"].value) == (3, 3)
     assert sql("SELECT id, body FROM public.notes ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_a_locked_pipeline_fails_with_exit_code_4_in_the_run_tags(workdir: Path, db_url: str, sql: SQL) -> None:
+    import psycopg
+
+    from pgstage.safety import lock_key
+
+    with psycopg.connect(db_url, autocommit=True) as holder, dg.instance_for_test() as instance:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_key("shopify_orders", "2024-01-01"),))
+        result = _materialize([_assets()], "2024-01-01", db_url, workdir, instance)
+        assert not result.success
+        assert instance.get_run_by_id(result.run_id).tags[EXIT_CODE_TAG] == "4"
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_failure_data.user_failure_data.metadata[EXIT_CODE_TAG].value == 4
+    assert "shopify_orders" in failure.step_failure_data.error.message
+    assert "Traceback" not in failure.step_failure_data.error.message
+    assert sql("SELECT count(*) FROM pgstage.runs WHERE status = 'succeeded'") == [(0,)]
