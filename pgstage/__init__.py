@@ -4,6 +4,8 @@ The public API is what this module exports; everything else may change.
 """
 
 from pgstage.backfill import BackfillReport, backfill
+from pgstage.catalog import TableDescription, describe_table
+from pgstage.db import connection_env
 from pgstage.errors import (
     DatabaseError,
     ExitStatus,
@@ -26,4 +28,5 @@ __all__ = [
     "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
     "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "backfill", "load_spec", "parse_spec", "run",
+    "TableDescription", "connection_env", "describe_table",
 ]

@@ -42,6 +42,28 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(ENV_URL) or embedded.start()
 
 
+# libpq's variable for each connection parameter dbt's profiles.yml (and psql) read.
+_LIBPQ_ENV = (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"), ("dbname", "PGDATABASE"),
+              ("sslmode", "PGSSLMODE"))
+
+
+def connection_env(url: str | None = None) -> dict[str, str]:
+    """The libpq environment variables for a URL (resolved as every command does: `--db`,
+    PGSTAGE_DATABASE_URL, else the embedded server), so dbt and psql reach the same database.
+
+    For the embedded server PGHOST is its Unix socket directory. The password is left out on
+    purpose: pgstage never prints one; a server that needs it reads PGPASSWORD set by the user.
+    """
+    try:
+        params = conninfo_to_dict(resolve_url(url))
+    except psycopg.ProgrammingError:
+        raise DatabaseError("the connection string cannot be parsed",
+                            hint="use postgresql://user@host:port/dbname or key=value pairs") from None
+    params.setdefault("port", "5432")
+    params.setdefault("dbname", params.get("user") or "postgres")
+    return {var: str(params[key]) for key, var in _LIBPQ_ENV if params.get(key)}
+
+
 def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     """Open a connection, refuse servers older than PostgreSQL 16, pin the session to UTC."""
     try:

@@ -146,7 +146,7 @@ def test_pipeline_lock_exits_4(tmp_path: Path, db_url: str) -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["backfill"], ["repair"], ["runs"], ["show"], ["demo"], ["init"], ["rejects"], ["db"],
-                                     ["anomalies"], ["reconcile"], ["report"], ["migrate"], ["reprocess"], ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "psql"]])
+                                     ["anomalies"], ["reconcile"], ["report"], ["migrate"], ["reprocess"], ["db", "start"], ["db", "stop"], ["db", "url"], ["db", "env"], ["db", "psql"]])
 def test_every_command_has_help(command: list[str]) -> None:
     code, out = invoke(*command, "--help")
     assert code == 0 and "Usage" in out
@@ -155,7 +155,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_every_command_is_documented() -> None:
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     for command in ("pgstage run", "pgstage backfill", "pgstage repair", "pgstage runs", "pgstage show", "pgstage demo", "pgstage init",
-                    "pgstage rejects", "pgstage anomalies", "pgstage reconcile", "pgstage report", "pgstage migrate", "pgstage reprocess", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db psql"):
+                    "pgstage rejects", "pgstage anomalies", "pgstage reconcile", "pgstage report", "pgstage migrate", "pgstage reprocess", "pgstage db start", "pgstage db stop", "pgstage db url", "pgstage db env", "pgstage db psql"):
         assert f"## `{command}" in docs, command
 
 

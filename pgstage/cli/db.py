@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
+from typing import Annotated
 
 import typer
 
 from pgstage import embedded
 from pgstage.cli.render import console
-from pgstage.db import mask, resolve_url
+from pgstage.cli.run import DbOption
+from pgstage.db import connection_env, mask, resolve_url
 from pgstage.errors import MissingDependency
 
 app = typer.Typer(help="The embedded PostgreSQL under .pgstage/pgdata (or the database --db names).", no_args_is_help=True)
@@ -32,6 +36,17 @@ def stop() -> None:
 def url() -> None:
     """Print the connection URL pgstage uses (password masked)."""
     print(mask(resolve_url(None)))
+
+
+@app.command("env")
+def env(db: DbOption = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of shell lines.")] = False) -> None:
+    """Print PGHOST, PGPORT, PGUSER, PGDATABASE for dbt's profiles.yml and psql: `eval "$(pgstage db env)"`."""
+    variables = connection_env(db)
+    if as_json:
+        print(json.dumps(variables))
+    else:
+        print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in variables.items()))
 
 
 @app.command("psql")

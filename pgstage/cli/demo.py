@@ -11,7 +11,8 @@ from rich.table import Table
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption
-from pgstage.demo import SOURCES, estimated_bytes, run_demo, specs_dir
+from pgstage.demo import SOURCES, START, estimated_bytes, run_demo, specs_dir
+from pgstage.demo.generate import generate
 from pgstage.ops import logs
 from pgstage.ops.alerts import masked, targets
 from pgstage.spec import load_spec
@@ -23,8 +24,13 @@ def demo_command(
     orders_per_day: Annotated[int, typer.Option("--orders-per-day", min=10, help="Orders per day, all sources together.")] = 50_000,
     workdir: Annotated[Path, typer.Option("--dir", help="Where the generated files go.")] = Path("pgstage-demo"),
     db: DbOption = None,
+    generate_only: Annotated[bool, typer.Option("--generate-only", help="Write the files only; an orchestrator loads them.")] = False,
 ) -> None:
     """Generate Shopify, WooCommerce and Stripe exports with real-world faults and load them into sales.orders."""
+    if generate_only:
+        paths = generate(workdir / "data", days=days, orders_per_day=orders_per_day, start=START)
+        render.console.print(f"{len(paths)} files from {START} in {workdir}/data; nothing loaded")
+        return
     files, database = estimated_bytes(days, orders_per_day)
     render.console.print(f"generating {days} days × {orders_per_day:,} orders into {workdir}/data"
                          f" (about {files / 1e9:.2f} GB of files, {database / 1e9:.2f} GB once loaded) …")

@@ -1,1 +1,1 @@
-"""Thin optional adapters to orchestrators; each imports pgstage's public API only."""
+"""Thin optional adapters to orchestrators and transform tools; each imports pgstage's public API only."""
