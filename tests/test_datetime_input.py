@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql as pgsql
 
@@ -50,9 +50,11 @@ def test_digitless_junk_is_rejected_in_postgresqls_words(loader: Loader, sql: An
                                "4,2024-03-01,2024-03-01 10:00+00,TBD,10:00\n"
                                "5,2024-03-01,2024-03-01 10:00+00,2024-03-01 10:00,Europe/Nowhere\n"
                                "6,March 1 2024,Fri Mar 1 10:00:00 2024 UTC,2024-03-01 10:00,10:00\n"
-                               "7,2024-03-01,Today,2024-03-01 10:00,allballs\n")
+                               "7,2024-03-01,Today,2024-03-01 10:00,allballs\n"
+                               "8,j . ,julian .,2024-03-01 10:00,10:00\n"
+                               "9,J2451187,2024-03-01 10:00+00,2024-03-01 10:00,10:00\n")
     report = loader.run()
-    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (7, 5, 2)
+    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (9, 7, 2)
     rows = sql("SELECT record, reasons FROM pgstage.rejects ORDER BY record")
     special = " is a special input value, not data (allow_special = true accepts it)"
     assert [(r, [(x["column"], x["rule"], x["message"]) for x in rs]) for r, rs in rows] == [
@@ -61,6 +63,9 @@ def test_digitless_junk_is_rejected_in_postgresqls_words(loader: Loader, sql: An
         (4, [("wall", "type", 'invalid input syntax for type timestamp: "TBD"')]),
         (5, [("clock", "type", 'time zone "europe/nowhere" not recognized')]),
         (7, [("at", "special", "'Today'" + special), ("clock", "special", "'allballs'" + special)]),
+        # PostgreSQL reads a Julian day (`j . ` without digits is day 0, 4714-11-24 BC): not data either
+        (8, [("day", "special", "'j . '" + special), ("at", "special", "'julian .'" + special)]),
+        (9, [("day", "special", "'J2451187'" + special)]),
     ]
     assert sql("SELECT id, day::text, at::text, wall::text, clock::text FROM public.events ORDER BY id") == [
         (1, "2024-03-01", "2024-03-01 10:00:00+00", "2024-03-01 09:00:00", "10:00:00"),   # 10:00 in Paris is 09:00 UTC
@@ -105,6 +110,7 @@ def conn(server_url: str) -> Any:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(digit_free, min_size=1, max_size=50))
+@example(values=["j . "])   # Julian day 0 (4714-11-24 BC) to PostgreSQL: found by this test in CI
 def test_the_shortcut_never_refuses_what_postgresql_accepts(conn: Any, values: list[str]) -> None:
     assert _refused_but_valid(conn, values) == []
     assert _other_words(conn, values + ["2024-02-30", "24:61", "Jan 32 2024", "2024-01-01 +99"]) == []
@@ -119,8 +125,10 @@ def test_every_zone_name_and_abbreviation_with_every_keyword(conn: Any) -> None:
     assert _other_words(conn, values) == []
     # And the shortcut does its job: junk is refused without the parser, the special words are not.
     flags = conn.execute(pgsql.SQL("SELECT v, {} FROM unnest(%s::text[]) v").format(
-        _may_be_datetime(pgsql.Identifier("v"))), (["N/A", "not a date", "Today", "2024-01-01", "Jan 5 2024"],)).fetchall()
-    assert flags == [("N/A", False), ("not a date", False), ("Today", True), ("2024-01-01", True), ("Jan 5 2024", True)]
+        _may_be_datetime(pgsql.Identifier("v"))), (["N/A", "not a date", "Today", "2024-01-01", "Jan 5 2024", "j . ",
+                                                    "Jun 5"],)).fetchall()
+    assert flags == [("N/A", False), ("not a date", False), ("Today", True), ("2024-01-01", True), ("Jan 5 2024", True),
+                     ("j . ", True), ("Jun 5", True)]
 
 
 # Any text PostgreSQL can hold (no NUL), many letters of both cases, some non-ASCII ones.

@@ -33,7 +33,8 @@ MONEY_PLAIN = r"^[+-]?[0-9]+(\.[0-9][0-9]?)?$"
 # Zero dates that exports use for "no date": MySQL's 0000-00-00 and the Unix epoch.
 ZERO_DATE = r"^(0000-00-00([ T]00:00(:00)?)?|1970-01-01([ T]00:00(:00(\.0+)?)?)?\s*(Z|[+-]00(:?00)?|UTC)?|0)$"
 # Words PostgreSQL's date/time and number input accept that no data file should carry.
-SPECIAL_DATETIME = r"(^|[^a-z])(now|today|yesterday|tomorrow|infinity|epoch|allballs)([^a-z]|$)"
+# `j`/`julian` mark a Julian day: PostgreSQL reads `j .` (no digit at all) as day 0, 4714-11-24 BC.
+SPECIAL_DATETIME = r"(^|[^a-z])(now|today|yesterday|tomorrow|infinity|epoch|allballs|julian|j)([^a-z]|$)"
 SPECIAL_NUMBER = r"^\s*[+-]?(nan|inf|infinity)\s*$"
 # An explicit UTC offset after a time of day, which a `timezone` column must not silently drop.
 OFFSET = r"[0-9]{1,2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
