@@ -31,6 +31,8 @@ from pgstage.spec import Spec, load_spec
 
 __all__ = ["BackfillReport", "Progress", "backfill"]
 
+POLL_S = 0.5    # how often an idle job looks again for a unit held by another job or process
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -182,7 +184,7 @@ class _Tally:
             elapsed = self.clock() - self.started
             now = datetime.now().astimezone()
             fc = forecast(measured=done - self.done_before, elapsed_s=elapsed, remaining=statuses["pending"],
-                          jobs=self.jobs, now=now, deadline=self.deadline)
+                          jobs=self.jobs, now=now, deadline=self.deadline, most_jobs=len(self.job.specs))
             if fc.late and not self._late:   # said as soon as the projection passes the deadline, again if it recovers and slips
                 warning = fc.warning(self.jobs)
                 if warning:
@@ -193,7 +195,11 @@ class _Tally:
 
 
 def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue.SpecRef, ...], tally: _Tally) -> None:
-    """One job: claim a unit, run it on this job's session, record its outcome with the claim; until none is left."""
+    """One job: claim a unit, run it on this job's session, record its outcome with the claim; until none is left.
+
+    "None left" means none pending, not none free: a job whose claim finds every unit held waits
+    for them, so it is there to re-claim a unit whose process was killed.
+    """
     claimer: psycopg.Connection[Any] | None = None
     session: psycopg.Connection[Any] | None = None
     try:
@@ -205,13 +211,20 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
                 session = connect(url)
             with claimer.transaction():
                 unit = queue.claim(claimer, backfill_id)
-                if unit is None:
+                if unit is not None:
+                    ref = refs[unit.spec_no]
+                    outcome = _run_unit(specs[unit.spec_no], unit.day, url,
+                                        Path(ref.base_dir) if ref.base_dir else None, session)
+                    queue.finish(claimer, unit, outcome)
+            units = queue.statuses(claimer, backfill_id)
+            if unit is None:
+                if not units["pending"]:
                     return
-                ref = refs[unit.spec_no]
-                outcome = _run_unit(specs[unit.spec_no], unit.day, url, Path(ref.base_dir) if ref.base_dir else None,
-                                    session)
-                queue.finish(claimer, unit, outcome)
-            tally.unit_done(outcome, queue.statuses(claimer, backfill_id))
+                # Every pending unit is held, or waits behind its pipeline's held day. Stay and look
+                # again: if the process holding it dies, its claim rolls back and this job takes it over.
+                tally.stop.wait(POLL_S)
+                continue
+            tally.unit_done(outcome, units)
             if session.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 session.close()   # a failed run may leave its session mid-transaction or broken: the next unit gets a new one
     except BaseException as exc:  # the queue itself failed (database gone): the units stay pending for a re-run

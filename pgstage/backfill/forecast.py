@@ -20,26 +20,34 @@ class Forecast:
     deadline: datetime | None
     late: bool                  # the projected finish passes the deadline
     jobs_needed: int | None     # the --jobs that would meet the deadline at the same rate per job, when late
+    most_jobs: int | None = None    # the most jobs that can be busy at once: one per pipeline (None: no limit)
 
     def warning(self, jobs: int) -> str | None:
         """The sentence a late forecast prints; None when on time or without a deadline."""
         if not self.late or self.finish is None or self.deadline is None:
             return None
-        advice = (f"--jobs {self.jobs_needed} would meet it if the database keeps up" if self.jobs_needed
-                  else "the deadline has passed")
+        if not self.jobs_needed:
+            advice = "the deadline has passed"
+        elif self.most_jobs is not None and self.jobs_needed > self.most_jobs:
+            # A pipeline's days load one at a time, in order: jobs beyond one per pipeline wait.
+            advice = (f"more --jobs cannot meet it: each pipeline loads its days one at a time, so at most"
+                      f" {self.most_jobs} jobs are busy")
+        else:
+            advice = f"--jobs {self.jobs_needed} would meet it if the database keeps up"
         return (f"late: at the measured rate the backfill ends at {self.finish:%Y-%m-%d %H:%M}, after the deadline"
                 f" {self.deadline:%Y-%m-%d %H:%M} (running with --jobs {jobs}); {advice}")
 
 
 def forecast(*, measured: int, elapsed_s: float, remaining: int, jobs: int, now: datetime,
-             deadline: datetime | None) -> Forecast:
+             deadline: datetime | None, most_jobs: int | None = None) -> Forecast:
     """Project the finish from `measured` units done in `elapsed_s` seconds, `remaining` to go.
 
     The --jobs that would meet a missed deadline assumes each job keeps the rate it has now:
-    true while the database has idle cores, optimistic beyond.
+    true while the database has idle cores, optimistic beyond. No more than `most_jobs` (one per
+    pipeline) can be busy, whatever --jobs says: the warning says so rather than ask for more.
     """
     if measured <= 0 or elapsed_s <= 0:
-        return Forecast(0.0, None, None, deadline, False, None)
+        return Forecast(0.0, None, None, deadline, False, None, most_jobs)
     rate = measured / elapsed_s
     eta = remaining / rate
     finish = now + timedelta(seconds=eta)
@@ -48,7 +56,7 @@ def forecast(*, measured: int, elapsed_s: float, remaining: int, jobs: int, now:
     if late and deadline is not None:
         left = (deadline - now).total_seconds()
         needed = math.ceil(jobs * eta / left) if left > 0 else None
-    return Forecast(rate, eta, finish, deadline, late, needed)
+    return Forecast(rate, eta, finish, deadline, late, needed, most_jobs)
 
 
 def parse_deadline(text: str, now: datetime) -> datetime:

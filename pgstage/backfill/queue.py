@@ -1,10 +1,12 @@
 """The backfill queue in the ledger: `pgstage.backfills` and `pgstage.backfill_units`.
 
-A unit is one (spec, day). A worker claims the next pending unit with `FOR UPDATE SKIP
-LOCKED` in a transaction that it keeps open while the unit runs (on another session) and
-that records the unit's outcome as it commits. A worker killed mid-unit rolls its claim
-back with its session, so the unit is pending again and the next claim takes it: no
-heartbeat, no lease to expire, and two workers never hold one unit.
+A unit is one (spec, day). A worker claims the next eligible unit (its pipeline's first
+pending day: a pipeline's days run one at a time, in order) with `FOR UPDATE SKIP LOCKED`
+in a transaction that it keeps open while the unit runs (on another session) and that
+records the unit's outcome as it commits. A worker killed mid-unit rolls its claim back
+with its session, so the unit is pending again and the next claim takes it: no heartbeat,
+no lease to expire, and two workers never hold one unit. An idle worker polls while units
+are held elsewhere, so it takes over the unit of a process that dies.
 """
 
 from __future__ import annotations
@@ -156,18 +158,34 @@ def retry_failed(conn: psycopg.Connection[Any], backfill_id: int) -> int:
 
 
 def build_claim() -> sql.Composed:
-    """The next pending unit nobody holds, locked by the caller's transaction (newest days first if asked)."""
+    """The next unit to run, locked by the caller's transaction; no row when every eligible unit is held.
+
+    Only a pipeline's first pending day is eligible (its last with newest_first), so a pipeline's
+    days run one at a time and in order, exactly as one-by-one runs would: a later day's rows win
+    under `upsert` and the ledger's counts do not depend on which job was faster. Different
+    pipelines run side by side. A held day is skipped (SKIP LOCKED), not waited for: the caller
+    polls. The pipelines' heads come from one grouped pass over the pending units (not a
+    subquery per row), so a claim costs O(units).
+    """
     return sql.SQL(
         "SELECT u.spec_no, u.day FROM pgstage.backfill_units u JOIN pgstage.backfills b USING (backfill_id)"
+        " JOIN (SELECT v.backfill_id, v.spec_no,"
+        " CASE WHEN w.newest_first THEN max(v.day) ELSE min(v.day) END AS day"
+        " FROM pgstage.backfill_units v JOIN pgstage.backfills w USING (backfill_id) WHERE v.status = 'pending'"
+        " GROUP BY v.backfill_id, v.spec_no, w.newest_first) head USING (backfill_id, spec_no, day)"
         " WHERE u.backfill_id = %s AND u.status = 'pending'"
         " ORDER BY CASE WHEN b.newest_first THEN u.day END DESC, u.day, u.spec_no"
         " LIMIT 1 FOR UPDATE OF u SKIP LOCKED").format()
 
 
 def claim(conn: psycopg.Connection[Any], backfill_id: int) -> Unit | None:
-    """Inside the caller's open transaction: the unit it now holds until it commits, or None when none is left."""
+    """Inside the caller's open transaction: the unit it now holds until it commits.
+
+    None when no unit is free: none is pending, or every pipeline's next day is held by
+    another job (`statuses()` tells the two apart: held units still count as pending).
+    """
     row = execute(conn, build_claim(), (backfill_id,), label="backfill: claim").fetchone()
-    return Unit(backfill_id, row[0], row[1]) if row else None
+    return Unit(backfill_id, int(row[0]), row[1]) if row else None
 
 
 def finish(conn: psycopg.Connection[Any], unit: Unit, outcome: Outcome) -> None:

@@ -1,0 +1,1 @@
+INSERT INTO pgstage.backfill_units (backfill_id, spec_no, day, pipeline) SELECT %(id)s, s.no - 1, d::date, s.spec->>'pipeline' FROM generate_series(%(first)s::date, %(last)s::date, interval '1 day') d, jsonb_array_elements(%(specs)s) WITH ORDINALITY s(spec, no)
