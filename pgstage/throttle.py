@@ -343,3 +343,11 @@ def throttled_seconds(conn: psycopg.Connection[Any], run_id: int) -> dict[str, f
     rows = execute(conn, sql.SQL("SELECT reason, sum(seconds) FROM pgstage.pauses WHERE run_id = %s"
                                  " GROUP BY reason ORDER BY reason"), (run_id,), label="throttle: paused").fetchall()
     return {reason: round(float(s), 3) for reason, s in rows}
+
+
+def run_pauses(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
+    """Every pause of the run, oldest first, as `pgstage show` and the report list them."""
+    cursor = execute(conn, sql.SQL("SELECT reason, detail, started_at, seconds FROM pgstage.pauses WHERE run_id = %s"
+                                   " ORDER BY started_at, reason"), (run_id,), label="throttle: pauses")
+    return [{"reason": reason, "detail": detail, "started_at": started, "seconds": round(float(secs), 3)}
+            for reason, detail, started, secs in cursor.fetchall()]
