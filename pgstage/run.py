@@ -53,6 +53,8 @@ from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Lo
                             Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
 from pgstage.ops import anomalies, logs, outcome
+from pgstage.ops.alerts import seconds as alert_seconds
+from pgstage.ops.paused import long_pause_alert
 from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
@@ -267,7 +269,7 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
         try:
             with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
                 load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped,
-                            _validation_context(conn, ctx, types), Throttle(Limits.of(ctx.spec.load), run_id))
+                            _validation_context(conn, ctx, types), _throttle(ctx, run_id))
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -408,6 +410,13 @@ def _staged(load: Load, batches: Iterator[stage.StagedBatch]) -> Iterator[tuple[
                quarantined=len(batch.quarantined), byte_end=batch.byte_end, seconds=round(ended - began, 3))
         yield batch, (began, ended)
         began = time.time()
+
+
+def _throttle(ctx: RunContext, run_id: int) -> Throttle:
+    """The attempt's throttle: its pauses are run events, and a long one alerts (pgstage/ops/paused.py)."""
+    return Throttle(Limits.of(ctx.spec.load), run_id, pipeline=ctx.spec.pipeline.name, partition=ctx.partition,
+                    alert_after_s=alert_seconds(ctx.spec.alerts.paused_after),
+                    on_long_pause=long_pause_alert(ctx.spec, run_id, ctx.partition))
 
 
 def _event(load: Load, event: str, **fields: Any) -> None:

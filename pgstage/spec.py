@@ -269,7 +269,7 @@ class LoadSection(_Model):
     reconcile: Literal["never", "after_run"] = "never"   # after_run: compare with the source after each success
 
 
-AlertEvent = Literal["failed", "rejects", "anomaly", "late", "reconcile", "recovered"]
+AlertEvent = Literal["failed", "rejects", "anomaly", "late", "reconcile", "recovered", "paused"]
 
 
 class AnomalySection(_Model):
@@ -286,7 +286,7 @@ class AnomalySection(_Model):
 class AlertsSection(_Model):
     """`[alerts]`: where and when to tell people (pgstage/ops/alerts.py). URLs may hold secrets: no repr."""
 
-    on: tuple[AlertEvent, ...] = ("failed", "rejects", "anomaly", "late", "reconcile", "recovered")
+    on: tuple[AlertEvent, ...] = ("failed", "rejects", "anomaly", "late", "reconcile", "recovered", "paused")
     webhook: str | None = Field(default=None, repr=False)
     slack: str | None = Field(default=None, repr=False)
     apprise: tuple[str, ...] = Field(default=(), repr=False)
@@ -294,6 +294,9 @@ class AlertsSection(_Model):
     timeout: str = Field(default="5s", pattern=_DURATION)
     retries: int = Field(default=2, ge=0, le=10)
     late: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")   # HH:MM UTC, the day after the partition
+    # A throttle pause still on after this long sends `paused` (once per run attempt); half the
+    # default throttle_timeout, so people hear of a stuck replica before the run gives up.
+    paused_after: str = Field(default="5min", pattern=_DURATION)
 
 
 class CompositeReference(_Model):

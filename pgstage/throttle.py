@@ -21,6 +21,10 @@ Pressure is read on the primary, never on a replica:
 - `max_active_sessions`: active client sessions of the server that are not pgstage's.
 - `throttle_query`: the user's own SQL, run read-only; pause while it returns true.
 
+Each pause is a run event (pgstage/ops/logs.py): `run paused` with its reason and detail when it
+starts, `run resumed` with its seconds when it ends, so the JSON log and the progress bar see it.
+A pause still on after `alert_after_s` calls `on_long_pause` once per attempt (the `paused` alert).
+
 Hysteresis: once paused, a measure must fall below half its limit before the run resumes,
 so a load hovering at the limit does not flap. Sleeps back off exponentially, capped. After
 `throttle_timeout` of one continuous pause the run fails (ThrottleTimeout), resumable from
@@ -30,7 +34,6 @@ which the report's `throttled_s` is summed.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -43,9 +46,8 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import DatabaseError, ThrottleQueryFailed, ThrottleTimeout, Transient
+from pgstage.ops import logs
 from pgstage.spec import LoadSection
-
-log = logging.getLogger("pgstage.throttle")
 
 # A clear check is trusted this long: a COPY window every few milliseconds must not cost a
 # query each; pressure builds over seconds, not milliseconds.
@@ -152,14 +154,23 @@ def build_user_query(query: str) -> sql.Composed:
     return sql.SQL("SELECT ({})::boolean").format(sql.SQL(query))  # type: ignore[arg-type]
 
 
+# Called with the paused session (outside any transaction), the pressure holding the run and its seconds.
+LongPause = Callable[[psycopg.Connection[Any], "Pressure", float], None]
+
+
 # --- the throttle -----------------------------------------------------------------------------------
 
 class Throttle:
     """One per run attempt, shared by its threads: one of them checks and pauses, the others wait on it."""
 
-    def __init__(self, limits: Limits, run_id: int | None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: Limits, run_id: int | None, *, pipeline: str | None = None, partition: str | None = None,
+                 alert_after_s: float | None = None, on_long_pause: LongPause | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.run_id = run_id
+        self.pipeline, self.partition = pipeline, partition
+        self.alert_after_s, self.on_long_pause = alert_after_s, on_long_pause
+        self._alerted = False                         # the long-pause alert goes out once per attempt
         self._clock = clock
         self._lock = threading.Lock()
         self._clear_until = 0.0
@@ -192,8 +203,7 @@ class Throttle:
         started, wall = self._clock(), time.time()
         first = found[0]
         self.status = f"paused: {first.detail}"
-        log.warning("run %s paused before %s: %s", self.run_id, where, "; ".join(p.detail for p in found),
-                    extra={"event": "throttle.paused", "run_id": self.run_id, "reason": first.reason})
+        self._event("run paused", reason=first.reason, detail="; ".join(p.detail for p in found), where=where)
         sleep, latest = BACKOFF_START_S, first
         try:
             while True:
@@ -214,13 +224,22 @@ class Throttle:
                     break
                 latest = found[0]
                 self.status = f"paused: {latest.detail}"
+                self._maybe_alert(conn, latest, self._clock() - started)
         finally:
             self.status = None
         waited = self._clock() - started
         self._record(conn, first, wall, waited)
-        log.warning("run %s resumed after %.1f s (%s)", self.run_id, waited, first.reason,
-                    extra={"event": "throttle.resumed", "run_id": self.run_id, "reason": first.reason,
-                           "paused_s": round(waited, 3)})
+        self._event("run resumed", reason=first.reason, where=where, seconds=round(waited, 3))
+
+    def _event(self, event: str, **fields: Any) -> None:
+        logs.emit(event, run_id=self.run_id, pipeline=self.pipeline, partition=self.partition, **fields)
+
+    def _maybe_alert(self, conn: psycopg.Connection[Any], pressure: Pressure, waited: float) -> None:
+        """Tell people once when a pause outlasts `alert_after_s`: the run still waits, it has not failed."""
+        if self._alerted or self.on_long_pause is None or self.alert_after_s is None or waited < self.alert_after_s:
+            return
+        self._alerted = True
+        self.on_long_pause(conn, pressure, waited)
 
     def _record(self, conn: psycopg.Connection[Any], pressure: Pressure, wall: float, waited: float) -> None:
         self.paused_s[pressure.reason] = self.paused_s.get(pressure.reason, 0.0) + waited
@@ -324,3 +343,11 @@ def throttled_seconds(conn: psycopg.Connection[Any], run_id: int) -> dict[str, f
     rows = execute(conn, sql.SQL("SELECT reason, sum(seconds) FROM pgstage.pauses WHERE run_id = %s"
                                  " GROUP BY reason ORDER BY reason"), (run_id,), label="throttle: paused").fetchall()
     return {reason: round(float(s), 3) for reason, s in rows}
+
+
+def run_pauses(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
+    """Every pause of the run, oldest first, as `pgstage show` and the report list them."""
+    cursor = execute(conn, sql.SQL("SELECT reason, detail, started_at, seconds FROM pgstage.pauses WHERE run_id = %s"
+                                   " ORDER BY started_at, reason"), (run_id,), label="throttle: pauses")
+    return [{"reason": reason, "detail": detail, "started_at": started, "seconds": round(float(secs), 3)}
+            for reason, detail, started, secs in cursor.fetchall()]

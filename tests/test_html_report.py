@@ -315,8 +315,10 @@ def test_report_command_has_help_and_a_docs_section() -> None:
     (["report", "99", "--html", "{out}"], "there is no run 99 in this database"),
     (["report", "--pipeline", "nope", "--html", "{out}"], "there is no run of pipeline 'nope' in this database"),
     (["report", "1"], "say where to write the page with --html FILE"),
-    (["report", "--html", "{out}"], "give either a RUN_ID or --pipeline NAME"),
-    (["report", "1", "--pipeline", "orders", "--html", "{out}"], "give either a RUN_ID or --pipeline NAME"),
+    (["report", "--html", "{out}"], "give one of a RUN_ID, --pipeline NAME or --backfill ID"),
+    (["report", "1", "--pipeline", "orders", "--html", "{out}"], "give one of a RUN_ID, --pipeline NAME or --backfill ID"),
+    (["report", "1", "--backfill", "1", "--html", "{out}"], "give one of a RUN_ID, --pipeline NAME or --backfill ID"),
+    (["report", "--backfill", "99", "--html", "{out}"], "there is no backfill 99 in this database"),
     (["report", "--pipeline", "orders", "--days", "0", "--html", "{out}"], "--days must be 1 or more, got 0"),
     (["report", "1", "--html", "{missing}"], "the directory"),
 ])

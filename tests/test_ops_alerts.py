@@ -230,7 +230,7 @@ def test_bad_alert_settings_are_spec_errors() -> None:
         load_spec_text('[alerts]\nlate = "25:00"\non = ["failed", "sometimes"]\nsupress = "1h"\n')
     problems = "\n".join(caught.value.problems)
     assert "alerts.late: String should match pattern" in problems
-    assert "alerts.on.1: Input should be 'failed', 'rejects', 'anomaly', 'late', 'reconcile' or 'recovered'" in problems
+    assert "alerts.on.1: Input should be 'failed', 'rejects', 'anomaly', 'late', 'reconcile', 'recovered' or 'paused'" in problems
     assert "alerts.supress: unknown key (did you mean 'suppress'?)" in problems
 
 

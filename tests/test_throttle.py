@@ -9,7 +9,6 @@ report's throttled_s — never by timing.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import textwrap
@@ -27,6 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 import pgstage
 from pgstage import faults, throttle
+from pgstage.ops import logs
 from pgstage.errors import ExitStatus, ThrottleQueryFailed, ThrottleTimeout
 from tests import replica as replicas
 from tests import specs
@@ -65,28 +65,26 @@ def check_loaded(url: str, report: pgstage.RunReport, rows: int = ROWS) -> None:
                       " FROM app.notes", (NOTE,)) == [(rows, rows, 1, rows, True)]
 
 
-class Events(logging.Handler):
-    """The throttle's log events, as a run in another thread emits them."""
+class Events:
+    """The throttle's run events (pgstage/ops/logs.py), as a run in another thread emits them."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
         self.paused, self.resumed = threading.Event(), threading.Event()
         self.messages: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-        event = getattr(record, "event", "")
-        (self.paused if event == "throttle.paused" else self.resumed if event == "throttle.resumed" else
+    def __call__(self, event: str, fields: dict[str, Any]) -> None:
+        if event in ("run paused", "run resumed"):
+            self.messages.append(f"{event}: {fields}")
+        (self.paused if event == "run paused" else self.resumed if event == "run resumed" else
          threading.Event()).set()
 
 
 @pytest.fixture
 def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("pgstage.throttle")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+    listener = Events()
+    stop = logs.listen(listener)
+    yield listener
+    stop()
 
 
 class Background:
@@ -387,7 +385,7 @@ def test_the_cli_reports_paused_seconds_by_reason(loader, db_url: str, sql) -> N
     loader.spec(spec_text(f"throttle_query = \"select clock_timestamp() < '{until}'::timestamptz\""))
     result = CliRunner().invoke(app, ["run", str(loader.root / "spec.toml"), "--db", db_url, "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)   # stderr has the pause's warning lines
     assert doc["status"] == "succeeded" and doc["rows"]["inserted"] == ROWS
     assert list(doc["throttled_s"]) == [throttle.THROTTLE_QUERY] and doc["throttled_s"][throttle.THROTTLE_QUERY] > 0
     paused = sql("SELECT sum(seconds) FROM pgstage.pauses WHERE reason = 'throttle_query'")[0][0]

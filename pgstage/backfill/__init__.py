@@ -22,6 +22,7 @@ from psycopg import sql
 
 from pgstage.backfill import queue
 from pgstage.backfill.forecast import Forecast, forecast
+from pgstage.backfill.late import send_late
 from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import PgstageError, UsageError
 from pgstage.pipeline import ledger
@@ -109,7 +110,7 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         if retry_failed:
             queue.retry_failed(conn, job.backfill_id)
         before = queue.statuses(conn, job.backfill_id)
-        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url)
+        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url, loaded)
         threads = [threading.Thread(target=_work, args=(url, job.backfill_id, loaded, job.specs, tally),
                                     name=f"pgstage backfill {job.backfill_id} job {i + 1}") for i in range(jobs)]
         for thread in threads:
@@ -165,8 +166,11 @@ class _Tally:
     """This process's progress, shared by its jobs; the forecast and its warnings."""
 
     def __init__(self, job: queue.Backfill, before: dict[str, int], jobs: int, deadline: datetime | None,
-                 clock: Callable[[], float], on_progress: Callable[[Progress], None] | None, url: str) -> None:
+                 clock: Callable[[], float], on_progress: Callable[[Progress], None] | None, url: str,
+                 specs: tuple[Spec, ...] = ()) -> None:
         self.job, self.jobs, self.deadline, self.clock, self.on_progress = job, jobs, deadline, clock, on_progress
+        self.url, self.specs = url, specs
+        self._alerted = False   # the `late` alert goes out once per backfill (pgstage/backfill/late.py)
         self.total = sum(before.values())
         self.done_before = self.total - before["pending"]
         self.started = clock()
@@ -178,6 +182,7 @@ class _Tally:
         self._lock = threading.Lock()
 
     def unit_done(self, outcome: queue.Outcome, statuses: dict[str, int]) -> None:
+        alert: str | None = None
         with self._lock:
             self.records += outcome.records
             done = self.total - statuses["pending"]
@@ -189,9 +194,13 @@ class _Tally:
                 warning = fc.warning(self.jobs)
                 if warning:
                     self.warnings.append(warning)
+                    if not self._alerted:
+                        self._alerted, alert = True, warning
             self._late = fc.late
             if self.on_progress:
                 self.on_progress(Progress(done, self.total, statuses["failed"], self.records, elapsed, fc))
+        if alert is not None:   # outside the lock: a slow receiver must not hold the other jobs
+            send_late(self.url, self.job.backfill_id, self.specs, alert)
 
 
 def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue.SpecRef, ...], tally: _Tally) -> None:

@@ -1,7 +1,10 @@
 """The progress bar of a run: bytes and records of each file, batches, rate and ETA, on a terminal only.
 
 It listens to the run's events (pgstage/ops/logs.py), so the library never draws anything;
-on a pipe or a file (CI, cron, a log collector) there is no bar at all.
+on a pipe or a file (CI, cron, a log collector) there is no bar at all. While the throttle
+holds the run, a line says why (`paused: replica lag 42s > 30s`), and the time remaining is
+projected from the time the run was working, not waiting: a ten-minute pause must not make
+every later ETA ten minutes' worth of rate slower.
 """
 
 from __future__ import annotations
@@ -13,23 +16,54 @@ from typing import Any
 
 from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TransferSpeedColumn
+from rich.text import Text
 
 from pgstage.ops import logs
 
 
+def paused_within(pauses: list[tuple[float, float | None]], start: float, now: float) -> float:
+    """Seconds of the pauses (start, end or None while on) that fall between `start` and `now`."""
+    return sum(max(0.0, min(now, end if end is not None else now) - max(start, began)) for began, end in pauses)
+
+
+def remaining_s(completed: float, total: float | None, elapsed: float, paused: float) -> float | None:
+    """Time left at the rate of the working time so far; None until there is a rate to project."""
+    working = elapsed - paused
+    if not total or completed <= 0 or working <= 0:
+        return None
+    return max(total - completed, 0.0) * working / completed
+
+
 class _Bar:
-    """One task per file (bytes, with its records in the description) and one for the batches."""
+    """One task per file (bytes, with its records in the description), one for the batches, one while paused."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.files: dict[str, TaskID] = {}
         self.records: dict[str, int] = {}
         self.batches: TaskID | None = None
+        self.pause_line: TaskID | None = None
+        self.pauses: list[tuple[float, float | None]] = []   # on the progress clock
+
+    def paused_since(self, start: float, now: float) -> float:
+        return paused_within(list(self.pauses), start, now)
 
     def __call__(self, event: str, fields: dict[str, Any]) -> None:
         name = str(fields.get("file", ""))
-        if event == "file started":
+        if event == "run paused":
+            self.pauses.append((self.progress.get_time(), None))
+            why = f"paused: {fields.get('detail', fields.get('reason', ''))}"
+            if self.pause_line is None:
+                self.pause_line = self.progress.add_task(why, total=None, amount="", start=False)
+            else:
+                self.progress.update(self.pause_line, description=why, visible=True)
+        elif event == "run resumed":
+            if self.pauses and self.pauses[-1][1] is None:
+                self.pauses[-1] = (self.pauses[-1][0], self.progress.get_time())
+            if self.pause_line is not None:
+                self.progress.update(self.pause_line, visible=False)
+        elif event == "file started":
             self.records[name] = 0
             size = int(fields.get("bytes") or 0)
             self.files[name] = self.progress.add_task(f"{name} · 0 records", total=size or None,
@@ -53,17 +87,40 @@ class _Bar:
         self.progress.update(self.batches, total=new_total, completed=completed, amount=f"{completed}/{new_total}")
 
 
+class _WorkingTimeRemaining(ProgressColumn):
+    """rich's time remaining, from the rate of the task's working time (its paused time left out)."""
+
+    def __init__(self, bar: "_Bar | None" = None) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def render(self, task: Task) -> Text:
+        if task.finished or task.start_time is None or task.elapsed is None:
+            return Text("")
+        now = task.start_time + task.elapsed
+        paused = self.bar.paused_since(task.start_time, now) if self.bar else 0.0
+        left = remaining_s(task.completed, task.total, task.elapsed, paused)
+        if left is None:
+            return Text("-:--:--", style="progress.remaining")
+        minutes, secs = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours}:{minutes:02d}:{secs:02d}", style="progress.remaining")
+
+
 @contextmanager
 def run_progress() -> Iterator[None]:
     """Show the bar while the block runs, if stderr is a terminal; else do nothing."""
     if not sys.stderr.isatty():
         yield
         return
+    remaining = _WorkingTimeRemaining()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}"),
-                        TransferSpeedColumn(), TimeRemainingColumn(),
+                        TransferSpeedColumn(), remaining,
                         console=Console(stderr=True), transient=False)
     with progress:
-        stop = logs.listen(_Bar(progress))
+        bar = _Bar(progress)
+        remaining.bar = bar
+        stop = logs.listen(bar)
         try:
             yield
         finally:

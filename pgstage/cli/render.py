@@ -97,6 +97,23 @@ def run_details(run: dict[str, Any], samples: list[dict[str, Any]]) -> None:
         console.print(f"batches: {len(batches)}, " + ", ".join(
             f"{b['batch_no']}: records {b['record_start']:,}-{b['record_end']:,} {b['status']}" for b in batches[:12])
             + (" …" if len(batches) > 12 else ""), markup=False)
+    pauses = run.get("pauses") or []
+    if pauses:
+        console.print(f"paused {len(pauses)} time(s), {sum(p['seconds'] for p in pauses):.1f} s in all:", markup=False)
+        for p in pauses[:12]:
+            console.print(f"  {p['started_at']:%H:%M:%S} {p['seconds']:.1f} s {p['reason']}: {p['detail']}", markup=False)
+        if len(pauses) > 12:
+            console.print(f"  … {len(pauses) - 12} more (--json lists them all)", markup=False)
+    merged_chunks = run.get("chunks") or []
+    if merged_chunks:
+        console.print(f"merge chunks: {len(merged_chunks)} committed", markup=False)
+        by_batch: dict[tuple[str, int], list[int]] = {}
+        for c in merged_chunks:
+            by_batch.setdefault((c["file"], c["batch_no"]), []).append(c["record_end"])
+        for (file, batch_no), ends in list(by_batch.items())[:12]:
+            console.print(f"  {file} batch {batch_no}: up to records " + ", ".join(f"{e:,}" for e in ends), markup=False)
+        if len(by_batch) > 12:
+            console.print(f"  … {len(by_batch) - 12} more batches (--json lists them all)", markup=False)
     if run.get("anomaly"):
         a = run["anomaly"]
         console.print(f"volume: {a['verdict']}{' (accepted)' if a.get('accepted') else ''} — {a['reason']}"

@@ -1,4 +1,4 @@
-"""`pgstage report RUN_ID --html FILE` and `pgstage report --pipeline NAME --html FILE`."""
+"""`pgstage report RUN_ID --html FILE`, `pgstage report --pipeline NAME --html FILE` and `--backfill ID`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pgstage.cli import render
 from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption
 from pgstage.errors import UsageError
-from pgstage.htmlreport import write_pipeline_report, write_run_report
+from pgstage.htmlreport import write_backfill_report, write_pipeline_report, write_run_report
 
 
 def report_command(
@@ -19,15 +19,19 @@ def report_command(
     html: Annotated[Optional[Path], typer.Option("--html", help="The HTML file to write.", show_default=False)] = None,
     pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="A pipeline's page instead of one run's.")] = None,
     days: Annotated[int, typer.Option("--days", help="With --pipeline: the last N days of its history.")] = 30,
+    backfill: Annotated[Optional[int], typer.Option("--backfill", help="A backfill's page: its units as calendars by status.",
+                                                    show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
-    """Write a self-contained HTML page with charts: one run, or a pipeline's history."""
+    """Write a self-contained HTML page with charts: one run, a pipeline's history, or a backfill's units."""
     with exits():
         if html is None:
             raise UsageError("say where to write the page with --html FILE", hint="pgstage report 12 --html run.html")
-        if (run_id is None) == (pipeline is None):
-            raise UsageError("give either a RUN_ID or --pipeline NAME",
-                             hint="pgstage report 12 --html run.html, or pgstage report --pipeline orders --html orders.html")
+        if sum(x is not None for x in (run_id, pipeline, backfill)) != 1:
+            raise UsageError("give one of a RUN_ID, --pipeline NAME or --backfill ID",
+                             hint="pgstage report 12 --html run.html, pgstage report --pipeline orders --html orders.html,"
+                                  " or pgstage report --backfill 3 --html backfill.html")
         written = (write_run_report(run_id, html, db=db) if run_id is not None
+                   else write_backfill_report(backfill, html, db=db) if backfill is not None
                    else write_pipeline_report(str(pipeline), html, days=days, db=db))
         render.console.print(f"wrote {written}", markup=False)

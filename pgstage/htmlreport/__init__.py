@@ -15,11 +15,12 @@ from psycopg import sql
 
 from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import UsageError
-from pgstage.htmlreport.model import (AnomalyDay, BackfillUnit, PipelinePage, Reconciliation, RunPage, pipeline_page,
-                                      run_page)
-from pgstage.htmlreport.page import render_pipeline, render_run
+from pgstage.htmlreport.model import (AnomalyDay, BackfillCalendar, BackfillPage, BackfillUnit, PipelinePage,
+                                      Reconciliation, RunPage, pipeline_page, run_page)
+from pgstage.htmlreport.page import render_backfill, render_pipeline, render_run
 from pgstage.pipeline import ledger
 from pgstage.rejects import list_rejects
+from pgstage.throttle import run_pauses
 
 SAMPLE_REJECTS = 20
 
@@ -44,7 +45,8 @@ def build_run_page(conn: psycopg.Connection[Any], run_id: int, *, db: str | None
     rejected = execute(conn, sql.SQL("SELECT count(*) FROM pgstage.rejects WHERE run_id = %s"), (run_id,),
                        label="report: rejected records").fetchone()
     rows = [r.as_dict() for r in list_rejects(run_id, db=db, limit=samples)]
-    return run_page(run, ledger.run_batches(conn, run_id), rows, int(rejected[0]) if rejected else 0)
+    return run_page(run, ledger.run_batches(conn, run_id), rows, int(rejected[0]) if rejected else 0,
+                    run_pauses(conn, run_id))
 
 
 def build_pipeline_page(conn: psycopg.Connection[Any], pipeline: str, days: int) -> PipelinePage:
@@ -59,9 +61,11 @@ def build_pipeline_page(conn: psycopg.Connection[Any], pipeline: str, days: int)
         raise UsageError(f"there is no run of pipeline {pipeline!r} in this database",
                          hint=f"pipelines with runs: {names}" if names else "`pgstage run SPEC` records runs")
     first = min(r["day"] for r in runs)
+    backfill_id = latest_backfill(conn, pipeline)
     return pipeline_page(pipeline, days, runs, anomalies=anomaly_days(conn, pipeline, first),
                          reconciliations=reconciliations(conn, pipeline, first),
-                         backfill=backfill_units(conn, pipeline, first), generated_at=datetime.now(timezone.utc))
+                         backfill=backfill_units(conn, pipeline, backfill_id) if backfill_id is not None else (),
+                         generated_at=datetime.now(timezone.utc), backfill_id=backfill_id)
 
 
 # Seams: each returns () until its feature's ledger tables exist; the page leaves out an empty section.
@@ -75,9 +79,63 @@ def reconciliations(conn: psycopg.Connection[Any], pipeline: str, since: date) -
     return ()
 
 
-def backfill_units(conn: psycopg.Connection[Any], pipeline: str, since: date) -> tuple[BackfillUnit, ...]:
-    """#18 (`pgstage backfill`): the units of the pipeline's latest backfill. Not recorded yet."""
-    return ()
+# A pending unit whose (pipeline, day) has a run going is being worked on: the queue only knows
+# pending until the claim commits, the runs ledger knows the run started.
+UNITS = sql.SQL("""
+SELECT u.pipeline, u.day,
+       CASE WHEN u.status = 'pending' AND EXISTS (
+              SELECT 1 FROM pgstage.runs r
+              WHERE r.pipeline = u.pipeline AND r.partition = u.day::text AND r.status = 'running')
+            THEN 'running' ELSE u.status END,
+       u.run_id, u.message
+FROM pgstage.backfill_units u
+WHERE u.backfill_id = %(backfill_id)s AND (%(pipeline)s::text IS NULL OR u.pipeline = %(pipeline)s)
+ORDER BY u.spec_no, u.day""")
+
+
+def _has_backfills(conn: psycopg.Connection[Any]) -> bool:
+    """A ledger where no backfill ever ran has no queue tables; a report only reads, so it does not create them."""
+    row = execute(conn, sql.SQL("SELECT to_regclass('pgstage.backfill_units') IS NOT NULL"),
+                  label="report: backfill tables?").fetchone()
+    return bool(row and row[0])
+
+
+def latest_backfill(conn: psycopg.Connection[Any], pipeline: str) -> int | None:
+    """The newest backfill with a unit of this pipeline, if any."""
+    if not _has_backfills(conn):
+        return None
+    row = execute(conn, sql.SQL("SELECT max(backfill_id) FROM pgstage.backfill_units WHERE pipeline = %s"),
+                  (pipeline,), label="report: latest backfill").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def _units(conn: psycopg.Connection[Any], backfill_id: int, pipeline: str | None) -> list[tuple[str, BackfillUnit]]:
+    rows = execute(conn, UNITS, {"backfill_id": backfill_id, "pipeline": pipeline},
+                   label="report: backfill units").fetchall()
+    return [(name, BackfillUnit(day, status, run_id, message)) for name, day, status, run_id, message in rows]
+
+
+def backfill_units(conn: psycopg.Connection[Any], pipeline: str, backfill_id: int) -> tuple[BackfillUnit, ...]:
+    """The pipeline's units of one backfill, every day of its range (not only the page's --days window)."""
+    return tuple(unit for _, unit in _units(conn, backfill_id, pipeline))
+
+
+def build_backfill_page(conn: psycopg.Connection[Any], backfill_id: int) -> BackfillPage:
+    row = None
+    if _has_backfills(conn):
+        row = execute(conn, sql.SQL("SELECT first_day, last_day, created_at FROM pgstage.backfills"
+                                    " WHERE backfill_id = %s"), (backfill_id,), label="report: backfill").fetchone()
+    if row is None:
+        raise UsageError(f"there is no backfill {backfill_id} in this database",
+                         hint="`pgstage backfill ... --json` prints a backfill's id; check --db")
+    by_pipeline: dict[str, list[BackfillUnit]] = {}
+    for name, unit in _units(conn, backfill_id, None):
+        by_pipeline.setdefault(name, []).append(unit)
+    failures = sorted(((name, u) for name, units in by_pipeline.items() for u in units if u.status == "failed"),
+                      key=lambda nu: (nu[1].day, nu[0]))
+    return BackfillPage(backfill_id, row[0], row[1], row[2],
+                        tuple(BackfillCalendar(name, tuple(units)) for name, units in by_pipeline.items()),
+                        tuple(failures), datetime.now(timezone.utc))
 
 
 def write_run_report(run_id: int, path: Path, *, db: str | None = None) -> Path:
@@ -95,6 +153,14 @@ def write_pipeline_report(pipeline: str, path: Path, *, days: int = 30, db: str 
         ledger.ensure(conn)
         page = build_pipeline_page(conn, pipeline, days)
     return _write(path, render_pipeline(page))
+
+
+def write_backfill_report(backfill_id: int, path: Path, *, db: str | None = None) -> Path:
+    """Write backfill `backfill_id`'s page (its units as calendars by status) to `path`; return the path written."""
+    with connect(resolve_url(db)) as conn:
+        ledger.ensure(conn)
+        page = build_backfill_page(conn, backfill_id)
+    return _write(path, render_backfill(page))
 
 
 def _write(path: Path, html: str) -> Path:

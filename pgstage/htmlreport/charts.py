@@ -16,7 +16,7 @@ import pygal
 from markupsafe import Markup
 from pygal.style import Style
 
-from pgstage.htmlreport.model import FUNNEL, PHASES, AnomalyDay, BatchSpan, HistoryDay, RunPage
+from pgstage.htmlreport.model import FUNNEL, PHASES, AnomalyDay, BatchSpan, HistoryDay, PauseSpan, RunPage
 
 # One colour per §5 count, the same in every chart and in the tables' legend.
 COLOURS = {
@@ -82,21 +82,26 @@ def rejects_chart(page: RunPage) -> Markup:
     return _svg(chart, "rejects")
 
 
-def timeline_chart(batches: tuple[BatchSpan, ...]) -> Markup:
+def timeline_chart(batches: tuple[BatchSpan, ...], pauses: tuple[PauseSpan, ...] = ()) -> Markup:
     """Each batch's stage, validate and merge on one clock; the grey gaps are its waits (a worker, its turn).
 
     A horizontal stacked bar per batch whose first, transparent segment is its offset from the run's start.
+    Each throttle pause is a row of its own (`paused: reason`) among the batches, in time order: a
+    pause holds the whole run, not one batch, so the batches' bars show the gap it left.
     """
-    present = [p for p in PHASES if any(p in b.phases for b in batches)]
+    rows: list[tuple[str, dict[str, tuple[float, float]]]] = sorted(
+        [(b.label, b.phases) for b in batches] + [(p.label, {"paused": (p.start, p.end)}) for p in pauses],
+        key=lambda row: min((span[0] for span in row[1].values()), default=0.0))
+    present = [p for p in PHASES if any(p in phases for _, phases in rows)]
     names: list[str] = []
     for i, phase in enumerate(present):
         names += ["offset" if i == 0 else f"queued for {phase}", phase]
     values: dict[str, list[float]] = {name: [] for name in names}
-    for b in reversed(batches):                       # pygal draws the first label at the bottom
+    for _, phases in reversed(rows):                  # pygal draws the first label at the bottom
         at = 0.0
         for i, phase in enumerate(present):
             wait = names[2 * i]
-            span = b.phases.get(phase)
+            span = phases.get(phase)
             if span is None:
                 values[wait].append(0.0)
                 values[phase].append(0.0)
@@ -108,9 +113,9 @@ def timeline_chart(batches: tuple[BatchSpan, ...]) -> Markup:
     colours = [TRANSPARENT if n == "offset" else COLOURS["waiting"] if n.startswith("queued") else COLOURS[n]
                for n in names]
     chart = pygal.HorizontalStackedBar(**_options("timeline", colours, width=WIDE,
-                                                  height=max(220, 110 + 24 * len(batches)),
+                                                  height=max(220, 110 + 24 * len(rows)),
                                                   title="batches over time (seconds from the first stage)"))
-    chart.x_labels = [b.label for b in reversed(batches)]
+    chart.x_labels = [label for label, _ in reversed(rows)]
     for name in names:
         chart.add(None if name == "offset" else name, values[name])
     return _svg(chart, "timeline")

@@ -8,6 +8,7 @@ tuples here and are left out of the page: the functions that will fill them are 
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -36,6 +37,20 @@ class BatchSpan:
     @property
     def label(self) -> str:
         return f"{self.file.rsplit('/', 1)[-1]} #{self.batch_no}"     # the file's name: short enough for an axis
+
+
+@dataclass(frozen=True)
+class PauseSpan:
+    """One throttle pause (pgstage.pauses) on the timeline's clock: the run waited, holding no lock."""
+
+    reason: str
+    detail: str
+    start: float
+    end: float
+
+    @property
+    def label(self) -> str:
+        return f"paused: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,7 @@ class RunPage:
     untimed_batches: int                     # batches from before timings were recorded
     spec: Any                                # the resolved spec, secrets masked; None if not recorded
     spec_path: str | None
+    pauses: tuple[PauseSpan, ...] = ()       # on the batches' clock
 
 
 @dataclass(frozen=True)
@@ -112,10 +128,84 @@ class Reconciliation:
 
 @dataclass(frozen=True)
 class BackfillUnit:
-    """Seam for #18: one (spec, day) unit of a backfill, for the calendar."""
+    """One (spec, day) unit of a backfill (pgstage.backfill_units), for the calendar."""
 
     day: date
     status: str                              # pending | running | succeeded | failed | skipped
+    run_id: int | None = None
+    message: str | None = None               # a failed unit's reason
+
+    @property
+    def title(self) -> str:
+        """The cell's tooltip: day, status, run and (failed) why."""
+        return (f"{self.day}: {self.status}" + (f", run {self.run_id}" if self.run_id is not None else "")
+                + (f" — {self.message}" if self.message and self.status == "failed" else ""))
+
+
+@dataclass(frozen=True)
+class CalendarMonth:
+    """A month of the backfill calendar: weeks of seven cells, Monday first; None outside the month or the units."""
+
+    label: str                               # "2024-03"
+    weeks: tuple[tuple[BackfillUnit | None, ...], ...]
+
+
+UNIT_STATUSES = ("succeeded", "skipped", "running", "pending", "failed")
+
+
+def calendar_months(units: tuple[BackfillUnit, ...]) -> tuple[CalendarMonth, ...]:
+    """The units laid out as month calendars, from the first unit's month to the last's (days without a unit blank)."""
+    if not units:
+        return ()
+    by_day = {u.day: u for u in units}
+    first, last = min(by_day), max(by_day)
+    months = []
+    year, month = first.year, first.month
+    while (year, month) <= (last.year, last.month):
+        weeks = []
+        for week in calendar.Calendar(firstweekday=0).monthdatescalendar(year, month):
+            weeks.append(tuple(by_day.get(d) if d.month == month else None for d in week))
+        months.append(CalendarMonth(f"{year:04d}-{month:02d}", tuple(weeks)))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return tuple(months)
+
+
+def unit_tally(units: tuple[BackfillUnit, ...]) -> dict[str, int]:
+    """Units by status, every status present (zero when none), in the legend's order."""
+    return {status: sum(1 for u in units if u.status == status) for status in UNIT_STATUSES}
+
+
+@dataclass(frozen=True)
+class BackfillCalendar:
+    """One pipeline's units of one backfill."""
+
+    pipeline: str
+    units: tuple[BackfillUnit, ...]
+
+    @property
+    def months(self) -> tuple[CalendarMonth, ...]:
+        return calendar_months(self.units)
+
+    @property
+    def tally(self) -> dict[str, int]:
+        return unit_tally(self.units)
+
+
+@dataclass(frozen=True)
+class BackfillPage:
+    """`pgstage report --backfill ID`: the backfill's range, its units by status, one calendar per pipeline."""
+
+    backfill_id: int
+    first_day: date
+    last_day: date
+    created_at: datetime
+    calendars: tuple[BackfillCalendar, ...]
+    failures: tuple[tuple[str, BackfillUnit], ...]   # (pipeline, unit), oldest day first
+    generated_at: datetime | None = None
+
+    @property
+    def tally(self) -> dict[str, int]:
+        return unit_tally(tuple(u for c in self.calendars for u in c.units))
 
 
 @dataclass(frozen=True)
@@ -141,6 +231,15 @@ class PipelinePage:
     reconciliations: tuple[Reconciliation, ...] = ()
     backfill: tuple[BackfillUnit, ...] = ()
     generated_at: datetime | None = field(default=None)
+    backfill_id: int | None = None           # the backfill whose units `backfill` holds
+
+    @property
+    def backfill_months(self) -> tuple[CalendarMonth, ...]:
+        return calendar_months(self.backfill)
+
+    @property
+    def backfill_tally(self) -> dict[str, int]:
+        return unit_tally(self.backfill)
 
 
 _SEVERITY = {"failed": 5, "rejected_threshold": 4, "running": 3, "succeeded": 2, "skipped": 1}
@@ -170,11 +269,11 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     return value
 
 
-def batch_spans(batches: list[dict[str, Any]]) -> tuple[tuple[BatchSpan, ...], int]:
-    """Timed batches on one clock that starts at the run's first recorded phase, and how many had no timings."""
+def batch_spans(batches: list[dict[str, Any]], pauses: list[dict[str, Any]] | None = None
+                ) -> tuple[tuple[BatchSpan, ...], int]:
+    """Timed batches on one clock that starts at the run's first recorded phase (or pause), and how many had no timings."""
     timed = [b for b in batches if b.get("timings")]
-    starts = [float(span[0]) for b in timed for span in b["timings"].values() if _is_span(span)]
-    origin = min(starts, default=0.0)
+    origin = _origin(timed, pauses or [])
     spans = tuple(BatchSpan(str(b["file"]), int(b["batch_no"]), (int(b["record_start"]), int(b["record_end"])),
                             str(b["status"]),
                             {phase: (float(span[0]) - origin, float(span[1]) - origin)
@@ -184,14 +283,29 @@ def batch_spans(batches: list[dict[str, Any]]) -> tuple[tuple[BatchSpan, ...], i
     return spans, len(batches) - len(timed)
 
 
+def _origin(timed: list[dict[str, Any]], pauses: list[dict[str, Any]]) -> float:
+    starts = [float(span[0]) for b in timed for span in b["timings"].values() if _is_span(span)]
+    starts += [p["started_at"].timestamp() for p in pauses]
+    return min(starts, default=0.0)
+
+
+def pause_spans(batches: list[dict[str, Any]], pauses: list[dict[str, Any]]) -> tuple[PauseSpan, ...]:
+    """The run's pauses (as `throttle.run_pauses` gives them) on the clock of `batch_spans`."""
+    origin = _origin([b for b in batches if b.get("timings")], pauses)
+    return tuple(PauseSpan(str(p["reason"]), str(p["detail"]), p["started_at"].timestamp() - origin,
+                           p["started_at"].timestamp() - origin + float(p["seconds"]))
+                 for p in sorted(pauses, key=lambda p: p["started_at"]))
+
+
 def _is_span(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2
 
 
 def run_page(run: dict[str, Any], batches: list[dict[str, Any]], samples: list[dict[str, Any]],
-             rejected_records: int) -> RunPage:
-    """A run's page from its ledger row, its batches and some of its rejects (as `rejects.list_rejects` gives them)."""
-    spans, untimed = batch_spans(batches)
+             rejected_records: int, pauses: list[dict[str, Any]] | None = None) -> RunPage:
+    """A run's page from its ledger row, its batches, some of its rejects (as `rejects.list_rejects` gives
+    them) and its throttle pauses."""
+    spans, untimed = batch_spans(batches, pauses)
     finished = run.get("finished_at")
     by_rule = run.get("rejects_by_rule") or {}
     return RunPage(
@@ -210,12 +324,14 @@ def run_page(run: dict[str, Any], batches: list[dict[str, Any]], samples: list[d
         files=tuple(FileRow(str(f.get("path")), str(f.get("status")), counts_of(f.get("rows")))
                     for f in run.get("files") or []),
         batches=spans, untimed_batches=untimed,
-        spec=None if run.get("spec") is None else mask_secrets(run["spec"]), spec_path=run.get("spec_path"))
+        spec=None if run.get("spec") is None else mask_secrets(run["spec"]), spec_path=run.get("spec_path"),
+        pauses=pause_spans(batches, pauses or []))
 
 
 def pipeline_page(pipeline: str, days: int, runs: list[dict[str, Any]], *,
                   anomalies: tuple[AnomalyDay, ...] = (), reconciliations: tuple[Reconciliation, ...] = (),
-                  backfill: tuple[BackfillUnit, ...] = (), generated_at: datetime | None = None) -> PipelinePage:
+                  backfill: tuple[BackfillUnit, ...] = (), generated_at: datetime | None = None,
+                  backfill_id: int | None = None) -> PipelinePage:
     """A pipeline's page from its runs (each with a `day`: its partition, else the day it started)."""
     by_day: dict[date, list[dict[str, Any]]] = {}
     for r in runs:
@@ -230,4 +346,4 @@ def pipeline_page(pipeline: str, days: int, runs: list[dict[str, Any]], *,
                  for r in sorted(runs, key=lambda r: -int(r["run_id"])))
     totals = {key: sum(h.counts[key] for h in history) for key in FUNNEL}
     return PipelinePage(pipeline, days, history[0].day if history else None, history[-1].day if history else None,
-                        history, rows, totals, anomalies, reconciliations, backfill, generated_at)
+                        history, rows, totals, anomalies, reconciliations, backfill, generated_at, backfill_id)

@@ -14,7 +14,7 @@ import jinja2
 from markupsafe import Markup
 
 from pgstage.htmlreport import charts
-from pgstage.htmlreport.model import FUNNEL, PipelinePage, RunPage
+from pgstage.htmlreport.model import FUNNEL, BackfillPage, PipelinePage, RunPage
 
 MAX_BATCHES = 100      # a timeline of more bars is unreadable, and a page of them heavy
 
@@ -41,10 +41,13 @@ td.file{word-break:break-all;min-width:8rem}
 summary{cursor:pointer;color:var(--muted)}
 pre{background:#f8f9fa;padding:.75rem;overflow-x:auto;font-size:.85rem}
 .key{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.3em;vertical-align:-.05em}
-.cal{display:grid;grid-template-columns:repeat(7,1.6rem);gap:3px}
-.cal span{height:1.6rem;border-radius:3px;font-size:.7rem;text-align:center;line-height:1.6rem;color:#fff}
+.months{display:flex;flex-wrap:wrap;gap:14px;margin:.5rem 0}
+.month figcaption{font-size:.8rem;color:var(--muted);margin-bottom:2px}
+.cal{display:grid;grid-template-columns:repeat(7,1.5rem);gap:2px}
+.cal span{height:1.5rem;border-radius:3px;font-size:.7rem;text-align:center;line-height:1.5rem;color:#fff}
 .u-succeeded{background:#2f9e44}.u-failed{background:#e03131}.u-running{background:#f59f00}
-.u-pending{background:#dee2e6;color:#495057!important}.u-skipped{background:#1c7ed6}
+.u-pending{background:#dee2e6;color:#495057!important}.u-skipped{background:#1c7ed6}.u-none{background:transparent}
+.legend span{margin-right:1rem;white-space:nowrap}
 @media (max-width:600px){main{padding:8px}body{font-size:14px}}
 """
 
@@ -58,6 +61,12 @@ _BASE = """<!doctype html>
 """
 
 _COUNTS_TABLE = """{% macro counts_row(counts, keys) %}{% for k in keys %}<td class="n" data-count="{{ k }}">{{ "{:,}".format(counts[k]) }}</td>{% endfor %}{% endmacro %}"""
+
+# A backfill's units as month calendars (Monday first), one cell a (spec, day) unit coloured by status.
+_CALENDAR = """{% macro legend(tally) %}<p class="legend">{% for status, n in tally.items() %}<span><span class="key u-{{ status }}"></span>{{ status }} <b data-units="{{ status }}">{{ "{:,}".format(n) }}</b></span>{% endfor %}</p>{% endmacro %}
+{% macro calendar(months, pipeline) %}<div class="months" data-calendar="{{ pipeline }}">{% for m in months %}<figure class="month" data-month="{{ m.label }}"><figcaption>{{ m.label }}</figcaption><div class="cal">
+{% for week in m.weeks %}{% for u in week %}{% if u %}<span class="u-{{ u.status }}" data-day="{{ u.day }}" title="{{ u.title }}">{{ u.day.day }}</span>{% else %}<span class="u-none"></span>{% endif %}{% endfor %}{% endfor %}
+</div></figure>{% endfor %}</div>{% endmacro %}"""
 
 _RUN = """{% extends "base" %}
 """ + _COUNTS_TABLE + """
@@ -108,6 +117,9 @@ _RUN = """{% extends "base" %}
 {% for b in p.batches[:max_batches] %}<tr><td>{{ b.label }}</td><td>{{ "{:,}".format(b.records[0]) }}–{{ "{:,}".format(b.records[1]) }}</td><td>{{ b.status }}</td>
 {% for ph in phases %}<td class="n">{% if ph in b.phases %}{{ "%.3f"|format(b.phases[ph][1] - b.phases[ph][0]) }}{% endif %}</td>{% endfor %}</tr>{% endfor %}
 </tbody></table></div>{% endif %}
+{% if p.pauses %}<div class="scroll"><table id="pauses"><thead><tr><th>paused by the throttle</th><th class="n">from s</th><th class="n">seconds</th><th>why</th></tr></thead><tbody>
+{% for pz in p.pauses %}<tr data-pause="{{ pz.reason }}"><td>{{ pz.reason }}</td><td class="n">{{ "%.3f"|format(pz.start) }}</td><td class="n">{{ "%.3f"|format(pz.end - pz.start) }}</td><td>{{ pz.detail }}</td></tr>{% endfor %}
+</tbody></table></div>{% endif %}
 {% if p.untimed_batches %}<p class="muted">{{ p.untimed_batches }} batch(es) have no recorded timings (loaded by an earlier pgstage).</p>{% endif %}
 {% if not p.batches and not p.untimed_batches %}<p>No batch was staged.</p>{% endif %}
 </section>
@@ -120,7 +132,7 @@ _RUN = """{% extends "base" %}
 """
 
 _PIPELINE = """{% extends "base" %}
-""" + _COUNTS_TABLE + """
+""" + _COUNTS_TABLE + _CALENDAR + """
 {% block title %}{{ p.pipeline }} · last {{ p.days }} days{% endblock %}
 {% block body %}
 <header><h1>{{ p.pipeline }}</h1>
@@ -140,8 +152,10 @@ _PIPELINE = """{% extends "base" %}
 {% for a in p.anomalies if a.flagged %}<tr><td>{{ a.day }}</td><td class="n">{{ "{:,.0f}".format(a.low) }}–{{ "{:,.0f}".format(a.high) }}</td><td>{{ a.verdict }}</td></tr>{% endfor %}
 </tbody></table></div></section>{% endif %}
 
-{% if p.backfill %}<section id="backfill"><h2>Backfill</h2>
-<div class="cal" id="calendar">{% for u in p.backfill %}<span class="u-{{ u.status }}" title="{{ u.day }}: {{ u.status }}">{{ u.day.day }}</span>{% endfor %}</div>
+{% if p.backfill %}<section id="backfill"><h2>Backfill{% if p.backfill_id is not none %} {{ p.backfill_id }}{% endif %}</h2>
+<p class="muted">this pipeline's units of its latest backfill, {{ p.backfill[0].day }} – {{ p.backfill[-1].day }}, by status{% if p.backfill_id is not none %} (every pipeline of it: <code>pgstage report --backfill {{ p.backfill_id }} --html FILE</code>){% endif %}</p>
+{{ legend(p.backfill_tally) }}
+{{ calendar(p.backfill_months, p.pipeline) }}
 </section>{% endif %}
 
 {% if p.reconciliations %}<section id="reconcile"><h2>Reconciliation</h2>
@@ -157,7 +171,31 @@ _PIPELINE = """{% extends "base" %}
 {% endblock %}
 """
 
-_ENV = jinja2.Environment(loader=jinja2.DictLoader({"base": _BASE, "run": _RUN, "pipeline": _PIPELINE}),
+_BACKFILL = """{% extends "base" %}
+""" + _CALENDAR + """
+{% block title %}backfill {{ p.backfill_id }}{% endblock %}
+{% block body %}
+<header><h1>backfill <span data-field="backfill_id">{{ p.backfill_id }}</span></h1>
+<dl class="facts"><dt>days</dt><dd>{{ p.first_day }} – {{ p.last_day }}</dd>
+<dt>pipelines</dt><dd>{{ p.calendars|map(attribute="pipeline")|join(", ") }}</dd>
+<dt>created</dt><dd>{{ p.created_at.strftime("%Y-%m-%d %H:%M:%S %Z") }}</dd></dl>
+{{ legend(p.tally) }}</header>
+{% for c in p.calendars %}<section class="pipeline" data-pipeline="{{ c.pipeline }}"><h2>{{ c.pipeline }}</h2>
+{{ legend(c.tally) }}
+{{ calendar(c.months, c.pipeline) }}</section>{% endfor %}
+{% if p.failures %}<section id="failures"><h2>Failed units</h2>
+<div class="scroll"><table><thead><tr><th>day</th><th>pipeline</th><th class="n">run</th><th>why</th></tr></thead><tbody>
+{% for name, u in p.failures[:max_failures] %}<tr data-failed="{{ name }} {{ u.day }}"><td>{{ u.day }}</td><td>{{ name }}</td><td class="n">{{ u.run_id if u.run_id is not none else "" }}</td><td>{{ u.message or "" }}</td></tr>{% endfor %}
+</tbody></table></div>
+{% if p.failures|length > max_failures %}<p class="muted">the first {{ max_failures }} of {{ p.failures|length }}; <code>pgstage backfill --join {{ p.backfill_id }} --retry-failed</code> runs them again</p>{% endif %}
+</section>{% endif %}
+{% endblock %}
+"""
+
+MAX_FAILURES = 200
+
+_ENV = jinja2.Environment(loader=jinja2.DictLoader({"base": _BASE, "run": _RUN, "pipeline": _PIPELINE,
+                                                    "backfill": _BACKFILL}),
                           autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -171,7 +209,8 @@ def render_run(page: RunPage, generated_at: str | None = None) -> str:
     return _ENV.get_template("run").render(
         p=page, generated_at=generated_at, phases=phases, funnel=charts.funnel_chart(page),
         rejects=charts.rejects_chart(page) if page.rejects_by_rule else "",
-        timeline=charts.timeline_chart(page.batches[:MAX_BATCHES]) if page.batches else "", max_batches=MAX_BATCHES,
+        timeline=charts.timeline_chart(page.batches[:MAX_BATCHES], page.pauses) if page.batches else "",
+        max_batches=MAX_BATCHES,
         spec_json=json.dumps(page.spec, indent=2, ensure_ascii=False) if page.spec is not None else "", **_common())
 
 
@@ -181,3 +220,10 @@ def render_pipeline(page: PipelinePage) -> str:
         p=page, generated_at=page.generated_at.strftime("%Y-%m-%d %H:%M UTC") if page.generated_at else None,
         history=charts.history_chart(page.history, page.anomalies) if page.history else "",
         changes=charts.changes_chart(page.history) if page.history else "", **_common())
+
+
+def render_backfill(page: BackfillPage) -> str:
+    """The backfill page: its range, its units by status, one month calendar per pipeline, its failures."""
+    return _ENV.get_template("backfill").render(
+        p=page, generated_at=page.generated_at.strftime("%Y-%m-%d %H:%M UTC") if page.generated_at else None,
+        max_failures=MAX_FAILURES, **_common())

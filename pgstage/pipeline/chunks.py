@@ -72,3 +72,12 @@ def record(conn: psycopg.Connection[Any], run_id: int, batch: StagedBatch, recor
         "INSERT INTO pgstage.chunks (run_id, file, sha256, batch_no, record_end, counts) VALUES (%s, %s, %s, %s, %s, %s)"),
         (run_id, batch.source.name, batch.source.sha256, batch.batch_no, record_end, json.dumps(asdict(counts))),
         label="chunks: checkpoint")
+
+
+def run_chunks(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
+    """Every committed merge chunk of the run, in file and record order, for `pgstage show`."""
+    cursor = execute(conn, sql.SQL("SELECT file, batch_no, record_end, counts, committed_at FROM pgstage.chunks"
+                                   " WHERE run_id = %s ORDER BY file, batch_no, record_end"), (run_id,),
+                     label="chunks: of a run")
+    return [{"file": f, "batch_no": b, "record_end": end, "counts": counts, "committed_at": at}
+            for f, b, end, counts, at in cursor.fetchall()]
