@@ -579,18 +579,22 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
     try:
         with session.transaction():
             began = time.time()
-            m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten, into_empty=plan.into_empty,
-                            upserts=plan.upserts, as_of=plan.as_of,
-                            replacing=checked.staged.source.name in plan.replaced)
+            w = load.validation.partition
+            swaps = w is not None and turn == plan.batches - 1
+            if swaps:
+                # Every earlier batch has committed its rows to the collector: swap them and this
+                # batch's own rows (written once, straight into the target) in with this checkpoint.
+                assert w is not None
+                order.wait(turn)
+                m = merge.replace_partition.swap(session, spec, load.types, w, checked, load.run_id, plan.beaten)
+                faults.hit("merge.swap")
+            else:
+                m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten,
+                                into_empty=plan.into_empty, upserts=plan.upserts, as_of=plan.as_of,
+                                replacing=checked.staged.source.name in plan.replaced)
             if last_of_file and checked.staged.source.name in plan.replaced:
                 order.wait(turn)   # the file's earlier batches are collected: replace its rows in one go
                 m = replace(m, deleted=merge.append.swap_file(session, spec, checked, load.run_id))
-                faults.hit("merge.swap")
-            w = load.validation.partition
-            if w is not None and turn == plan.batches - 1:
-                # Every earlier batch has committed its rows to the collector: swap them in with this checkpoint.
-                order.wait(turn)
-                m = replace(m, deleted=merge.replace_partition.swap(session, spec, w, checked, load.run_id))
                 faults.hit("merge.swap")
             if plan.as_of is not None and merge.scd2.closes_missing(spec) and turn == plan.batches - 1:
                 order.wait(turn)   # every earlier batch's keys are in the seen table
