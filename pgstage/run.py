@@ -369,7 +369,7 @@ def _stage_and_validate(load: Load) -> Validated:
         batches = _staged(load, stage.stage_batches(conn, spec, source, file_no=file_no,
                                                     table_prefix=staged_prefix(load.run_id, file_no), start=start,
                                                     batch_rows=spec.load.batch_rows, since=since,
-                                                    parallel=spec.load.workers))
+                                                    parallel=_spread(spec)))
         validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span))
                                     for batch, span in batches]))
     assert load.validation.staged is not None
@@ -505,6 +505,16 @@ def _predict(load: Load, validated: Validated) -> RunReport:
                      message="dry run: nothing was written to the target; the counts are a forecast")
     ledger.finish_run(conn, run_id, "succeeded", report.counts, by_rule, _file_rows(report.files), report.message)
     return report
+
+
+def _spread(spec: Spec) -> int:
+    """Over how many batches a file that fits in one is cut, so the pool's sessions validate it at once.
+
+    Not for replace_partition: every batch but the last is written twice (to its collector,
+    then to the target), which costs more than validating one batch on one session (whose
+    statements still run as parallel queries).
+    """
+    return 1 if merge.replaces_partition(spec) else spec.load.workers
 
 
 def _plan_merge(load: Load, validated: Validated) -> MergePlan:
