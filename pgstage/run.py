@@ -510,11 +510,12 @@ def _predict(load: Load, validated: Validated) -> RunReport:
 def _spread(spec: Spec) -> int:
     """Over how many batches a file that fits in one is cut, so the pool's sessions validate it at once.
 
-    Not for replace_partition: every batch but the last is written twice (to its collector,
-    then to the target), which costs more than validating one batch on one session (whose
-    statements still run as parallel queries).
+    Not for replace_partition, where every batch but the last is written twice (to the
+    collector, then to the target), nor for scd2, whose two batches' merges contend for the same
+    index pages (1M rows: 14.0 s cut in two against 9.6 s in one). One batch is validated on one
+    session, whose statements still run as parallel queries.
     """
-    return 1 if merge.replaces_partition(spec) else spec.load.workers
+    return 1 if merge.replaces_partition(spec) or spec.pipeline.strategy == "scd2" else spec.load.workers
 
 
 def _plan_merge(load: Load, validated: Validated) -> MergePlan:
