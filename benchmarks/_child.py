@@ -44,7 +44,8 @@ def _baseline(job: dict[str, Any]) -> dict[str, Any]:
     from benchmarks import baselines, strategies
 
     load = {"naive": baselines.load_naive, "bare_sql": baselines.load_bare_sql,
-            "bare_replace_day": strategies.load_replace_day, "bare_scd2": strategies.load_scd2}[job["kind"]]
+            "bare_replace_day": strategies.load_replace_day, "bare_scd2": strategies.load_scd2,
+            "bare_scd2_constrained": strategies.load_scd2}[job["kind"]]
     started = time.perf_counter()
     with psycopg.connect(job["db"], autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")

@@ -8,7 +8,11 @@ hand-written SQL a careful engineer would run instead, in the same round.
 * `scd2_10pct`: the target holds one version of `--rows` customers (as of day 1); a full
   snapshot where 10% of them changed email is loaded as of day 2. Baseline `bare_scd2`: COPY,
   then `UPDATE … SET valid_to, is_current = false WHERE changed` and
-  `INSERT … SELECT … WHERE no current row` (the classic two statements).
+  `INSERT … SELECT … WHERE no current row` (the classic two statements), on a table whose only
+  index is the partial unique one on current keys. Baseline `bare_scd2_constrained`: the same
+  statements on a table with the invariants pgstage's target has — a version id primary key
+  (a random uuid), `is_current = (valid_to IS NULL)`, `valid_to > valid_from` and the btree_gist
+  exclusion constraint against overlapping versions — so the same indexes on both sides.
 
 Both sides start from the same state, built untimed (pgstage builds its own target with a
 first untimed run; the baselines get the same rows by INSERT … SELECT). pgstage's specs carry
@@ -27,10 +31,11 @@ import psycopg
 from psycopg import sql
 
 SCENARIOS = ("replace_day", "replace_day_native", "scd2_10pct")
-BASELINES = ("bare_replace_day", "bare_scd2")
+BASELINES = ("bare_replace_day", "bare_scd2", "bare_scd2_constrained")
 RATIOS = {"replace_day": [("bare_replace_day", "bare DELETE + INSERT")],
           "replace_day_native": [("bare_replace_day", "bare DELETE + INSERT")],
-          "scd2_10pct": [("bare_scd2", "bare two-statement scd2")]}
+          "scd2_10pct": [("bare_scd2_constrained", "bare scd2, same constraints"),
+                         ("bare_scd2", "bare two-statement scd2")]}
 DAY = "2024-01-15"
 ORDERS_SPEC = """\
 [pipeline]
@@ -147,7 +152,8 @@ def load_replace_day(conn: psycopg.Connection[Any], path: Path) -> dict[str, int
     return {"read": read, "inserted": inserted, "deleted": deleted}
 
 
-def setup_customers(conn: psycopg.Connection[Any], first: Path) -> None:
+def setup_customers(conn: psycopg.Connection[Any], first: Path, constrained: bool = False) -> None:
+    """The baseline's history holding the first snapshot (untimed); `constrained`: pgstage's invariants too."""
     from benchmarks.baselines import copy_file
 
     conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
@@ -155,10 +161,17 @@ def setup_customers(conn: psycopg.Connection[Any], first: Path) -> None:
                          " valid_from timestamptz NOT NULL, valid_to timestamptz, is_current boolean NOT NULL)")
                  .format(CUSTOMERS))
     conn.execute(sql.SQL("CREATE UNIQUE INDEX ON {} (customer_id) WHERE is_current").format(CUSTOMERS))
+    if constrained:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+        conn.execute(sql.SQL(
+            "ALTER TABLE {} ADD COLUMN version_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+            " ADD CHECK (is_current = (valid_to IS NULL)), ADD CHECK (valid_to IS NULL OR valid_to > valid_from),"
+            " ADD EXCLUDE USING gist (customer_id WITH =, tstzrange(valid_from, valid_to) WITH &&)").format(CUSTOMERS))
     conn.execute(sql.SQL("CREATE TABLE bench.snap (customer_id bigint, email text, country text)"))
     copy_file(conn, sql.SQL("COPY {} FROM STDIN (FORMAT csv, HEADER true)").format(sql.Identifier("bench", "snap")),
               first)
-    conn.execute(sql.SQL("INSERT INTO {} SELECT *, '2024-01-02', NULL, true FROM bench.snap").format(CUSTOMERS))
+    conn.execute(sql.SQL("INSERT INTO {} (customer_id, email, country, valid_from, valid_to, is_current)"
+                         " SELECT *, '2024-01-02', NULL, true FROM bench.snap").format(CUSTOMERS))
     conn.execute("DROP TABLE bench.snap")
 
 
@@ -176,7 +189,8 @@ def load_scd2(conn: psycopg.Connection[Any], path: Path) -> dict[str, int]:
             " AND t.is_current AND (t.email, t.country) IS DISTINCT FROM (s.email, s.country)").format(
             t=CUSTOMERS, s=typed), (as_of,)).rowcount
         inserted = conn.execute(sql.SQL(
-            "INSERT INTO {t} SELECT s.*, %s, NULL, true FROM {s} s WHERE NOT EXISTS"
+            "INSERT INTO {t} (customer_id, email, country, valid_from, valid_to, is_current)"
+            " SELECT s.*, %s, NULL, true FROM {s} s WHERE NOT EXISTS"
             " (SELECT 1 FROM {t} c WHERE c.customer_id = s.customer_id AND c.is_current)").format(
             t=CUSTOMERS, s=typed), (as_of,)).rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(STAGE))
@@ -256,12 +270,13 @@ def run_repeat(bench: Any, selected: set[str], rep: int) -> None:
         changed = sum(1 for line in inputs["snap2"].read_text().splitlines() if ".new@" in line)
         current = "_is_current"
         if bench.baselines:
-            with bench.database("bare_scd2") as url:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    setup_customers(conn, inputs["snap1"])
-                _settle(url, "bench.customers")
-                baseline("bare_scd2", url, inputs["snap2"])
-                digests["bare_scd2"] = _digest(url, CUSTOMERS_DIGEST.format(c="is_current"))
+            for name, constrained in (("bare_scd2", False), ("bare_scd2_constrained", True)):
+                with bench.database(name) as url:
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        setup_customers(conn, inputs["snap1"], constrained)
+                    _settle(url, "bench.customers")
+                    baseline(name, url, inputs["snap2"])
+                    digests[name] = _digest(url, CUSTOMERS_DIGEST.format(c="is_current"))
         with bench.database("scd2") as url:
             pgstage("scd2_10pct", url, customers_spec(bench.workdir, inputs["snap1"]), False, as_of="2024-01-02")
             _settle(url, "bench.customers")
@@ -271,6 +286,7 @@ def run_repeat(bench: Any, selected: set[str], rep: int) -> None:
             if (c["read"], c["updated"], c["unchanged"]) != (n, changed, n - changed):
                 raise BenchmarkFailure(f"scd2_10pct: counts {c}, expected {changed} updated of {n}")
             digests["scd2_10pct"] = _digest(url, CUSTOMERS_DIGEST.format(c=current))
-            if "bare_scd2" in digests and digests["scd2_10pct"] != digests["bare_scd2"]:
-                bench.warnings.append(f"repeat {rep + 1}: scd2_10pct and bare_scd2 targets differ: "
-                                      f"{digests['scd2_10pct']} vs {digests['bare_scd2']}")
+            for name in ("bare_scd2", "bare_scd2_constrained"):
+                if name in digests and digests["scd2_10pct"] != digests[name]:
+                    bench.warnings.append(f"repeat {rep + 1}: scd2_10pct and {name} targets differ: "
+                                          f"{digests['scd2_10pct']} vs {digests[name]}")

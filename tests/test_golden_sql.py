@@ -151,6 +151,8 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
             "merge_collect": lambda: merge.replace_partition.build_collect(spec, types, one, RUN_ID, beaten, dedup=True),
             "merge_delete_partition": lambda: merge.replace_partition.build_delete(spec, window),
             "merge_insert_partition": lambda: merge.replace_partition.build_insert(spec, cols, RUN_ID),
+            "merge_insert_last_batch": lambda: merge.replace_partition.build_insert_batch(spec, types, one, RUN_ID,
+                                                                                          beaten, dedup=True),
             "merge_native_swap": lambda: sql.SQL(";\n").join(
                 q for _, q in merge.replace_partition.build_native_swap(spec, window, cols, RUN_ID, True)),
             "merge_prediction": lambda: merge.replace_partition.build_prediction(spec, types, one, beaten),

@@ -1,10 +1,12 @@
 """replace_partition: the run's valid rows replace exactly the target rows of its partition, at once.
 
 A run of several batches must never leave its partition half replaced, so batches do not
-write the target: each batch's rows go to a logged collector table, `pgstage._rp_<run>`,
-committed with the batch's checkpoint (a resumed run finds them there and never collects a
-record twice). The run's last batch then swaps the partition in the same transaction as its
-own checkpoint: readers see the old partition until that commit and the new one after it.
+write the target: each batch but the last puts its rows in a logged collector table,
+`pgstage._rp_<run>`, committed with the batch's checkpoint (a resumed run finds them there and
+never collects a record twice). The run's last batch then swaps the partition in the same
+transaction as its own checkpoint, writing the collected rows and its own straight into the
+target (its rows are never collected: a run of one batch writes each row once). Readers see
+the old partition until that commit and the new one after it.
 
 Two ways to swap:
 - delete + insert: `DELETE` the target rows in the window, `INSERT` the collector's rows;
@@ -64,11 +66,10 @@ def collect(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTy
     return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
 
 
-def _audit_insert(spec: Spec, cols: list[str], into: sql.Composable, run_id: int) -> sql.Composed:
+def _audit_insert(cols: list[str], into: sql.Composable, run_id: int, source: sql.Composable) -> sql.Composed:
     names = sql.SQL(", ").join(sql.Identifier(n) for n in cols)
     return sql.SQL("INSERT INTO {} ({names}, _loaded_at, _updated_at, _run_id) SELECT {names}, now(), now(), {run}"
-                   " FROM {}").format(into, sql.Identifier(LEDGER_SCHEMA, collector(run_id)), names=names,
-                                      run=sql.Literal(run_id))
+                   " FROM {}").format(into, source, names=names, run=sql.Literal(run_id))
 
 
 def build_delete(spec: Spec, w: partition.Window) -> sql.Composed:
@@ -78,8 +79,20 @@ def build_delete(spec: Spec, w: partition.Window) -> sql.Composed:
 
 
 def build_insert(spec: Spec, cols: list[str], run_id: int) -> sql.Composed:
-    """INSERT the collected rows into the target, with their audit columns."""
-    return _audit_insert(spec, cols, sql.Identifier(*spec.target), run_id)
+    """INSERT the collected rows (the earlier batches') into the target, with their audit columns."""
+    return _audit_insert(cols, sql.Identifier(*spec.target), run_id, sql.Identifier(LEDGER_SCHEMA, collector(run_id)))
+
+
+def build_insert_batch(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int, beaten: str | None,
+                       *, dedup: bool, into: sql.Composable | None = None) -> sql.Composed:
+    """INSERT the last batch's valid rows straight into the target (or the native build table), uncollected."""
+    source = sql.SQL("({}) s").format(_deduplicated(spec, types, checked, beaten, dedup=dedup))
+    return _audit_insert(_written_columns(spec, checked), into or sql.Identifier(*spec.target), run_id, source)
+
+
+def build_table(spec: Spec, run_id: int) -> sql.Identifier:
+    """The native path's new partition while it is built (renamed when attached)."""
+    return sql.Identifier(spec.target[0], f"_pgstage_build_{run_id}")
 
 
 def partition_name(spec: Spec, w: partition.Window) -> str:
@@ -88,21 +101,24 @@ def partition_name(spec: Spec, w: partition.Window) -> str:
     return spec.target[1][:63 - len(suffix)] + suffix
 
 
-def build_native_swap(spec: Spec, w: partition.Window, cols: list[str], run_id: int,
-                      old_exists: bool) -> list[tuple[str, sql.Composed]]:
+def build_native_swap(spec: Spec, w: partition.Window, cols: list[str], run_id: int, old_exists: bool,
+                      fill: sql.Composed | None = None) -> list[tuple[str, sql.Composed]]:
     """The statements that swap a native partition: build the new table, detach and drop the old one, attach.
 
-    The new table gets a CHECK constraint equal to the partition bound, so ATTACH skips its
-    scan of the rows; the target's indexes are built on it by ATTACH, before anyone sees it.
+    `fill` writes the last batch's rows into the build table (`build_insert_batch`), after the
+    collected ones. The new table gets a CHECK constraint equal to the partition bound, so
+    ATTACH skips its scan of the rows; the target's indexes are built on it by ATTACH, before
+    anyone sees it.
     """
     schema, table = spec.target
     name = partition_name(spec, w)
-    build = sql.Identifier(schema, f"_pgstage_build_{run_id}")
+    build = build_table(spec, run_id)
     parent, old = sql.Identifier(schema, table), sql.Identifier(schema, name)
     lo, hi = partition.bounds(w)
     steps = [
         ("merge: build partition", sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(build, parent)),
-        ("merge: fill partition", _audit_insert(spec, cols, build, run_id)),
+        ("merge: fill partition", _audit_insert(cols, build, run_id, sql.Identifier(LEDGER_SCHEMA, collector(run_id)))),
+        *([("merge: fill partition (last batch)", fill)] if fill is not None else []),
         ("merge: bound partition", sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL AND {})").format(
             build, sql.Identifier(f"_pgstage_bound_{run_id}"), sql.Identifier(w.column), partition.inside(w))),
     ]
@@ -124,25 +140,38 @@ def _count(conn: psycopg.Connection[Any], query: sql.Composed, label: str) -> in
     return int(row[0]) if row else 0
 
 
-def swap(conn: psycopg.Connection[Any], spec: Spec, w: partition.Window, checked: Checked, run_id: int) -> int:
-    """Replace the window's target rows with the run's collected rows, in the caller's transaction.
+def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], w: partition.Window,
+         checked: Checked, run_id: int, beaten: str | None) -> MergeCounts:
+    """The run's last batch: replace the window's target rows with the collected rows and its own, in the
+    caller's transaction.
 
-    Returns how many rows were removed (`deleted`). Run once, with the run's last batch.
+    Returns the last batch's counts, with how many rows were removed as `deleted`. The batch's
+    rows go straight into the target (or the new partition), never through the collector.
     """
     cols = _written_columns(spec, checked)
+    dedup = False
+    if spec.pipeline.key:
+        found = execute(conn, build_has_duplicates(spec, checked), label="merge: duplicate keys?").fetchone()
+        dedup = bool(found and found[0])
     part = spec.pipeline.partition
+    label = f"merge: insert partition (last batch) {checked.staged.source.name}"
     try:
         if part is not None and part.native:
             schema = spec.target[0]
             old = sql.Identifier(schema, partition_name(spec, w))
             exists = _exists(conn, schema, partition_name(spec, w))
             deleted = _count(conn, sql.SQL("SELECT count(*) FROM {}").format(old), "merge: old partition") if exists else 0
-            for label, statement in build_native_swap(spec, w, cols, run_id, exists):
-                execute(conn, statement, label=label)
-            return deleted
-        deleted = _count(conn, build_delete(spec, w), "merge: delete partition")
-        execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
-        return deleted
+            fill = build_insert_batch(spec, types, checked, run_id, beaten, dedup=dedup, into=build_table(spec, run_id))
+            written = 0
+            for step, statement in build_native_swap(spec, w, cols, run_id, exists, fill):
+                cursor = execute(conn, statement, label=step)
+                if statement is fill:
+                    written = cursor.rowcount
+        else:
+            deleted = _count(conn, build_delete(spec, w), "merge: delete partition")
+            execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
+            written = execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=dedup),
+                              label=label).rowcount
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
             raise DatabaseError(f"partition {w.label}: a key of its rows is already in {spec.pipeline.target}"
@@ -150,6 +179,7 @@ def swap(conn: psycopg.Connection[Any], spec: Spec, w: partition.Window, checked
                                 hint="a key must stay in one partition; load the other partition again, or"
                                      " leave `key` out") from exc
         raise
+    return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0, deleted=deleted)
 
 
 def _exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
