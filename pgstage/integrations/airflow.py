@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgstage import MissingDependency, PgstageError, RunReport, UsageError, load_spec, run
+from pgstage import MissingDependency, PgstageError, RunReport, UsageError, connection_env, load_spec, run
 
 try:
     from airflow.sdk import BaseHook, BaseOperator, Variable
@@ -39,12 +39,13 @@ except ImportError as exc:  # pragma: no cover - exercised where Airflow is abse
     raise MissingDependency("the Airflow integration needs Apache Airflow 3",
                             hint='pip install "pgstage[airflow]"') from exc
 
-__all__ = ["FAILURE_KEY", "PgstageOperator", "airflow_error", "connection_url", "day_summary", "deliver", "empty_sources",
-           "pull_mapped", "webhook_url"]
+__all__ = ["FAILURE_KEY", "PgstageOperator", "airflow_error", "connection_url", "day_summary", "dbt_env", "deliver",
+           "empty_sources", "pull_mapped", "webhook_url"]
 
 FAILURE_KEY = "pgstage_failure"
 WEBHOOK_VARIABLE = "pgstage_alert_webhook"
 WEBHOOK_ENV = "PGSTAGE_ALERT_WEBHOOK"
+DATABASE_ENV = "PGSTAGE_DATABASE_URL"
 # Exit codes after which a retry would meet the same data or the same spec (SPEC §6).
 NO_RETRY = frozenset({2, 3, 5})
 # libpq settings an Airflow connection's extra may carry; anything else there (a provider's
@@ -69,6 +70,23 @@ def connection_url(conn_id: str) -> str:
                               "password": conn.password}
     params.update((k, extra[k]) for k in _LIBPQ_EXTRAS if k in extra)
     return make_conninfo("", **{k: v for k, v in params.items() if v not in (None, "")})
+
+
+def dbt_env(conn_id: str | None) -> dict[str, str]:
+    """libpq's variables for the database the loads used, for a dbt profiles.yml that reads them.
+
+    The same resolution as the operator: the Airflow connection `conn_id`, else
+    $PGSTAGE_DATABASE_URL, else pgstage's embedded server. Unlike `pgstage db env`, which never
+    prints a password, this adds PGPASSWORD when the connection has one: the result is meant for
+    a dbt subprocess's environment only, never for a command line or a log line (Airflow masks a
+    connection's password in task logs once the connection is read).
+    """
+    url = connection_url(conn_id) if conn_id else os.environ.get(DATABASE_ENV) or None
+    variables = connection_env(url)
+    password = conninfo_to_dict(url).get("password") if url else None
+    if password:
+        variables["PGPASSWORD"] = str(password)
+    return variables
 
 
 class PgstageOperator(BaseOperator):
