@@ -124,6 +124,11 @@ def test_two_days_load_every_feed_and_match_the_ledger(sales: ModuleType, sql, w
     assert [(r["pipeline"], r["status"], r["rows"]["read"]) for r in xcoms(rerun, "return_value")] == [
         (p, "skipped", 0) for p in PIPELINES.values()]
     assert [s["status"] for s in webhook.received[-1]["sources"]] == ["skipped"] * 3
+    # each summary went through pgstage's alert channel: recorded in the warehouse, the webhook's token masked
+    assert sql("SELECT run_id, pipeline, partition, event, target, status, attempts, payload FROM pgstage.alerts"
+               " ORDER BY alert_id") == [
+        (None, "sales_daily", day, "summary", f"http://127.0.0.1:{webhook.server.server_port}/hooks/***?***", "sent", 1,
+         body) for day, body in zip(("2024-01-01", "2024-01-02", "2024-01-01"), webhook.received, strict=True)]
     # the table holds exactly the rows the ledger says were inserted, per source
     ledger = dict(sql("SELECT pipeline, sum((counts->>'inserted')::int) FROM pgstage.runs"
                       " WHERE status = 'succeeded' GROUP BY pipeline"))
@@ -182,6 +187,9 @@ def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales
                        "message": failure[0]["message"]}]
     assert "above max_reject_ratio 0.05: nothing was merged" in failed[0]["message"]
     assert {s["pipeline"] for s in summary["sources"] if s["status"] == "succeeded"} == {"shopify_orders", "woocommerce_orders"}
+    assert sql("SELECT partition, event, status, payload->'failed_sources' FROM pgstage.alerts"
+               " WHERE pipeline = 'sales_daily' ORDER BY alert_id") == [
+        ("2024-01-01", "summary", "sent", []), ("2024-01-02", "summary", "sent", ["stripe_payments"])]
     logged = capsys.readouterr()
     assert failure[0]["message"].splitlines()[0] in logged.out + logged.err     # the task log has pgstage's words
     assert "s3cret-token" not in logged.out + logged.err                # the webhook's secret is never logged

@@ -17,9 +17,10 @@ task mapping over the specs beside this folder (examples/sales/*.toml). Then:
 - `dbt_build` builds `examples/sales/dbt` after the loads, in the same database (the profile
   reads libpq's PG* variables, set from the loads' connection); it is skipped when the project
   or the `dbt` command is not there.
-- `notify` runs whatever happened and posts the day's summary, naming the failed sources,
-  to the webhook in the Airflow Variable `pgstage_alert_webhook` or
-  $PGSTAGE_ALERT_WEBHOOK (logged only when neither is set).
+- `notify` runs whatever happened and sends the day's summary, naming the failed sources,
+  through pgstage's alert channel: the webhook in the Airflow Variable `pgstage_alert_webhook`
+  and pgstage's $PGSTAGE_ALERT_WEBHOOK / $PGSTAGE_ALERT_SLACK, each delivery recorded in the
+  warehouse's pgstage.alerts (logged only when no target is set).
 - `day_failed` marks the DAG run failed when anything failed: `notify` succeeding after a
   failed load must not make the day look green.
 
@@ -41,7 +42,8 @@ from airflow.sdk import DAG, CronTriggerTimetable, get_current_context, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from pgstage import load_spec
-from pgstage.integrations.airflow import FAILURE_KEY, PgstageOperator, day_summary, dbt_env, deliver, empty_sources, pull_mapped
+from pgstage.integrations.airflow import (FAILURE_KEY, PgstageOperator, day_summary, dbt_env, empty_sources, notify_day,
+                                          pull_mapped)
 
 SALES = Path(__file__).resolve().parents[1]          # examples/sales: the specs and the dbt project
 DATA_DIR = os.environ.get("PGSTAGE_SALES_DATA_DIR", str(SALES))
@@ -107,7 +109,7 @@ with DAG(
 
     @task(trigger_rule="all_done", retries=1, retry_delay=timedelta(minutes=1))
     def notify() -> dict[str, Any]:
-        """Post the day's summary whether the day succeeded or failed."""
+        """Send the day's summary whether the day succeeded or failed (pgstage's alert targets, recorded)."""
         context = get_current_context()
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
@@ -120,8 +122,12 @@ with DAG(
             failures=pull_mapped(ti, "load", FAILURE_KEY),
             task_states=states,
         )
-        if not deliver(summary):
-            print(f"no webhook configured; the day's summary: {summary}")
+        sent = notify_day(summary, CONN_ID)
+        for outcome in sent:
+            print(f"the day's summary to {outcome['target']}: {outcome['status']}"
+                  + (f" ({outcome['error']})" if outcome["error"] else ""))
+        if not sent:
+            print(f"no alert target configured; the day's summary: {summary}")
         return summary
 
     @task(trigger_rule="one_failed", retries=0)
