@@ -106,7 +106,7 @@ def listen(listener: Listener) -> Callable[[], None]:
     return stop
 
 
-WARNINGS = frozenset({"threshold exceeded", "anomaly", "reconcile differences", "alert failed"})
+WARNINGS = frozenset({"threshold exceeded", "anomaly", "reconcile differences", "alert failed", "alert not recorded"})
 ERRORS = frozenset({"run failed"})
 
 
