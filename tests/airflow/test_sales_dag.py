@@ -148,7 +148,7 @@ def bad_amounts(path: Path, count: int) -> range:
 
 
 def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales: ModuleType, sql, webhook: Webhook,
-                                                                          tmp_path: Path,
+                                                                          tmp_path: Path, no_dbt: None,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     stripe = tmp_path / "data" / "stripe" / "orders_2024-01-02.csv"
     appended = bad_amounts(stripe, 20)           # ~80 orders + 20 refused: well above 5%
@@ -195,7 +195,8 @@ def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales
     assert "s3cret-token" not in logged.out + logged.err                # the webhook's secret is never logged
 
 
-def test_an_empty_export_fails_the_volume_check(sales: ModuleType, webhook: Webhook, tmp_path: Path) -> None:
+def test_an_empty_export_fails_the_volume_check(sales: ModuleType, webhook: Webhook, tmp_path: Path,
+                                                no_dbt: None) -> None:
     woo = tmp_path / "data" / "woocommerce" / "orders_2024-01-01.csv"
     woo.write_text(woo.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")   # the header only
     run = sales.dag.test(logical_date=DAY_1)
