@@ -20,6 +20,7 @@ from pgstage.errors import (
     UntrustedIndexDefinition,
     UsageError,
 )
+from pgstage.ops.alerts import Notice, notify
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.run import run
 from pgstage.spec import Spec, load_spec, parse_spec
@@ -29,4 +30,5 @@ __all__ = [
     "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "backfill", "load_spec", "parse_spec", "run",
     "TableDescription", "connection_env", "describe_table",
+    "Notice", "notify",
 ]

@@ -255,3 +255,50 @@ def test_apprise_target(tmp_path: Path, db_url: str, sql: Any, receiver: Receive
     assert body["title"] == "pgstage failed: orders"
     assert body["message"].startswith("pgstage failed: orders 2024-03-05 run 1 failed. ")
     assert [r[1:5] for r in ledger(sql)] == [("failed", "json://***", "sent", 1)]
+
+
+def test_notify_sends_a_summary_as_is_and_records_it(db_url: str, sql: Any, receiver: Receiver,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pgstage import Notice, notify
+
+    monkeypatch.delenv("PGSTAGE_ALERT_WEBHOOK", raising=False)
+    monkeypatch.setenv("PGSTAGE_ALERT_SLACK", receiver.url + "/services/T1/B2/slack-s3cret")
+    body = {"event": "day", "status": "failed", "failed_sources": ["stripe_payments"], "ratio": 0.25}
+    notice = Notice("summary", "sales_daily", "2024-01-02", body, "sales_daily 2024-01-02: failed")
+    webhook = receiver.url + "/hooks/day?token=hook-s3cret"
+    masked_hook, masked_slack = receiver.url + "/hooks/***?***", receiver.url + "/services/***"
+    sent = [{"event": "summary", "target": masked_hook, "status": "sent", "attempts": 1, "error": None, "recorded": True},
+            {"event": "summary", "target": masked_slack, "status": "sent", "attempts": 1, "error": None, "recorded": True}]
+    assert notify(notice, db=db_url, webhook=webhook) == sent
+    assert receiver.requests == [("/hooks/day?token=hook-s3cret", body),
+                                 ("/services/T1/B2/slack-s3cret", {"text": "sales_daily 2024-01-02: failed"})]
+    # sent again at once: a summary is never suppressed, whatever the suppression window
+    assert notify(notice, db=db_url, webhook=webhook) == sent
+    assert sql("SELECT run_id, pipeline, partition, event, target, status, attempts, error, payload"
+               " FROM pgstage.alerts ORDER BY alert_id") == 2 * [
+        (None, "sales_daily", "2024-01-02", "summary", masked_hook, "sent", 1, None, body),
+        (None, "sales_daily", "2024-01-02", "summary", masked_slack, "sent", 1, None, body)]
+    # a receiver failing: retried, recorded as failed, and notify still returns
+    monkeypatch.delenv("PGSTAGE_ALERT_SLACK")
+    receiver.mode = "fail"
+    assert notify(notice, db=db_url, webhook=webhook, retries=1) == [
+        {"event": "summary", "target": masked_hook, "status": "failed", "attempts": 2, "error": "HTTP 500",
+         "recorded": True}]
+    assert sql("SELECT status, attempts, error FROM pgstage.alerts ORDER BY alert_id DESC LIMIT 1") == [
+        ("failed", 2, "HTTP 500")]
+    # a database that cannot be reached: the summary still goes out, unrecorded; record=False records nothing
+    receiver.mode = "ok"
+    before = len(receiver.requests)
+    gone = "postgresql://nobody:db-s3cret@127.0.0.1:1/none?connect_timeout=2"
+    assert [(o["status"], o["recorded"]) for o in notify(notice, db=gone, webhook=webhook)] == [("sent", False)]
+    assert [(o["status"], o["recorded"]) for o in notify(notice, db=db_url, webhook=webhook, record=False)] == [
+        ("sent", False)]
+    assert len(receiver.requests) == before + 2
+    assert sql("SELECT count(*) FROM pgstage.alerts") == [(5,)]
+    # no target at all: nothing sent, nothing recorded
+    assert notify(notice, db=db_url) == []
+    assert sql("SELECT count(*) FROM pgstage.alerts") == [(5,)]
+    logged = capsys.readouterr()
+    assert "alert not recorded" in logged.err
+    assert not any(s in logged.out + logged.err for s in ("hook-s3cret", "slack-s3cret", "db-s3cret"))

@@ -13,7 +13,8 @@ document). Outcomes map to what Airflow should do next:
 
 A failed run also pushes `pgstage_failure` (which pipeline, exit code, pgstage's message,
 the report when there is one), so a notification task with `trigger_rule="all_done"` can
-say which source failed. `day_summary` and `deliver` build and post that notification.
+say which source failed. `day_summary` builds that notification and `notify_day` sends it
+through pgstage's alert channel (recorded in pgstage.alerts).
 """
 
 from __future__ import annotations
@@ -28,23 +29,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgstage import MissingDependency, PgstageError, RunReport, UsageError, load_spec, run
+from pgstage import (MissingDependency, Notice, PgstageError, RunReport, UsageError, connection_env, load_spec, notify,
+                     run)
 
 try:
     from airflow.sdk import BaseHook, BaseOperator, Variable
     from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+    from airflow.sdk.log import mask_secret
 except ImportError as exc:  # pragma: no cover - exercised where Airflow is absent
     raise MissingDependency("the Airflow integration needs Apache Airflow 3",
                             hint='pip install "pgstage[airflow]"') from exc
 
-__all__ = ["FAILURE_KEY", "PgstageOperator", "airflow_error", "connection_url", "day_summary", "deliver", "empty_sources",
-           "pull_mapped", "webhook_url"]
+__all__ = ["FAILURE_KEY", "PgstageOperator", "airflow_error", "connection_url", "day_summary", "dbt_env", "deliver",
+           "empty_sources", "notify_day", "pull_mapped", "webhook_url"]
 
 FAILURE_KEY = "pgstage_failure"
 WEBHOOK_VARIABLE = "pgstage_alert_webhook"
 WEBHOOK_ENV = "PGSTAGE_ALERT_WEBHOOK"
+DATABASE_ENV = "PGSTAGE_DATABASE_URL"
 # Exit codes after which a retry would meet the same data or the same spec (SPEC §6).
 NO_RETRY = frozenset({2, 3, 5})
 # libpq settings an Airflow connection's extra may carry; anything else there (a provider's
@@ -69,6 +73,23 @@ def connection_url(conn_id: str) -> str:
                               "password": conn.password}
     params.update((k, extra[k]) for k in _LIBPQ_EXTRAS if k in extra)
     return make_conninfo("", **{k: v for k, v in params.items() if v not in (None, "")})
+
+
+def dbt_env(conn_id: str | None) -> dict[str, str]:
+    """libpq's variables for the database the loads used, for a dbt profiles.yml that reads them.
+
+    The same resolution as the operator: the Airflow connection `conn_id`, else
+    $PGSTAGE_DATABASE_URL, else pgstage's embedded server. Unlike `pgstage db env`, which never
+    prints a password, this adds PGPASSWORD when the connection has one: the result is meant for
+    a dbt subprocess's environment only, never for a command line or a log line (Airflow masks a
+    connection's password in task logs once the connection is read).
+    """
+    url = connection_url(conn_id) if conn_id else os.environ.get(DATABASE_ENV) or None
+    variables = connection_env(url)
+    password = conninfo_to_dict(url).get("password") if url else None
+    if password:
+        variables["PGPASSWORD"] = str(password)
+    return variables
 
 
 class PgstageOperator(BaseOperator):
@@ -176,11 +197,48 @@ def webhook_url() -> str | None:
     return Variable.get(WEBHOOK_VARIABLE, default=None) or os.environ.get(WEBHOOK_ENV) or None
 
 
+def day_text(summary: Mapping[str, Any]) -> str:
+    """The summary in one line, for Slack and Apprise targets."""
+    line = f"{summary['dag_id']} {summary['partition']}: {summary['status']}"
+    if summary["failed_sources"]:
+        line += f"; failed sources: {', '.join(summary['failed_sources'])}"
+    if summary["failed_tasks"]:
+        line += f"; failed tasks: {', '.join(summary['failed_tasks'])}"
+    loaded = [f"{s['pipeline']} {s['status']}" + (f" ({s['rows']['read']:,} read)" if s.get("rows") else "")
+              for s in summary["sources"] if s["status"] != "failed"]
+    return line + (f"; {', '.join(loaded)}" if loaded else "") + f" (run {summary['run_id']})"
+
+
+def notify_day(summary: Mapping[str, Any], conn_id: str | None = None) -> list[dict[str, Any]]:
+    """Send the day's summary through pgstage's alert channel; what each target got. Raises when none got it.
+
+    The targets are the Airflow Variable `pgstage_alert_webhook` and pgstage's own
+    PGSTAGE_ALERT_WEBHOOK / PGSTAGE_ALERT_SLACK; each delivery is recorded in the `pgstage.alerts`
+    of the database the loads used (`conn_id`, else $PGSTAGE_DATABASE_URL), event `summary`,
+    pipeline = the DAG id. With no target the list is empty. When every target failed the task
+    fails, so Airflow retries it: a summary nobody received is not done.
+    """
+    variable = Variable.get(WEBHOOK_VARIABLE, default=None) or None
+    if variable:
+        mask_secret(variable)           # a Variable is not masked by Airflow unless its name looks secret
+    db: str | None = None
+    try:
+        db = connection_url(conn_id) if conn_id else os.environ.get(DATABASE_ENV) or None
+    except PgstageError as exc:         # still notify; only the record is lost, and the log says why
+        print(f"the summary is not recorded in pgstage.alerts: {exc}")
+    notice = Notice("summary", str(summary["dag_id"]), summary.get("partition"), summary, day_text(summary))
+    outcomes = notify(notice, db=db, webhook=variable, record=db is not None)
+    if outcomes and all(o["status"] == "failed" for o in outcomes):
+        raise AirflowException("the day's summary reached no target: "
+                               + "; ".join(f"{o['target']}: {o['error']}" for o in outcomes))
+    return outcomes
+
+
 def deliver(payload: Mapping[str, Any], url: str | None = None, *, timeout_s: float = 10.0) -> bool:
     """POST the payload as JSON; False when no webhook is configured. Raises AirflowException on failure.
 
-    The one seam for notifications: when pgstage's own alert channel is wanted, this is the
-    function to route through. The URL may hold a secret token, so only its host is ever logged.
+    A bare post, recorded nowhere: for a DAG with no pgstage database. `notify_day` is the
+    notification the sales DAG sends. The URL may hold a secret token, so only its host is logged.
     """
     url = url or webhook_url()
     if not url:

@@ -18,6 +18,7 @@ import re
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,8 +27,10 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from pgstage.db import execute
+from pgstage.db import connect, execute, resolve_url
+from pgstage.errors import PgstageError
 from pgstage.ops import logs
+from pgstage.pipeline import ledger
 from pgstage.spec import AlertsSection
 
 ENV_WEBHOOK = "PGSTAGE_ALERT_WEBHOOK"
@@ -116,6 +119,31 @@ class Alert:
         return {"text": self.text()}
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A summary someone else composed (an orchestrator's day over several runs), sent as it is.
+
+    Same targets, masking and ledger as an `Alert`; `body` is the webhook's JSON document and
+    `summary` the one line Slack and Apprise show.
+    """
+
+    event: str                    # what it is in pgstage.alerts, e.g. "summary"
+    pipeline: str                 # who speaks: the DAG or job, in pgstage.alerts' pipeline column
+    partition: str | None
+    body: Mapping[str, Any]
+    summary: str
+    run_id: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return dict(self.body)
+
+    def text(self) -> str:
+        return self.summary
+
+    def slack(self) -> dict[str, Any]:
+        return {"text": self.summary}
+
+
 # --- the ledger -------------------------------------------------------------------------------------
 
 
@@ -148,14 +176,14 @@ def needs_recovery(conn: psycopg.Connection[Any], pipeline: str) -> bool:
 
 
 def _post(url: str, body: dict[str, Any], timeout: float) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+    request = urllib.request.Request(url, data=json.dumps(body, default=str).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "pgstage"})
     with urllib.request.urlopen(request, timeout=timeout) as response:   # noqa: S310 (http(s) only, checked by caller)
         if response.status >= 300:
             raise OSError(f"HTTP {response.status}")
 
 
-def _apprise(url: str, alert: Alert) -> None:
+def _apprise(url: str, alert: Alert | Notice) -> None:
     try:
         import apprise  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -165,7 +193,7 @@ def _apprise(url: str, alert: Alert) -> None:
         raise OSError("apprise could not deliver the notification")
 
 
-def _deliver(target: Target, alert: Alert, timeout: float) -> None:
+def _deliver(target: Target, alert: Alert | Notice, timeout: float) -> None:
     if target.kind == "apprise":
         _apprise(target.url, alert)
         return
@@ -185,6 +213,32 @@ def _describe(exc: BaseException) -> str:
     return logs.redact(f"{type(exc).__name__}: {exc}")
 
 
+def _attempt(target: Target, alert: Alert | Notice, section: AlertsSection) -> tuple[str, int, str | None]:
+    """Deliver to one target with the section's retries: (status, attempts, error); never raises."""
+    attempts = 0
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(section.retries + 1),
+                                wait=wait_exponential(multiplier=0.2, max=2), reraise=True):
+            with attempt:
+                attempts += 1
+                _deliver(target, alert, seconds(section.timeout))
+    except Exception as exc:   # delivery never changes the run's outcome
+        return "failed", attempts, _describe(exc)
+    return "sent", attempts, None
+
+
+def _record(conn: psycopg.Connection[Any], alert: Alert | Notice, outcome: dict[str, Any]) -> None:
+    execute(conn, build_record(), (alert.run_id, alert.pipeline, alert.partition, alert.event, outcome["target"],
+                                   outcome["status"], outcome["attempts"], outcome["error"],
+                                   json.dumps(alert.payload(), default=str)), label="alerts: record")
+
+
+def _log(alert: Alert | Notice, outcome: dict[str, Any]) -> None:
+    logs.emit("alert failed" if outcome["status"] == "failed" else "alert " + outcome["status"], run_id=alert.run_id,
+              pipeline=alert.pipeline, partition=alert.partition,
+              **{k: v for k, v in outcome.items() if k != "event"}, alert=alert.event)
+
+
 def send(conn: psycopg.Connection[Any], section: AlertsSection, alert: Alert) -> list[dict[str, Any]]:
     """Deliver one alert to every target (unless suppressed) and record each outcome; never raises.
 
@@ -193,29 +247,57 @@ def send(conn: psycopg.Connection[Any], section: AlertsSection, alert: Alert) ->
     if alert.event not in section.on:
         return []
     outcomes: list[dict[str, Any]] = []
-    window, timeout = seconds(section.suppress), seconds(section.timeout)
+    window = seconds(section.suppress)
     for target in targets(section):
         where = masked(target.url)
-        status, attempts, error = "sent", 0, None
         recent = execute(conn, build_recent_send(), {"pipeline": alert.pipeline, "event": alert.event,
                                                      "target": where, "window": window},
                          label="alerts: suppressed?").fetchone()
         if alert.event != "recovered" and recent and recent[0]:
-            status = "suppressed"
+            status, attempts, error = "suppressed", 0, None
         else:
-            try:
-                for attempt in Retrying(stop=stop_after_attempt(section.retries + 1),
-                                        wait=wait_exponential(multiplier=0.2, max=2), reraise=True):
-                    with attempt:
-                        attempts += 1
-                        _deliver(target, alert, timeout)
-            except Exception as exc:   # delivery never changes the run's outcome
-                status, error = "failed", _describe(exc)
-        execute(conn, build_record(), (alert.run_id, alert.pipeline, alert.partition, alert.event, where, status,
-                                       attempts, error, json.dumps(alert.payload())), label="alerts: record")
+            status, attempts, error = _attempt(target, alert, section)
         outcome = {"event": alert.event, "target": where, "status": status, "attempts": attempts, "error": error}
-        logs.emit("alert failed" if status == "failed" else "alert " + status, run_id=alert.run_id,
-                  pipeline=alert.pipeline, partition=alert.partition, **{k: v for k, v in outcome.items() if k != "event"},
-                  alert=alert.event)
+        _record(conn, alert, outcome)
+        _log(alert, outcome)
         outcomes.append(outcome)
     return outcomes
+
+
+def notify(notice: Notice, *, db: str | None = None, webhook: str | None = None, slack: str | None = None,
+           timeout: str = "10s", retries: int = 2, record: bool = True) -> list[dict[str, Any]]:
+    """Send a summary to the alert targets (these and PGSTAGE_ALERT_WEBHOOK / _SLACK) and record it in pgstage.alerts.
+
+    For an orchestrator's summary of a day (several runs), not a run's own alert: it is sent
+    whatever `[alerts] on` says, and never suppressed, since each summary is news. It is
+    delivered before it is recorded, so a database that is down (often the very reason a day
+    failed) still gets its notification out; the outcome then says `recorded: False`.
+    Never raises; each outcome says whether its target got it.
+    """
+    section = AlertsSection(webhook=webhook, slack=slack, timeout=timeout, retries=retries)
+    outcomes: list[dict[str, Any]] = []
+    for target in targets(section):
+        status, attempts, error = _attempt(target, notice, section)
+        outcomes.append({"event": notice.event, "target": masked(target.url), "status": status,
+                         "attempts": attempts, "error": error})
+    if not outcomes:
+        return outcomes
+    recorded = _record_all(db, notice, outcomes) if record else False
+    for outcome in outcomes:
+        outcome["recorded"] = recorded
+        _log(notice, outcome)
+    return outcomes
+
+
+def _record_all(db: str | None, notice: Notice, outcomes: list[dict[str, Any]]) -> bool:
+    """Record a notice's outcomes; False (and a log line) when the database cannot take them."""
+    try:
+        with connect(resolve_url(db)) as conn:
+            ledger.ensure(conn)
+            for outcome in outcomes:
+                _record(conn, notice, outcome)
+    except (PgstageError, psycopg.Error, OSError) as exc:
+        logs.emit("alert not recorded", pipeline=notice.pipeline, partition=notice.partition,
+                  error=logs.redact(str(exc)))
+        return False
+    return True

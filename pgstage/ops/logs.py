@@ -106,7 +106,8 @@ def listen(listener: Listener) -> Callable[[], None]:
     return stop
 
 
-WARNINGS = frozenset({"threshold exceeded", "anomaly", "reconcile differences", "alert failed", "run paused"})
+WARNINGS = frozenset({"threshold exceeded", "anomaly", "reconcile differences", "alert failed", "alert not recorded",
+                      "run paused"})
 ERRORS = frozenset({"run failed"})
 
 

@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException  # noq
 
 from pgstage import PgstageError, UsageError  # noqa: E402
 from pgstage.integrations.airflow import (FAILURE_KEY, PgstageOperator, airflow_error, connection_url, day_summary,  # noqa: E402
-                                          deliver, empty_sources, webhook_url)
+                                          day_text, deliver, empty_sources, notify_day, webhook_url)
 
 SPEC = """\
 [pipeline]
@@ -264,3 +264,66 @@ def test_deliver_posts_json_and_says_where_it_failed_without_the_secret(monkeypa
         deliver({"x": 1}, f"{hook.base}/hook?token=tok-Zq81-secret")      # the server is closed now
     assert str(gone.value).startswith("posting the notification to 127.0.0.1 failed: ")
     assert "tok-Zq81-secret" not in str(gone.value)
+
+
+def a_failed_day() -> dict[str, Any]:
+    ok = {"pipeline": "shopify_orders", "status": "succeeded", "message": None,
+          "rows": {"read": 3, "rejected": 0, "valid": 3, "duplicate": 0, "inserted": 3, "updated": 0, "unchanged": 0,
+                   "stale": 0, "deleted": 0}}
+    failure = {"spec": "stripe.toml", "pipeline": "stripe_payments", "exit_code": 3, "message": "too many rejects",
+               "report": None}
+    return day_summary(dag_id="sales_daily", run_id="scheduled__2024-01-03T02:00:00+00:00", partition="2024-01-02",
+                       reports=[ok], failures=[failure], task_states={"load_0": "success", "load_1": "failed"})
+
+
+def test_notify_day_sends_through_pgstages_alerts_and_records_each_target(db_url: str, sql,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", connection_json(db_url))
+    monkeypatch.delenv("PGSTAGE_ALERT_WEBHOOK", raising=False)
+    hook = Hook()
+    try:
+        summary = a_failed_day()
+        # nothing configured: nothing sent, nothing recorded
+        monkeypatch.delenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", raising=False)
+        monkeypatch.delenv("PGSTAGE_ALERT_SLACK", raising=False)
+        assert notify_day(summary, "warehouse") == []
+        # the Airflow Variable's webhook and pgstage's Slack variable: both get it, each as its format
+        monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", f"{hook.base}/hook/day?token=tok-Zq81-secret")
+        monkeypatch.setenv("PGSTAGE_ALERT_SLACK", f"{hook.base}/services/T0/B0/slack-Zq81-secret")
+        port = hook.base.rsplit(":", 1)[1]
+        webhook, slack = f"http://127.0.0.1:{port}/hook/***?***", f"http://127.0.0.1:{port}/services/***"
+        outcomes = notify_day(summary, "warehouse")
+        assert outcomes == [
+            {"event": "summary", "target": webhook, "status": "sent", "attempts": 1, "error": None, "recorded": True},
+            {"event": "summary", "target": slack, "status": "sent", "attempts": 1, "error": None, "recorded": True}]
+        text = day_text(summary)
+        assert text == ("sales_daily 2024-01-02: failed; failed sources: stripe_payments; failed tasks: load_1;"
+                        " shopify_orders succeeded (3 read) (run scheduled__2024-01-03T02:00:00+00:00)")
+        assert hook.bodies == [("/hook/day?token=tok-Zq81-secret", "application/json", summary),
+                               ("/services/T0/B0/slack-Zq81-secret", "application/json", {"text": text})]
+        assert sql("SELECT run_id, pipeline, partition, event, target, status, attempts, error, payload"
+                   " FROM pgstage.alerts ORDER BY alert_id") == [
+            (None, "sales_daily", "2024-01-02", "summary", webhook, "sent", 1, None, summary),
+            (None, "sales_daily", "2024-01-02", "summary", slack, "sent", 1, None, summary)]
+        # the same day again is sent again: a summary is never suppressed
+        monkeypatch.delenv("PGSTAGE_ALERT_SLACK")
+        assert [o["status"] for o in notify_day(summary, "warehouse")] == ["sent"]
+        # every target failing fails the task (Airflow retries it); the failure is recorded, the token nowhere
+        monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", f"{hook.base}/fail/day?token=tok-Zq81-secret")
+        with pytest.raises(AirflowException) as nobody:
+            notify_day(summary, "warehouse")
+        failing = f"http://127.0.0.1:{port}/fail/***?***"
+        assert str(nobody.value) == f"the day's summary reached no target: {failing}: HTTP 500"
+        assert sql("SELECT target, status, attempts, error FROM pgstage.alerts ORDER BY alert_id DESC LIMIT 1") == [
+            (failing, "failed", 3, "HTTP 500")]
+        assert len(hook.bodies) == 3 + 3                   # three attempts at the failing hook
+        # a connection that is not defined: the summary still goes out, unrecorded, and the log says why
+        monkeypatch.setenv("AIRFLOW_VAR_PGSTAGE_ALERT_WEBHOOK", f"{hook.base}/hook/day?token=tok-Zq81-secret")
+        assert [(o["status"], o["recorded"]) for o in notify_day(summary, "no_such_conn")] == [("sent", False)]
+        assert sql("SELECT count(*) FROM pgstage.alerts") == [(4,)]
+    finally:
+        hook.close()
+    logged = capsys.readouterr()
+    assert "tok-Zq81-secret" not in logged.out + logged.err and "slack-Zq81-secret" not in logged.out + logged.err
+    assert "Airflow connection 'no_such_conn' is not defined" in logged.out

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import date, datetime, timezone
@@ -77,6 +79,13 @@ def sales(tmp_path: Path, db_url: str, webhook: Webhook, airflow_db: None, monke
     return module
 
 
+@pytest.fixture
+def no_dbt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH without the `dbt` command (CI puts one there), so dbt_build is skipped and the test stays about the loads."""
+    kept = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not os.access(os.path.join(d, "dbt"), os.X_OK)]
+    monkeypatch.setenv("PATH", os.pathsep.join(kept))
+
+
 def states(run: Any) -> dict[str, str]:
     return {(ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state)
             for ti in run.get_task_instances()}
@@ -88,7 +97,7 @@ def xcoms(run: Any, key: str) -> list[Any]:
     return [x for x in found if x is not None]
 
 
-def test_two_days_load_every_feed_and_match_the_ledger(sales: ModuleType, sql, webhook: Webhook) -> None:
+def test_two_days_load_every_feed_and_match_the_ledger(sales: ModuleType, sql, webhook: Webhook, no_dbt: None) -> None:
     for logical, day in ((DAY_1, "2024-01-01"), (DAY_2, "2024-01-02")):
         run = sales.dag.test(logical_date=logical)
         assert str(run.state) == "success"
@@ -115,6 +124,11 @@ def test_two_days_load_every_feed_and_match_the_ledger(sales: ModuleType, sql, w
     assert [(r["pipeline"], r["status"], r["rows"]["read"]) for r in xcoms(rerun, "return_value")] == [
         (p, "skipped", 0) for p in PIPELINES.values()]
     assert [s["status"] for s in webhook.received[-1]["sources"]] == ["skipped"] * 3
+    # each summary went through pgstage's alert channel: recorded in the warehouse, the webhook's token masked
+    assert sql("SELECT run_id, pipeline, partition, event, target, status, attempts, payload FROM pgstage.alerts"
+               " ORDER BY alert_id") == [
+        (None, "sales_daily", day, "summary", f"http://127.0.0.1:{webhook.server.server_port}/hooks/***?***", "sent", 1,
+         body) for day, body in zip(("2024-01-01", "2024-01-02", "2024-01-01"), webhook.received, strict=True)]
     # the table holds exactly the rows the ledger says were inserted, per source
     ledger = dict(sql("SELECT pipeline, sum((counts->>'inserted')::int) FROM pgstage.runs"
                       " WHERE status = 'succeeded' GROUP BY pipeline"))
@@ -134,7 +148,7 @@ def bad_amounts(path: Path, count: int) -> range:
 
 
 def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales: ModuleType, sql, webhook: Webhook,
-                                                                          tmp_path: Path,
+                                                                          tmp_path: Path, no_dbt: None,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     stripe = tmp_path / "data" / "stripe" / "orders_2024-01-02.csv"
     appended = bad_amounts(stripe, 20)           # ~80 orders + 20 refused: well above 5%
@@ -173,12 +187,16 @@ def test_a_day_over_the_reject_threshold_fails_its_load_and_still_notifies(sales
                        "message": failure[0]["message"]}]
     assert "above max_reject_ratio 0.05: nothing was merged" in failed[0]["message"]
     assert {s["pipeline"] for s in summary["sources"] if s["status"] == "succeeded"} == {"shopify_orders", "woocommerce_orders"}
+    assert sql("SELECT partition, event, status, payload->'failed_sources' FROM pgstage.alerts"
+               " WHERE pipeline = 'sales_daily' ORDER BY alert_id") == [
+        ("2024-01-01", "summary", "sent", []), ("2024-01-02", "summary", "sent", ["stripe_payments"])]
     logged = capsys.readouterr()
     assert failure[0]["message"].splitlines()[0] in logged.out + logged.err     # the task log has pgstage's words
     assert "s3cret-token" not in logged.out + logged.err                # the webhook's secret is never logged
 
 
-def test_an_empty_export_fails_the_volume_check(sales: ModuleType, webhook: Webhook, tmp_path: Path) -> None:
+def test_an_empty_export_fails_the_volume_check(sales: ModuleType, webhook: Webhook, tmp_path: Path,
+                                                no_dbt: None) -> None:
     woo = tmp_path / "data" / "woocommerce" / "orders_2024-01-01.csv"
     woo.write_text(woo.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")   # the header only
     run = sales.dag.test(logical_date=DAY_1)
@@ -209,3 +227,42 @@ def test_the_dags_schedule_and_shape(sales: ModuleType) -> None:
     assert dag.get_task("load").upstream_task_ids == {"feeds"}                  # mapped over feeds()
     assert dag.get_task("dbt_build").upstream_task_ids == {"check_volumes"}
     assert dag.get_task("notify").upstream_task_ids == {"load", "check_volumes", "dbt_build"}
+
+
+# orders_daily computed directly in SQL over what pgstage loaded: the independent expectation.
+DAILY = """
+SELECT (ordered_at AT TIME ZONE 'UTC')::date, source, count(*),
+       count(*) FILTER (WHERE status = 'confirmed'), sum(amount_cents), sum(coalesce(refunded_cents, 0)),
+       coalesce(sum(amount_cents - coalesce(refunded_cents, 0)) FILTER (WHERE status = 'confirmed'), 0)
+FROM sales.orders GROUP BY 1, 2 ORDER BY 1, 2"""
+BUILT = """
+SELECT order_day, order_source, orders, confirmed_orders, gross_cents, refunded_cents, net_cents
+FROM analytics.orders_daily ORDER BY 1, 2"""
+
+
+@pytest.mark.skipif(shutil.which("dbt") is None, reason="the dbt command is not on PATH (CI puts the orchestration venv's bin there)")
+def test_dbt_builds_the_models_in_the_database_the_loads_used(sales: ModuleType, sql, webhook: Webhook, db_url: str,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # A connection with a password (the test server trusts, so any passes): dbt must get it, no log may show it.
+    monkeypatch.setenv("AIRFLOW_CONN_PGSTAGE_SALES", connection_json(db_url, password="pw-dbt-s3cret"))
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"):   # only the connection may say where
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "dbt-target"))       # not into examples/sales/dbt
+    monkeypatch.setenv("DBT_LOG_PATH", str(tmp_path / "dbt-logs"))
+    monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    for logical, day in ((DAY_1, "2024-01-01"), (DAY_2, "2024-01-02")):
+        run = sales.dag.test(logical_date=logical)
+        assert str(run.state) == "success"
+        assert states(run)["dbt_build"] == "success"
+        assert webhook.received[-1]["tasks"]["dbt_build"] == "success"
+        # dbt built in the test's own database (nowhere else has these orders): orders_daily is the
+        # bare aggregate of every day loaded so far, the second day built incrementally
+        assert sql("SELECT max((ordered_at AT TIME ZONE 'UTC')::date)::text FROM sales.orders")[0][0] >= day
+        built = sql(BUILT)
+        assert built == sql(DAILY)
+        assert {d.isoformat() for d, *_ in built} >= {"2024-01-01", day}
+        assert {s for _, s, *_ in built} == {"shopify", "stripe", "woocommerce"}
+    assert sql("SELECT count(*) FROM analytics.customers_snapshot")[0][0] > 0
+    logged = capsys.readouterr()
+    assert "pw-dbt-s3cret" not in logged.out + logged.err
