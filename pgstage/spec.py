@@ -281,6 +281,9 @@ class AlertsSection(_Model):
     timeout: str = Field(default="5s", pattern=_DURATION)
     retries: int = Field(default=2, ge=0, le=10)
     late: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")   # HH:MM UTC, the day after the partition
+    # a merged run whose reject ratio is above this also sends `rejects` (0: any reject); None: only a run
+    # refused by max_reject_ratio does
+    rejects_above: float | None = Field(default=None, ge=0, le=1)
 
 
 class CompositeReference(_Model):

@@ -255,3 +255,37 @@ def test_apprise_target(tmp_path: Path, db_url: str, sql: Any, receiver: Receive
     assert body["title"] == "pgstage failed: orders"
     assert body["message"].startswith("pgstage failed: orders 2024-03-05 run 1 failed. ")
     assert [r[1:5] for r in ledger(sql)] == [("failed", "json://***", "sent", 1)]
+
+
+def test_rejects_under_the_threshold_alert_only_above_rejects_above(tmp_path: Path, db_url: str, sql: Any,
+                                                                   receiver: Receiver) -> None:
+    """1 of 10 records rejected: under max_reject_ratio = 0.2, so merged; by default no alert."""
+    csv = "Id,Total\n" + "".join(f"{i},{-i if i == 3 else i}\n" for i in range(1, 11))
+    spec = setup(tmp_path, receiver.url, csv)
+    assert run(spec, db_url) == 0
+    assert receiver.requests == [] and ledger(sql) == []
+    # rejects_above = 0.05: 10% is above it -> `rejects`, and the run still succeeded with its rows merged
+    spec.write_text(spec.read_text().replace("[alerts]\n", "[alerts]\nrejects_above = 0.05\n"))
+    assert run(spec, db_url, "--force") == 0
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    (_, body), = receiver.requests
+    assert (body["event"], body["status"], body["run_id"]) == ("rejects", "succeeded", run_id)
+    assert body["message"] == ("1 of 10 records rejected (10.0%), above [alerts] rejects_above = 0.05; the valid"
+                               " rows were merged (max_reject_ratio = 0.2)")
+    assert body["rejects_by_rule"] == {"total.min": 1} and body["rows"]["rejected"] == 1
+    assert sql("SELECT count(*) FROM shop.orders") == [(9,)]
+    # the same rejects again within the window: suppressed, and no `recovered` beside a `rejects`
+    assert run(spec, db_url, "--force") == 0
+    assert receiver.events() == ["rejects"]
+    assert [r[1:4:2] for r in ledger(sql)] == [("rejects", "sent"), ("rejects", "suppressed")]
+    # 10% is not above 0.1: no `rejects`; the ratio is back under the bound, which is a recovery
+    spec.write_text(spec.read_text().replace("rejects_above = 0.05", "rejects_above = 0.1"))
+    assert run(spec, db_url, "--force") == 0
+    assert receiver.events() == ["rejects", "recovered"]
+
+
+def test_rejects_above_must_be_a_ratio() -> None:
+    text = textwrap.dedent(SPEC.format(url="http://127.0.0.1:1", suppress="30min", retries=0))
+    with pytest.raises(SpecError) as err:
+        parse_spec(text.replace("[alerts]\n", "[alerts]\nrejects_above = 2\n"))
+    assert "alerts.rejects_above" in str(err.value)
