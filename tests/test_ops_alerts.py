@@ -289,3 +289,35 @@ def test_rejects_above_must_be_a_ratio() -> None:
     with pytest.raises(SpecError) as err:
         parse_spec(text.replace("[alerts]\n", "[alerts]\nrejects_above = 2\n"))
     assert "alerts.rejects_above" in str(err.value)
+
+
+def test_an_alert_links_the_runs_html_page(tmp_path: Path, db_url: str, sql: Any, receiver: Receiver) -> None:
+    spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n2,-2\n3,-3\n4,4\n")
+    spec.write_text(spec.read_text().replace("[alerts]\n", '[alerts]\nreport_dir = "reports"\n'))
+    assert run(spec, db_url) == 3
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    (_, body), = receiver.requests
+    page = tmp_path / "reports" / f"run-{run_id}.html"
+    assert body["report"] == str(page.resolve())
+    html = page.read_text(encoding="utf-8")
+    assert f'<span data-field="run_id">{run_id}</span>' in html and 'data-rule="total.min">2<' in html
+    assert "s3cr3t" not in html                                  # the webhook's secret is masked on the page too
+    # published elsewhere: the link is report_url + the page's name
+    spec.write_text(spec.read_text().replace('report_dir = "reports"\n',
+                                             'report_dir = "reports"\nreport_url = "https://ops.example/pg/"\n'))
+    spec.write_text(spec.read_text().replace('suppress = "30min"', 'suppress = "0s"'))
+    assert run(spec, db_url) == 3
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    assert receiver.requests[1][1]["report"] == f"https://ops.example/pg/run-{run_id}.html"
+    assert (tmp_path / "reports" / f"run-{run_id}.html").is_file()
+
+
+def test_a_report_that_cannot_be_written_leaves_the_alert_and_the_outcome(tmp_path: Path, db_url: str, sql: Any,
+                                                                          receiver: Receiver) -> None:
+    spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n2,-2\n3,-3\n4,4\n")
+    (tmp_path / "taken").write_text("a file, not a directory")
+    spec.write_text(spec.read_text().replace("[alerts]\n", '[alerts]\nreport_dir = "taken"\n'))
+    assert run(spec, db_url) == 3                                 # the exit code it has without alerts
+    (_, body), = receiver.requests
+    assert body["event"] == "rejects" and "report" not in body
+    assert [r[1:4:2] for r in ledger(sql)] == [("rejects", "sent")]
