@@ -51,8 +51,9 @@ def test_demo_command_prints_runs_and_revenue(tmp_path: Path, db_url: str) -> No
     page = tmp_path / "d" / "report.html"
     assert f"report: {page}" in result.output.replace("\n", "")
     html = page.read_text()
-    assert html.startswith("<!doctype html>") and "stripe_payments" in html and 'data-chart="funnel"' in html
-    for name in ("shopify_orders", "woocommerce_orders", "stripe_payments"):
+    # the last run of the day is the Stripe payments' history (scd2, from the same files)
+    assert html.startswith("<!doctype html>") and "stripe_history" in html and 'data-chart="funnel"' in html
+    for name in ("shopify_orders", "woocommerce_orders", "stripe_payments", "stripe_history"):
         assert "<h1>" + name + "</h1>" in (tmp_path / "d" / f"report-{name}.html").read_text()
     assert "logs: stderr, console format" in result.output
     assert "alerts: none configured (set PGSTAGE_ALERT_WEBHOOK" in result.output
