@@ -22,7 +22,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -36,7 +36,7 @@ from pgstage.errors import HeaderMismatch, SourceError, UsageError
 from pgstage.pipeline import stage
 from pgstage.pipeline._quarantine import isolate
 from pgstage.pipeline.extract import CsvReader
-from pgstage.spec import PipelineSection, SourceSection, parse_spec
+from pgstage.spec import SourceSection, parse_spec
 
 DELIMITERS = (",", ";", "\t", "|")
 _SEQUENCE = "pgstage_init_sample_rec"
@@ -95,26 +95,13 @@ def draft_spec(sample: Path, *, db: str | None = None, name: str | None = None, 
         source_path = Path(os.path.relpath(sample.resolve(), Path(output).resolve().parent)).as_posix()
     text = render_spec(profile, sample=sample, name=pipeline_name, target=table, source_path=source_path,
                        encoding=encoding)
-    _check(text, output, keyless=not profile.key)
+    _check(text, output)
     return text
 
 
-def _check(text: str, output: Path | None, *, keyless: bool) -> None:
-    """A draft that would not load is a bug here, or a bad --name/--target.
-
-    Until this pgstage has the keyless strategy, a keyless draft is checked with a stand-in key
-    (every other part as written); `pgstage run` then says the strategy is unknown.
-    """
-    if keyless and KEYLESS_STRATEGY not in strategies():
-        first = next(line for line in text.splitlines()
-                     if " = { from = " in line and not line.startswith("#")).split(" = ")[0]
-        text = text.replace(f'strategy = "{KEYLESS_STRATEGY}"', f'key = [{toml_string(first)}]\nstrategy = "upsert"', 1)
+def _check(text: str, output: Path | None) -> None:
+    """A draft that would not load is a bug here, or a bad --name/--target."""
     parse_spec(text, output)
-
-
-def strategies() -> tuple[str, ...]:
-    """The strategies this pgstage's spec accepts."""
-    return tuple(get_args(PipelineSection.model_fields["strategy"].annotation))
 
 
 def profile_sample(sample: Path, *, db: str | None = None, sample_rows: int = 10_000, delimiter: str | None = None,

@@ -297,6 +297,13 @@ class AlertsSection(_Model):
     # A throttle pause still on after this long sends `paused` (once per run attempt); half the
     # default throttle_timeout, so people hear of a stuck replica before the run gives up.
     paused_after: str = Field(default="5min", pattern=_DURATION)
+    # a merged run whose reject ratio is above this also sends `rejects` (0: any reject); None: only a run
+    # refused by max_reject_ratio does
+    rejects_above: float | None = Field(default=None, ge=0, le=1)
+    # an alert of a run writes the run's HTML page here (run-<id>.html) and links it in the payload;
+    # report_url: where that directory is published (the link is then that URL, else the file's path)
+    report_dir: str | None = None
+    report_url: str | None = Field(default=None, repr=False)
 
 
 class CompositeReference(_Model):

@@ -259,6 +259,66 @@ def test_seam_sections_render_when_their_data_exists() -> None:
     assert 'id="reconcile"' in html and "differences" in html
 
 
+# --- verdicts and reconcile results from the ledger ------------------------------------------------------
+
+
+@pytest.fixture
+def watched(tmp_path: Path, db_url: str) -> tuple[Path, str]:
+    """The `feed` pipeline of the anomaly tests: 35 days of history, a Tuesday blocked at 100 records (exit 5),
+    then a normal Wednesday, reconciled clean."""
+    from pgstage.ops.reconcile import reconcile
+    from tests.test_ops_anomalies import START, load, seed_history, volume
+
+    seed_history(db_url, 35)
+    assert load(tmp_path, db_url, START + timedelta(days=36), 100)[0] == 5
+    wednesday = START + timedelta(days=37)
+    assert load(tmp_path, db_url, wednesday, volume(wednesday))[0] == 0
+    assert not reconcile(tmp_path / "spec.toml", partition=wednesday, db=db_url).differences
+    return tmp_path, db_url
+
+
+def test_pipeline_page_draws_the_stored_verdicts_and_reconciliations(watched: tuple[Path, str], sql: Any) -> None:
+    tmp_path, db_url = watched
+    html = write_pipeline_report("feed", tmp_path / "p.html", days=366, db=db_url).read_text()
+    ledger = sql("SELECT run_id, partition, anomaly FROM pgstage.runs WHERE anomaly IS NOT NULL ORDER BY run_id")
+    assert [(p, a["verdict"]) for _, p, a in ledger] == [("2024-02-06", "flagged"), ("2024-02-07", "ok")]
+    (blocked, _, verdict), (clean, _, ok) = ledger
+    # the flagged run, its band, score and training runs as the ledger holds them
+    row = re.search(r'<tr data-flagged="(\d+)"><td>([\d-]+)</td><td class="n">\d+</td><td class="n">([\d,]+)–([\d,]+)'
+                    r'</td><td class="n">([-\d.]+)</td><td class="n">(\d+)</td><td>([^<]+)</td>', html)
+    assert row is not None and html.count("data-flagged=") == 1
+    low, high = verdict["expected"]
+    assert row.groups() == (str(blocked), "2024-02-06", f"{low:,.0f}", f"{high:,.0f}", f"{verdict['score']:.1f}",
+                            str(len(verdict["training_runs"])), f"flagged (block): {verdict['reason']}")
+    # the history chart carries both days' bands and the flagged point
+    svg = re.search(r'<svg data-chart="history".*?</svg>', html, re.DOTALL)
+    assert svg is not None and "expected low" in svg.group(0) and "flagged" in svg.group(0)
+    points = re.findall(r'<desc class="value">([^<]*)</desc>(?:<desc class="[^"]*">[^<]*</desc>)*?'
+                        r'<desc class="x_label">([^<]*)</desc>', svg.group(0))
+    assert "expected high" in svg.group(0)                # the band is a dashed line (no dots, no values)
+    assert points.count(("100", "2024-02-06")) == 2          # records read, and the flagged point on it
+    # the reconcile result, stored with the Wednesday's run
+    rows = re.findall(r'<tr data-reconciled="(\d+)">.*?<span class="badge [^"]+">(\w+)</span></td>'
+                      r'<td class="n">(\d+)</td><td class="n">(\d+)</td><td class="n">(\d+)</td></tr>', html)
+    assert rows == [(str(clean), "matched", "0", "0", "0")]
+    assert sql("SELECT run_id FROM pgstage.runs WHERE reconcile IS NOT NULL") == [(clean,)]
+
+
+def test_run_pages_show_the_verdict_and_the_reconcile_result(watched: tuple[Path, str], sql: Any) -> None:
+    tmp_path, db_url = watched
+    (blocked, verdict), (clean, ok) = sql("SELECT run_id, anomaly FROM pgstage.runs WHERE anomaly IS NOT NULL"
+                                          " ORDER BY run_id")
+    html = write_run_report(blocked, tmp_path / "b.html", db=db_url).read_text()
+    fields = {k: t for attr, k, t in cells(html) if attr == "data-field"}
+    assert fields["status"] == "blocked" and 'class="badge s-blocked"' in html
+    assert fields["anomaly"].startswith(f"flagged (block): {verdict['reason']}")
+    assert "reconcile" not in fields
+    html = write_run_report(clean, tmp_path / "c.html", db=db_url).read_text()
+    fields = {k: t for attr, k, t in cells(html) if attr == "data-field"}
+    assert fields["anomaly"].startswith(f"ok: {ok['reason']}")
+    assert fields["reconcile"] == "matched (keys): 0 missing, 0 different"
+
+
 def test_report_command_writes_the_file_and_says_where(loaded: Loader, tmp_path: Path) -> None:
     out = tmp_path / "run.html"
     result = CliRunner().invoke(app, ["report", "1", "--html", str(out), "--db", loaded.db_url])
@@ -403,3 +463,20 @@ def test_pipeline_page_in_chromium(browser: Chromium, loaded: Loader, tmp_path: 
                               ".map(s => [s.dataset.chart, s.querySelectorAll('path').length > 3])")
     assert charts == [["history", True], ["changes", True]]
     assert pixel_stddev(browser.screenshot()) > 10
+
+
+@chromium_missing
+def test_verdicts_and_reconciliations_in_chromium(browser: Chromium, watched: tuple[Path, str], sql: Any) -> None:
+    tmp_path, db_url = watched
+    visit = browser.open(write_pipeline_report("feed", tmp_path / "p.html", days=366, db=db_url))
+    assert visit.console_errors == [] and visit.requests == [] and visit.dialogs == []
+    shown = browser.evaluate("['anomalies', 'reconcile'].map(id => document.getElementById(id)"
+                             ".getBoundingClientRect().height > 40)")
+    assert shown == [True, True]
+    assert browser.evaluate("[...document.querySelectorAll('tr[data-flagged]')].map(e => e.dataset.flagged)") == [
+        str(sql("SELECT run_id FROM pgstage.runs WHERE status = 'blocked'")[0][0])]
+    (blocked,), = sql("SELECT run_id FROM pgstage.runs WHERE status = 'blocked'")
+    visit = browser.open(write_run_report(blocked, tmp_path / "b.html", db=db_url))
+    assert visit.console_errors == [] and visit.requests == []
+    assert browser.evaluate("getComputedStyle(document.querySelector('[data-field=status]')).backgroundColor") == (
+        "rgb(224, 49, 49)")

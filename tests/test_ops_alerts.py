@@ -302,3 +302,69 @@ def test_notify_sends_a_summary_as_is_and_records_it(db_url: str, sql: Any, rece
     logged = capsys.readouterr()
     assert "alert not recorded" in logged.err
     assert not any(s in logged.out + logged.err for s in ("hook-s3cret", "slack-s3cret", "db-s3cret"))
+
+
+def test_rejects_under_the_threshold_alert_only_above_rejects_above(tmp_path: Path, db_url: str, sql: Any,
+                                                                   receiver: Receiver) -> None:
+    """1 of 10 records rejected: under max_reject_ratio = 0.2, so merged; by default no alert."""
+    csv = "Id,Total\n" + "".join(f"{i},{-i if i == 3 else i}\n" for i in range(1, 11))
+    spec = setup(tmp_path, receiver.url, csv)
+    assert run(spec, db_url) == 0
+    assert receiver.requests == [] and ledger(sql) == []
+    # rejects_above = 0.05: 10% is above it -> `rejects`, and the run still succeeded with its rows merged
+    spec.write_text(spec.read_text().replace("[alerts]\n", "[alerts]\nrejects_above = 0.05\n"))
+    assert run(spec, db_url, "--force") == 0
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    (_, body), = receiver.requests
+    assert (body["event"], body["status"], body["run_id"]) == ("rejects", "succeeded", run_id)
+    assert body["message"] == ("1 of 10 records rejected (10.0%), above [alerts] rejects_above = 0.05; the valid"
+                               " rows were merged (max_reject_ratio = 0.2)")
+    assert body["rejects_by_rule"] == {"total.min": 1} and body["rows"]["rejected"] == 1
+    assert sql("SELECT count(*) FROM shop.orders") == [(9,)]
+    # the same rejects again within the window: suppressed, and no `recovered` beside a `rejects`
+    assert run(spec, db_url, "--force") == 0
+    assert receiver.events() == ["rejects"]
+    assert [r[1:4:2] for r in ledger(sql)] == [("rejects", "sent"), ("rejects", "suppressed")]
+    # 10% is not above 0.1: no `rejects`; the ratio is back under the bound, which is a recovery
+    spec.write_text(spec.read_text().replace("rejects_above = 0.05", "rejects_above = 0.1"))
+    assert run(spec, db_url, "--force") == 0
+    assert receiver.events() == ["rejects", "recovered"]
+
+
+def test_rejects_above_must_be_a_ratio() -> None:
+    text = textwrap.dedent(SPEC.format(url="http://127.0.0.1:1", suppress="30min", retries=0))
+    with pytest.raises(SpecError) as err:
+        parse_spec(text.replace("[alerts]\n", "[alerts]\nrejects_above = 2\n"))
+    assert "alerts.rejects_above" in str(err.value)
+
+
+def test_an_alert_links_the_runs_html_page(tmp_path: Path, db_url: str, sql: Any, receiver: Receiver) -> None:
+    spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n2,-2\n3,-3\n4,4\n")
+    spec.write_text(spec.read_text().replace("[alerts]\n", '[alerts]\nreport_dir = "reports"\n'))
+    assert run(spec, db_url) == 3
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    (_, body), = receiver.requests
+    page = tmp_path / "reports" / f"run-{run_id}.html"
+    assert body["report"] == str(page.resolve())
+    html = page.read_text(encoding="utf-8")
+    assert f'<span data-field="run_id">{run_id}</span>' in html and 'data-rule="total.min">2<' in html
+    assert "s3cr3t" not in html                                  # the webhook's secret is masked on the page too
+    # published elsewhere: the link is report_url + the page's name
+    spec.write_text(spec.read_text().replace('report_dir = "reports"\n',
+                                             'report_dir = "reports"\nreport_url = "https://ops.example/pg/"\n'))
+    spec.write_text(spec.read_text().replace('suppress = "30min"', 'suppress = "0s"'))
+    assert run(spec, db_url) == 3
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    assert receiver.requests[1][1]["report"] == f"https://ops.example/pg/run-{run_id}.html"
+    assert (tmp_path / "reports" / f"run-{run_id}.html").is_file()
+
+
+def test_a_report_that_cannot_be_written_leaves_the_alert_and_the_outcome(tmp_path: Path, db_url: str, sql: Any,
+                                                                          receiver: Receiver) -> None:
+    spec = setup(tmp_path, receiver.url, "Id,Total\n1,1\n2,-2\n3,-3\n4,4\n")
+    (tmp_path / "taken").write_text("a file, not a directory")
+    spec.write_text(spec.read_text().replace("[alerts]\n", '[alerts]\nreport_dir = "taken"\n'))
+    assert run(spec, db_url) == 3                                 # the exit code it has without alerts
+    (_, body), = receiver.requests
+    assert body["event"] == "rejects" and "report" not in body
+    assert [r[1:4:2] for r in ledger(sql)] == [("rejects", "sent")]

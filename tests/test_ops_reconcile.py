@@ -54,20 +54,38 @@ CSV = ("Id,Email,Total,Updated\n"
 DAY = "2024-03-05"
 
 
+EXTRA_LINES = {   # what each strategy needs beyond the shared spec
+    "upsert_if_newer": 'version = "updated_at"',
+    "replace_partition": 'partition = { column = "updated_at", grain = "day" }',
+}
+
+
 def setup(loader: Loader, strategy: str = "upsert", load: str = "max_reject_ratio = 0.5") -> Path:
-    version = 'version = "updated_at"' if strategy == "upsert_if_newer" else ""
     loader.write(f"orders_{DAY}.csv", CSV)
-    return loader.spec(SPEC.format(strategy=strategy, version=version, load=load))
+    text = SPEC.format(strategy=strategy, version=EXTRA_LINES.get(strategy, ""), load=load)
+    if strategy == "append":
+        text = text.replace('key = ["source", "id"]\n', "")
+    return loader.spec(text)
 
 
-@pytest.mark.parametrize("strategy", ["insert_only", "upsert", "upsert_if_newer"])
+# source rows / target rows of an untouched load: 4 keys (id 2 twice, id 3 rejected); append keeps every
+# valid record (5), so its target holds 5 rows; scd2 holds 5 versions of which 4 are current (compared).
+# `extra` is counted only where the strategy owns a slice of the target (the partition, the file).
+UNTOUCHED = {"insert_only": (4, 4, None), "upsert": (4, 4, None), "upsert_if_newer": (4, 4, None),
+             "replace_partition": (4, 4, 0), "append": (5, 5, 0), "scd2": (4, 4, None)}
+
+
+@pytest.mark.parametrize("strategy", list(UNTOUCHED))
 def test_an_untouched_load_is_clean(loader: Loader, sql: Any, strategy: str) -> None:
     spec = setup(loader, strategy)
-    loader.run(partition=DAY)
+    report = loader.run(partition=DAY)
+    assert report.status == "succeeded", report.message
     result = reconcile(spec, partition=DAY, db=loader.db_url)
     assert not result.differences, result.as_dict()
-    assert (result.source_rows, result.target_rows, result.method) == (4, 4, "keys")
-    assert (result.missing.count, result.different.count, result.extra) == (0, 0, None)
+    source_rows, target_rows, extra = UNTOUCHED[strategy]
+    assert (result.source_rows, result.target_rows, result.method) == (source_rows, target_rows, "keys")
+    assert (result.missing.count, result.different.count) == (0, 0)
+    assert (result.extra.count if result.extra is not None else None) == extra
     # nothing was written by the comparison: no run, no rejects, no staging table left
     assert sql("SELECT count(*), count(*) FILTER (WHERE reconcile IS NOT NULL) FROM pgstage.runs") == [(1, 1)]
     assert sql("SELECT count(*) FROM pgstage.rejects") == [(1,)]
@@ -99,6 +117,49 @@ def test_deleted_and_changed_rows_by_hand(loader: Loader, sql: Any) -> None:
     run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
     assert "reconcile (keys): 1 missing, 2 different" in runner.invoke(app, ["show", str(run_id), "--db",
                                                                               loader.db_url]).output
+
+
+def test_a_row_added_by_hand_to_the_partition_is_extra(loader: Loader, sql: Any) -> None:
+    spec = setup(loader, "replace_partition")
+    loader.run(partition=DAY)
+    sql("INSERT INTO shop.orders (source, id, email, total, updated_at) VALUES"
+        " ('web', 99, 'h@x.org', 9, '2024-03-05 12:00:00+00'),"    # inside the partition: extra
+        " ('web', 98, 'o@x.org', 8, '2024-03-07 12:00:00+00')")    # another day: not this partition's business
+    result = reconcile(spec, partition=DAY, db=loader.db_url)
+    assert result.differences and result.summary == "0 missing, 0 different, 1 extra"
+    assert result.extra is not None and result.extra.sample == ({"key": {"source": "web", "id": 99}},)
+    assert (result.source_rows, result.target_rows) == (4, 6)
+
+
+def test_a_hand_deleted_appended_row_is_missing(loader: Loader, sql: Any) -> None:
+    spec = setup(loader, "append")
+    loader.run(partition=DAY)
+    assert sql("SELECT _record, id FROM shop.orders ORDER BY _record") == [(1, 1), (2, 2), (4, 4), (5, 2), (6, 5)]
+    ((name,),) = sql("SELECT DISTINCT _source_file FROM shop.orders")
+    sql("DELETE FROM shop.orders WHERE _record = 5")                              # the later record of id 2
+    sql("UPDATE shop.orders SET total = 0 WHERE _record = 6")
+    result = reconcile(spec, partition=DAY, db=loader.db_url)
+    assert result.summary == "1 missing, 1 different, 0 extra"
+    assert result.missing.sample == ({"key": {"_source_file": name, "_record": 5}},)
+    assert result.different.sample == ({"key": {"_source_file": name, "_record": 6}, "columns": ["total"]},)
+
+
+def test_scd2_compares_the_current_versions(loader: Loader, sql: Any) -> None:
+    spec = setup(loader, "scd2")
+    loader.run(partition=DAY, as_of="2024-03-05 00:00:00+00")
+    loader.write(f"orders_{DAY}.csv", CSV.replace("5,e@x.org,5.00", "5,e@x.org,5.50"))   # a new version of 5
+    assert loader.run(partition=DAY, force=True, as_of="2024-03-06 00:00:00+00").counts.updated == 1
+    assert sql("SELECT count(*), count(*) FILTER (WHERE _is_current) FROM shop.orders") == [(5, 4)]
+    # a closed version that no longer matches the source is history, not a difference
+    sql("UPDATE shop.orders SET email = 'old@x.org' WHERE id = 5 AND NOT _is_current")
+    assert not reconcile(spec, partition=DAY, db=loader.db_url).differences
+    sql("UPDATE shop.orders SET total = 0 WHERE id = 5 AND _is_current")
+    sql("UPDATE shop.orders SET _is_current = false, _valid_to = now() WHERE id = 4")   # closed by hand
+    result = reconcile(spec, partition=DAY, db=loader.db_url)
+    assert result.summary == "1 missing, 1 different"
+    assert result.missing.sample == ({"key": {"source": "web", "id": 4}},)
+    assert result.different.sample == ({"key": {"source": "web", "id": 5}, "columns": ["total"]},)
+    assert result.target_rows == 3
 
 
 def test_a_newer_target_row_is_no_difference(loader: Loader, sql: Any) -> None:

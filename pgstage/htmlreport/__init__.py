@@ -16,7 +16,7 @@ from psycopg import sql
 from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import UsageError
 from pgstage.htmlreport.model import (AnomalyDay, BackfillCalendar, BackfillPage, BackfillUnit, PipelinePage,
-                                      Reconciliation, RunPage, pipeline_page, run_page)
+                                      Reconciliation, RunPage, anomaly_day, pipeline_page, reconciliation, run_page)
 from pgstage.htmlreport.page import render_backfill, render_pipeline, render_run
 from pgstage.pipeline import ledger
 from pgstage.rejects import list_rejects
@@ -68,15 +68,33 @@ def build_pipeline_page(conn: psycopg.Connection[Any], pipeline: str, days: int)
                          generated_at=datetime.now(timezone.utc), backfill_id=backfill_id)
 
 
-# Seams: each returns () until its feature's ledger tables exist; the page leaves out an empty section.
+# A run's day as HISTORY reads it, for the sections that read other columns of the same runs.
+_DAY = sql.SQL("CASE WHEN partition ~ '^\\d{4}-\\d{2}-\\d{2}$' THEN partition::date"
+               " ELSE (started_at AT TIME ZONE 'UTC')::date END")
+
+ANOMALIES = sql.SQL(
+    "SELECT DISTINCT ON (day) day, run_id, anomaly FROM (SELECT {day} AS day, run_id, anomaly FROM pgstage.runs"
+    " WHERE pipeline = %(pipeline)s AND NOT dry_run AND anomaly IS NOT NULL) r WHERE day >= %(since)s"
+    " ORDER BY day, run_id DESC").format(day=_DAY)
+
+RECONCILIATIONS = sql.SQL(
+    "SELECT run_id, partition, coalesce(finished_at, started_at), reconcile FROM pgstage.runs"
+    " WHERE pipeline = %(pipeline)s AND reconcile IS NOT NULL AND {day} >= %(since)s ORDER BY run_id").format(day=_DAY)
+
+
 def anomaly_days(conn: psycopg.Connection[Any], pipeline: str, since: date) -> tuple[AnomalyDay, ...]:
-    """#16 (volume anomalies): each day's expected band and verdict. Not recorded yet."""
-    return ()
+    """Each day's stored volume verdict (its latest run's) with its expected band; days still learning have none."""
+    rows = execute(conn, ANOMALIES, {"pipeline": pipeline, "since": since}, label="report: anomalies").fetchall()
+    return tuple(anomaly_day(day, int(run_id), verdict) for day, run_id, verdict in rows
+                 if isinstance(verdict, dict) and verdict.get("expected"))
 
 
 def reconciliations(conn: psycopg.Connection[Any], pipeline: str, since: date) -> tuple[Reconciliation, ...]:
-    """#16 (`pgstage reconcile`): the pipeline's reconcile results. Not recorded yet."""
-    return ()
+    """The reconcile results stored with the pipeline's runs (after_run, or the latest by `pgstage reconcile`)."""
+    rows = execute(conn, RECONCILIATIONS, {"pipeline": pipeline, "since": since},
+                   label="report: reconciliations").fetchall()
+    return tuple(reconciliation(int(run_id), partition, at, result) for run_id, partition, at, result in rows
+                 if isinstance(result, dict))
 
 
 # A pending unit whose (pipeline, day) has a run going is being worked on: the queue only knows

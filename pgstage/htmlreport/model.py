@@ -2,8 +2,8 @@
 
 Ledger rows (dicts as `pgstage.pipeline.ledger` returns them) go in; frozen dataclasses come
 out, with every number already counted, so the charts and the template only lay them out.
-Sections whose data does not exist yet (anomalies, reconciliation, backfills) are empty
-tuples here and are left out of the page: the functions that will fill them are the seams.
+Sections without data (no verdict stored, no reconcile, no backfill) are empty tuples here
+and are left out of the page.
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ class RunPage:
     spec: Any                                # the resolved spec, secrets masked; None if not recorded
     spec_path: str | None
     pauses: tuple[PauseSpan, ...] = ()       # on the batches' clock
+    anomaly: str | None = None               # the stored volume verdict, as text
+    anomaly_band: tuple[float, float] | None = None
+    reconcile: Reconciliation | None = None
 
 
 @dataclass(frozen=True)
@@ -105,25 +108,56 @@ class HistoryDay:
 
 @dataclass(frozen=True)
 class AnomalyDay:
-    """Seam for #16: the expected band of a day's records read, and whether the run was flagged."""
+    """A day's stored volume verdict (pgstage.runs.anomaly): the expected band of records read, flagged or not."""
 
     day: date
     low: float
     high: float
     flagged: bool
-    verdict: str = ""
+    verdict: str = ""                        # "flagged (block): <reason>"
+    run_id: int | None = None
+    score: float | None = None               # robust z of records read
+    training_runs: int = 0
 
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """Seam for #16: one reconcile result."""
+    """One reconcile result as stored with its run (pgstage.runs.reconcile)."""
 
-    checked_at: datetime
+    checked_at: datetime                     # the run's end: a standalone check is stored with the latest success
     partition: str | None
-    status: str                              # matched | differences
+    status: str                              # matched | differences | error
     missing: int
     extra: int
     different: int
+    run_id: int | None = None
+    method: str = ""
+    summary: str = ""
+
+
+def verdict_text(verdict: dict[str, Any]) -> str:
+    """`flagged (block): reason`, `ok: reason`, as a person reads a stored verdict."""
+    name = str(verdict.get("verdict") or "")
+    action = f" ({verdict.get('action')})" if name == "flagged" and verdict.get("action") else ""
+    accepted = " (accepted)" if verdict.get("accepted") and name != "accepted" else ""
+    return f"{name}{action}{accepted}: {verdict.get('reason') or ''}".rstrip(": ")
+
+
+def anomaly_day(day: date, run_id: int, verdict: dict[str, Any]) -> AnomalyDay:
+    low, high = verdict["expected"]
+    score = verdict.get("score")
+    return AnomalyDay(day, float(low), float(high), verdict.get("verdict") == "flagged", verdict_text(verdict), run_id,
+                      None if score is None else float(score), len(verdict.get("training_runs") or ()))
+
+
+def reconciliation(run_id: int, partition: str | None, at: datetime, result: dict[str, Any]) -> Reconciliation:
+    def count(kind: str) -> int:
+        found = result.get(kind)
+        return int(found.get("count") or 0) if isinstance(found, dict) else 0
+
+    status = "error" if result.get("error") else "differences" if result.get("differences") else "matched"
+    return Reconciliation(at, partition, status, count("missing"), count("extra"), count("different"), run_id,
+                          str(result.get("method") or ""), str(result.get("error") or result.get("summary") or ""))
 
 
 @dataclass(frozen=True)
@@ -242,7 +276,7 @@ class PipelinePage:
         return unit_tally(self.backfill)
 
 
-_SEVERITY = {"failed": 5, "rejected_threshold": 4, "running": 3, "succeeded": 2, "skipped": 1}
+_SEVERITY = {"failed": 5, "rejected_threshold": 4, "blocked": 4, "running": 3, "succeeded": 2, "skipped": 1}
 
 
 def counts_of(recorded: dict[str, Any] | None) -> dict[str, int]:
@@ -325,7 +359,12 @@ def run_page(run: dict[str, Any], batches: list[dict[str, Any]], samples: list[d
                     for f in run.get("files") or []),
         batches=spans, untimed_batches=untimed,
         spec=None if run.get("spec") is None else mask_secrets(run["spec"]), spec_path=run.get("spec_path"),
-        pauses=pause_spans(batches, pauses or []))
+        pauses=pause_spans(batches, pauses or []),
+        anomaly=verdict_text(verdict) if isinstance(verdict := run.get("anomaly"), dict) else None,
+        anomaly_band=(float(verdict["expected"][0]), float(verdict["expected"][1]))
+        if isinstance(verdict, dict) and verdict.get("expected") else None,
+        reconcile=reconciliation(int(run["run_id"]), run.get("partition"), finished or run["started_at"],
+                                 run["reconcile"]) if isinstance(run.get("reconcile"), dict) else None)
 
 
 def pipeline_page(pipeline: str, days: int, runs: list[dict[str, Any]], *,

@@ -27,7 +27,7 @@ h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.1rem;margin:1.6rem 0 .4rem;bor
 .muted{color:var(--muted)}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;color:#fff;font-weight:600;font-size:.85rem}
 .s-succeeded{background:#2f9e44}.s-skipped{background:#1c7ed6}.s-running{background:#f59f00}
-.s-failed,.s-rejected_threshold{background:#e03131}
+.s-failed,.s-rejected_threshold,.s-blocked{background:#e03131}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:.5rem 0}
 dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px;align-items:start}
@@ -83,6 +83,8 @@ _RUN = """{% extends "base" %}
 <dt>attempts</dt><dd>{{ p.attempts }}</dd>
 {% if p.host %}<dt>host</dt><dd>{{ p.host }} (pid {{ p.pid }})</dd>{% endif %}
 {% if p.message %}<dt>message</dt><dd data-field="message">{{ p.message }}</dd>{% endif %}
+{% if p.anomaly %}<dt>volume</dt><dd data-field="anomaly">{{ p.anomaly }}{% if p.anomaly_band %} <span class="muted">(expected {{ "{:,.0f}".format(p.anomaly_band[0]) }}–{{ "{:,.0f}".format(p.anomaly_band[1]) }} records)</span>{% endif %}</dd>{% endif %}
+{% if p.reconcile %}<dt>reconcile</dt><dd data-field="reconcile">{{ p.reconcile.status }} ({{ p.reconcile.method }}): {{ p.reconcile.summary }}</dd>{% endif %}
 </dl></header>
 
 <section id="rows"><h2>Rows</h2>
@@ -148,9 +150,13 @@ _PIPELINE = """{% extends "base" %}
 </section>
 
 {% if p.anomalies %}<section id="anomalies"><h2>Volume anomalies</h2>
-<div class="scroll"><table><thead><tr><th>day</th><th class="n">expected</th><th>verdict</th></tr></thead><tbody>
-{% for a in p.anomalies if a.flagged %}<tr><td>{{ a.day }}</td><td class="n">{{ "{:,.0f}".format(a.low) }}–{{ "{:,.0f}".format(a.high) }}</td><td>{{ a.verdict }}</td></tr>{% endfor %}
-</tbody></table></div></section>{% endif %}
+<p class="muted">The history chart draws each day's expected band of records read (median ± its spread over
+earlier runs of the same weekday) and the flagged days.</p>
+{% set flagged = p.anomalies|selectattr("flagged")|list %}
+{% if flagged %}<div class="scroll"><table id="flagged"><thead><tr><th>day</th><th class="n">run</th><th class="n">expected</th><th class="n">score</th><th class="n">training runs</th><th>verdict</th></tr></thead><tbody>
+{% for a in flagged %}<tr data-flagged="{{ a.run_id }}"><td>{{ a.day }}</td><td class="n">{{ a.run_id if a.run_id is not none else "" }}</td><td class="n">{{ "{:,.0f}".format(a.low) }}–{{ "{:,.0f}".format(a.high) }}</td><td class="n">{{ "%.1f"|format(a.score) if a.score is not none else "" }}</td><td class="n">{{ a.training_runs }}</td><td>{{ a.verdict }}</td></tr>{% endfor %}
+</tbody></table></div>{% else %}<p>No day was flagged.</p>{% endif %}
+</section>{% endif %}
 
 {% if p.backfill %}<section id="backfill"><h2>Backfill{% if p.backfill_id is not none %} {{ p.backfill_id }}{% endif %}</h2>
 <p class="muted">this pipeline's units of its latest backfill, {{ p.backfill[0].day }} – {{ p.backfill[-1].day }}, by status{% if p.backfill_id is not none %} (every pipeline of it: <code>pgstage report --backfill {{ p.backfill_id }} --html FILE</code>){% endif %}</p>
@@ -159,8 +165,8 @@ _PIPELINE = """{% extends "base" %}
 </section>{% endif %}
 
 {% if p.reconciliations %}<section id="reconcile"><h2>Reconciliation</h2>
-<div class="scroll"><table><thead><tr><th>checked</th><th>partition</th><th>status</th><th class="n">missing</th><th class="n">extra</th><th class="n">different</th></tr></thead><tbody>
-{% for r in p.reconciliations %}<tr><td>{{ r.checked_at.strftime("%Y-%m-%d %H:%M") }}</td><td>{{ r.partition or "" }}</td><td>{{ r.status }}</td><td class="n">{{ r.missing }}</td><td class="n">{{ r.extra }}</td><td class="n">{{ r.different }}</td></tr>{% endfor %}
+<div class="scroll"><table id="reconciliations"><thead><tr><th class="n">run</th><th>checked</th><th>partition</th><th>method</th><th>status</th><th class="n">missing</th><th class="n">extra</th><th class="n">different</th></tr></thead><tbody>
+{% for r in p.reconciliations %}<tr data-reconciled="{{ r.run_id if r.run_id is not none else "" }}"><td class="n">{{ r.run_id if r.run_id is not none else "" }}</td><td>{{ r.checked_at.strftime("%Y-%m-%d %H:%M") }}</td><td>{{ r.partition or "" }}</td><td>{{ r.method }}</td><td title="{{ r.summary }}"><span class="badge s-{{ "succeeded" if r.status == "matched" else "failed" }}">{{ r.status }}</span></td><td class="n">{{ r.missing }}</td><td class="n">{{ r.extra }}</td><td class="n">{{ r.different }}</td></tr>{% endfor %}
 </tbody></table></div></section>{% endif %}
 
 <section id="runs"><h2>Runs</h2>

@@ -90,6 +90,7 @@ class Alert:
     rows: dict[str, int]
     rejects_by_rule: dict[str, int]
     message: str
+    report: str | None = None        # the run's HTML page: its URL under [alerts] report_url, else its path
 
     def payload(self) -> dict[str, Any]:
         """The generic JSON document a webhook receives."""
@@ -104,6 +105,7 @@ class Alert:
             "message": self.message,
             "host": socket.gethostname(),
             "more": f"pgstage show {self.run_id}" if self.run_id is not None else "pgstage runs",
+            **({"report": self.report} if self.report else {}),
         }
 
     def text(self) -> str:
@@ -112,6 +114,8 @@ class Alert:
         counts = (f" — read {rows.get('read', 0):,}, rejected {rows.get('rejected', 0):,},"
                   f" inserted {rows.get('inserted', 0):,}, updated {rows.get('updated', 0):,}") if rows else ""
         more = f" (`pgstage show {self.run_id}`)" if self.run_id is not None else ""
+        if self.report:
+            more += f" report: {self.report}"
         return f"pgstage {self.event}: {where} run {self.run_id} {self.status}{counts}. {self.message}{more}"
 
     def slack(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import socket
 from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -33,6 +34,9 @@ def finished(spec: Spec, url: str, report: RunReport) -> RunReport:
     if spec.load.reconcile == "after_run":
         report = dataclasses.replace(report, reconcile=_reconcile(spec, url, report))
     events: list[tuple[str, str]] = []
+    rejects = rejects_message(spec, report.counts)
+    if rejects is not None:
+        events.append(("rejects", rejects))
     if report.anomaly and report.anomaly.get("verdict") == "flagged":
         events.append(("anomaly", f"volume anomaly (merged, action = warn): {report.anomaly.get('reason')}"))
     if report.reconcile and report.reconcile.get("differences"):
@@ -70,6 +74,16 @@ def failed(spec: Spec, url: str, partition: str | None, exc: BaseException, seco
            [(event, message)], recovery=False)
 
 
+def rejects_message(spec: Spec, counts: Counts) -> str | None:
+    """Why a merged run with rejects alerts (`[alerts] rejects_above`), or None: its ratio is not above it."""
+    limit = spec.alerts.rejects_above
+    if limit is None or not counts.rejected or counts.rejected / counts.read <= limit:
+        return None
+    return (f"{counts.rejected:,} of {counts.read:,} records rejected ({counts.rejected / counts.read:.1%}), above"
+            f" [alerts] rejects_above = {limit:g}; the valid rows were merged (max_reject_ratio ="
+            f" {spec.load.max_reject_ratio:g})")
+
+
 def late_since(spec: Spec, partition: str | None, now: datetime | None = None) -> datetime | None:
     """The deadline a partition's run missed (`[alerts] late` on the day after it), if it did."""
     if not spec.alerts.late or not partition:
@@ -101,14 +115,38 @@ def _alert(spec: Spec, url: str, run_id: int | None, partition: str | None, stat
         return
     try:
         with connect(url) as conn:
-            if recovery and status == "succeeded" and alerts.needs_recovery(conn, spec.pipeline.name):
+            if (recovery and status == "succeeded" and all(e != "rejects" for e, _ in events)
+                    and alerts.needs_recovery(conn, spec.pipeline.name)):
                 events.append(("recovered", "succeeded after an earlier failure"))
+            page = report_link(spec, url, run_id) if events else None
             for event, message in events:
                 alerts.send(conn, spec.alerts, alerts.Alert(event, spec.pipeline.name, partition, run_id, status,
-                                                            counts, by_rule, message))
+                                                            counts, by_rule, message, page))
     except (PgstageError, psycopg.Error, OSError) as exc:
         logs.emit("alert failed", run_id=run_id, pipeline=spec.pipeline.name, partition=partition,
                   error=logs.redact(str(exc)))
+
+
+def report_link(spec: Spec, url: str, run_id: int | None) -> str | None:
+    """Write the run's page into `[alerts] report_dir` and return its link, or None (no dir, no run, or a
+    failure, which is logged: the alert goes out without its link)."""
+    folder = spec.alerts.report_dir
+    if not folder or run_id is None:
+        return None
+    from pgstage.htmlreport import write_run_report   # jinja2 and pygal: only an alert with a page needs them
+
+    base = spec.path.parent if spec.path else Path.cwd()
+    name = f"run-{run_id}.html"
+    try:
+        directory = base / folder
+        directory.mkdir(parents=True, exist_ok=True)
+        written = write_run_report(run_id, directory / name, db=url)
+    except (PgstageError, psycopg.Error, OSError) as exc:
+        logs.emit("alert report failed", run_id=run_id, pipeline=spec.pipeline.name, error=logs.redact(str(exc)))
+        return None
+    if spec.alerts.report_url:
+        return spec.alerts.report_url.rstrip("/") + "/" + name
+    return str(written.resolve())
 
 
 def _counts_so_far(url: str, run_id: int | None) -> dict[str, int]:

@@ -193,6 +193,12 @@ def _matches(spec: Spec) -> sql.Composable:
     return sql.SQL(" AND ").join(sql.SQL("t.{0}{1}s.{0}").format(sql.Identifier(k), op) for k in keys_of(spec))
 
 
+def compared_rows(spec: Spec) -> sql.Composable | None:
+    """Which target rows `t` the source is compared with: for `scd2` its current versions (closed ones are
+    history, not the source's business); None: all."""
+    return sql.SQL("t._is_current") if spec.pipeline.strategy == "scd2" else None
+
+
 def build_compare(spec: Spec, source_rows: sql.Composable, table: str) -> sql.Composed:
     """CREATE a temporary table of every source row's fate against the target: missing, different, newer, same (pure).
 
@@ -210,7 +216,7 @@ def build_compare(spec: Spec, source_rows: sql.Composable, table: str) -> sql.Co
         " WHEN cardinality(d.cols) = 0 THEN 'same' WHEN {newer} THEN 'newer' ELSE 'different' END AS kind, d.cols"
         " FROM ({source}) s LEFT JOIN {target} t ON {on} CROSS JOIN LATERAL (SELECT {diffs} AS cols) d").format(
         table=sql.Identifier(table), key=_key_json(spec, "s"), newer=newer, source=source_rows,
-        target=target.ident(spec), on=on, diffs=diffs)
+        target=target.ident(spec), on=sql.SQL(" AND ").join([on, *filter(None, [compared_rows(spec)])]), diffs=diffs)
 
 
 def build_extra(spec: Spec, source_rows: sql.Composable, partition: str | None, files: list[str]) -> sql.Composed | None:
@@ -263,9 +269,10 @@ def _by_keys(conn: psycopg.Connection[Any], spec: Spec, partition: str | None, f
 
 def _compare(conn: psycopg.Connection[Any], spec: Spec, partition: str | None, checked: list[tuple[str, str]],
              files: list[str]) -> dict[str, Any]:
-    target_rows = _count(conn, sql.SQL("SELECT count(*) FROM {}").format(target.ident(spec)))
+    compared = _count(conn, sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(
+        target.ident(spec), compared_rows(spec) or sql.SQL("true")))
     if not checked:
-        return {"source_rows": 0, "target_rows": target_rows, "notes": ("no source rows: the partition has no file",)}
+        return {"source_rows": 0, "target_rows": compared, "notes": ("no source rows: the partition has no file",)}
     rows = build_source_rows(spec, transform.resolve_types(conn, spec), checked)
     execute(conn, build_compare(spec, rows, "pgstage_reconcile"), label="reconcile: compare")
     counts = dict(execute(conn, sql.SQL("SELECT kind, count(*) FROM pgstage_reconcile GROUP BY kind"),
@@ -285,7 +292,7 @@ def _compare(conn: psycopg.Connection[Any], spec: Spec, partition: str | None, c
         keys = execute(conn, sql.SQL("SELECT key, count(*) OVER () FROM ({}) x(key) ORDER BY key LIMIT {}").format(
             query, sql.Literal(SAMPLES)), label="reconcile: extra").fetchall()
         extra = Finding(int(keys[0][1]) if keys else 0, tuple({"key": k} for k, _ in keys))
-    return {"source_rows": sum(counts.values()), "target_rows": target_rows,
+    return {"source_rows": sum(counts.values()), "target_rows": compared,
             "missing": Finding(int(counts.get("missing", 0)), sample("missing")),
             "different": Finding(int(counts.get("different", 0)), sample("different"),
                                  {str(c): int(n) for c, n in columns.items()}),
