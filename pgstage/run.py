@@ -111,6 +111,7 @@ class RunContext:
     dry_run: bool
     started: float                  # perf_counter at the start: the report's duration
     as_of: datetime | None = None   # scd2: --as-of, valid_from of rows without a version
+    ledger_ready: bool = False      # the caller ensured the ledger (see `run`)
 
     @property
     def cdc(self) -> bool:
@@ -184,7 +185,7 @@ class MergePlan:
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
         base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
         as_of: str | datetime | None = None, conn: psycopg.Connection[Any] | None = None,
-        workers: Workers | None = None) -> RunReport:
+        workers: Workers | None = None, ledger_ready: bool = False) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
 
     `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
@@ -196,8 +197,10 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     connecting for every day); it is left open, and a retry connects anew. `workers`: likewise a
     pool of sessions for the batches, opened for this spec's load settings and kept open by the
     caller from run to run (a backfill's job saves opening `load.workers` sessions a day).
+    `ledger_ready`: the caller created or upgraded the ledger on `db` already (a backfill does it
+    once, not once a day: some twenty-five statements a run).
     """
-    ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of)
+    ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of, ledger_ready)
     try:
         report = _attempts(ctx, conn, workers)
     except BaseException as exc:
@@ -208,7 +211,7 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
 
 
 def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
-              workers: Workers | None = None) -> RunReport:
+              workers: Workers | None = None, ledger_ready: bool = False) -> RunReport:
     """The attempts of one run: transient faults are retried, each attempt resuming the last."""
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
@@ -238,7 +241,8 @@ def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
 
 
 def _context(spec: Spec | str | Path, partition: str | date | None, db: str | None, base_dir: Path | None,
-             force: bool, dry_run: bool, as_of: str | datetime | None = None) -> RunContext:
+             force: bool, dry_run: bool, as_of: str | datetime | None = None,
+             ledger_ready: bool = False) -> RunContext:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
     if day is None and merge.replaces_partition(spec):
@@ -251,7 +255,7 @@ def _context(spec: Spec | str | Path, partition: str | date | None, db: str | No
     files = () if spec.source.kind == "postgres" else tuple(
         resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing))
     return RunContext(spec, resolve_url(db), day.isoformat() if day else None, files, force, dry_run,
-                      time.perf_counter(), when)
+                      time.perf_counter(), when, ledger_ready)
 
 
 def _mark_failed(ctx: RunContext, message: str) -> None:
@@ -298,7 +302,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
 
 def _prepare(conn: psycopg.Connection[Any], ctx: RunContext) -> dict[str, transform.ColumnType]:
     """Everything that can refuse the run before it takes the lock: the spec's types against the server and target."""
-    ledger.ensure(conn)
+    if not ctx.ledger_ready:
+        ledger.ensure(conn)
     apply_session_settings(conn, ctx.spec.load)
     types = transform.resolve_types(conn, ctx.spec)
     target.check(conn, ctx.spec, types)

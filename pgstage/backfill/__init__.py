@@ -236,7 +236,8 @@ def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: p
     """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception."""
     started = time.perf_counter()
     try:
-        report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session, workers=pool)
+        report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session, workers=pool,
+                     ledger_ready=True)   # ensured once by `backfill`
     except RejectLimitReport as exc:
         return queue.Outcome("failed", exc.report.run_id if exc.report else None, exc.exit_code, str(exc),
                              time.perf_counter() - started, exc.report.counts.read if exc.report else 0)
