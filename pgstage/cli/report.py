@@ -11,7 +11,6 @@ from pgstage.cli import render
 from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption
 from pgstage.errors import UsageError
-from pgstage.htmlreport import write_pipeline_report, write_run_report
 
 
 def report_command(
@@ -28,6 +27,9 @@ def report_command(
         if (run_id is None) == (pipeline is None):
             raise UsageError("give either a RUN_ID or --pipeline NAME",
                              hint="pgstage report 12 --html run.html, or pgstage report --pipeline orders --html orders.html")
+        # Imported inside the command: the CLI's start-up does not pay for it unless it runs (docs/performance.md).
+        from pgstage.htmlreport import write_pipeline_report, write_run_report
+
         written = (write_run_report(run_id, html, db=db) if run_id is not None
                    else write_pipeline_report(str(pipeline), html, days=days, db=db))
         render.console.print(f"wrote {written}", markup=False)
