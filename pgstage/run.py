@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time as day_time, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -112,6 +113,7 @@ class RunContext:
     dry_run: bool
     started: float                  # perf_counter at the start: the report's duration
     as_of: datetime | None = None   # scd2: --as-of, valid_from of rows without a version
+    ledger_ready: bool = False      # the caller ensured the ledger (see `run`)
 
     @property
     def cdc(self) -> bool:
@@ -184,7 +186,8 @@ class MergePlan:
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
         base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
-        as_of: str | datetime | None = None, conn: psycopg.Connection[Any] | None = None) -> RunReport:
+        as_of: str | datetime | None = None, conn: psycopg.Connection[Any] | None = None,
+        workers: Workers | None = None, ledger_ready: bool = False) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
 
     `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
@@ -193,11 +196,15 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     With dry_run, stage and validate as usual, then predict the merge's counts by a read-only
     comparison with the target, which is neither created nor written. `conn`: an open
     autocommit session on `db` for the first attempt (a backfill reuses one per job instead of
-    connecting for every day); it is left open, and a retry connects anew.
+    connecting for every day); it is left open, and a retry connects anew. `workers`: likewise a
+    pool of sessions for the batches, opened for this spec's load settings and kept open by the
+    caller from run to run (a backfill's job saves opening `load.workers` sessions a day).
+    `ledger_ready`: the caller created or upgraded the ledger on `db` already (a backfill does it
+    once, not once a day: some twenty-five statements a run).
     """
-    ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of)
+    ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of, ledger_ready)
     try:
-        report = _attempts(ctx, conn)
+        report = _attempts(ctx, conn, workers)
     except BaseException as exc:
         outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
                        time.time() - (time.perf_counter() - ctx.started))
@@ -205,7 +212,8 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     return outcome.finished(ctx.spec, ctx.url, report)
 
 
-def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None) -> RunReport:
+def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
+              workers: Workers | None = None, ledger_ready: bool = False) -> RunReport:
     """The attempts of one run: transient faults are retried, each attempt resuming the last."""
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
@@ -217,11 +225,12 @@ def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None) -> R
         for attempt in retrying:
             with attempt:
                 session, first = first or connect(ctx.url), None
+                pool, workers = workers, None   # like `conn`, the caller's pool serves the first attempt only
                 try:
                     if session is conn:   # the caller's: not closed here
-                        return _attempt(session, ctx)
+                        return _attempt(session, ctx, pool)
                     with session:
-                        return _attempt(session, ctx)
+                        return _attempt(session, ctx, pool)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
@@ -234,7 +243,8 @@ def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None) -> R
 
 
 def _context(spec: Spec | str | Path, partition: str | date | None, db: str | None, base_dir: Path | None,
-             force: bool, dry_run: bool, as_of: str | datetime | None = None) -> RunContext:
+             force: bool, dry_run: bool, as_of: str | datetime | None = None,
+             ledger_ready: bool = False) -> RunContext:
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)
     if day is None and merge.replaces_partition(spec):
@@ -247,7 +257,7 @@ def _context(spec: Spec | str | Path, partition: str | date | None, db: str | No
     files = () if spec.source.kind == "postgres" else tuple(
         resolve_files(spec.source.path or "", base, day, allow_missing=spec.source.allow_missing))
     return RunContext(spec, resolve_url(db), day.isoformat() if day else None, files, force, dry_run,
-                      time.perf_counter(), when)
+                      time.perf_counter(), when, ledger_ready)
 
 
 def _mark_failed(ctx: RunContext, message: str) -> None:
@@ -259,7 +269,7 @@ def _mark_failed(ctx: RunContext, message: str) -> None:
         pass
 
 
-def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
+def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | None = None) -> RunReport:
     """One try at the whole run, on one session; a retry starts here again and resumes the run."""
     types = _prepare(conn, ctx)
     with pipeline_lock(conn, ctx.spec.pipeline.name, ctx.partition):
@@ -267,7 +277,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
         if not todo and not ledger.batch_counts(conn, run_id):
             return _skip(conn, ctx, run_id, skipped)
         try:
-            with Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}") as pool:
+            with (nullcontext(workers) if workers is not None
+                  else Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}")) as pool:
                 load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped,
                             _validation_context(conn, ctx, types), _throttle(ctx, run_id))
                 validated = _stage_and_validate(load)
@@ -279,6 +290,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
                 by_rule = _merge_batches(load, validated, plan)
                 return replace(_finish(load, validated, plan, by_rule), anomaly=verdict)
         except BaseException as exc:
+            if workers is not None:   # the caller's pool: its jobs end here, and the caller sees it closed
+                workers.close()
             if not conn.closed and not isinstance(exc, (RejectLimitExceeded, AnomalyBlocked, Transient)):
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
@@ -291,7 +304,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext) -> RunReport:
 
 def _prepare(conn: psycopg.Connection[Any], ctx: RunContext) -> dict[str, transform.ColumnType]:
     """Everything that can refuse the run before it takes the lock: the spec's types against the server and target."""
-    ledger.ensure(conn)
+    if not ctx.ledger_ready:
+        ledger.ensure(conn)
     apply_session_settings(conn, ctx.spec.load)
     types = transform.resolve_types(conn, ctx.spec)
     target.check(conn, ctx.spec, types)

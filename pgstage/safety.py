@@ -101,5 +101,11 @@ def apply_session_settings(conn: psycopg.Connection[Any], load: LoadSection) -> 
     # A backend whose client was killed stops at its statement's next check instead of running
     # it to the end while it holds the pipeline's lock and its rows (PostgreSQL >= 14).
     settings["client_connection_check_interval"] = CLIENT_CHECK_INTERVAL
-    for name, value in settings.items():
-        execute(conn, sql.SQL("SELECT set_config(%s, %s, false)"), (name, value), label=f"session: {name}")
+    # One round trip for all of them: a backfill pays this once a unit, on every session.
+    execute(conn, session_settings_query(len(settings)), [v for pair in settings.items() for v in pair],
+            label="session: settings")
+
+
+def session_settings_query(count: int) -> sql.Composed:
+    """`SELECT set_config(name, value, false), ...` for `count` (name, value) parameter pairs."""
+    return sql.SQL("SELECT {}").format(sql.SQL(", ").join([sql.SQL("set_config(%s, %s, false)")] * count))

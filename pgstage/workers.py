@@ -38,6 +38,7 @@ class Workers:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[psycopg.Connection[Any]] = []
+        self.closed = False
         # The run's name in its threads' names: what a profiler or a debugger shows.
         self._pool = ThreadPoolExecutor(max_workers=load.workers, thread_name_prefix=f"pgstage {name}".rstrip())
 
@@ -45,6 +46,11 @@ class Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the jobs, cancel those not started, close every session."""
+        self.closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         for conn in self._conns:
             conn.close()

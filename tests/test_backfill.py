@@ -320,3 +320,33 @@ def test_late_warning_from_the_backfill_on_a_fake_clock(tmp_path: Path, db_url: 
     first = seen[0].forecast
     assert first.rate == pytest.approx(1 / 3600) and first.eta_s == pytest.approx(5 * 3600) and first.late
     assert first.jobs_needed == 6   # 5 hours of units at 1 job, 1 hour left (a little less: ceil)
+
+
+def test_a_job_reuses_its_batch_sessions_across_units_and_renews_them_after_a_failure(
+        tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit's pool sessions are the job's, opened once per spec, not once per day; a unit that
+    fails (reject limit) closes its pool and the next unit of that spec opens a fresh one."""
+    import pgstage.workers
+
+    data = make_data(tmp_path, days=6)
+    bad_day = START + timedelta(days=2)
+    data[("beta", bad_day)] = [(i, v, f"-{a.lstrip('-')}") for i, v, a in data[("beta", bad_day)]]
+    write(tmp_path, "beta", bad_day, data[("beta", bad_day)])
+    opened: list[str] = []
+    real = pgstage.workers.connect
+
+    def counting(url: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(url)
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(pgstage.workers, "connect", counting)
+    report = pgstage.backfill(specs(tmp_path), start=START, end=START + timedelta(days=5), db=db_url)
+    assert report.units == {"pending": 0, "succeeded": 17, "skipped": 0, "failed": 1}
+    assert [(f["pipeline"], f["partition"]) for f in report.failures] == [("beta", bad_day.isoformat())]
+    assert "reject" in report.failures[0]["message"].lower()
+    # One job, 3 specs, single-batch units (one pool session each): 3 sessions, plus one for the
+    # pool renewed after the failure; without reuse it would be 18.
+    assert len(opened) == 4
+    del data[("beta", bad_day)]
+    assert target(db_url) == oracle(data)
+    assert_sum(report)

@@ -1,7 +1,8 @@
 """`pgstage backfill`: every (spec, day) of a range as one unit, run in parallel, resumable, shareable.
 
 Each unit is exactly `pgstage run SPEC --partition DAY` (same ledger rows, same guarantees),
-run in-process through `pgstage.run` on a session the job keeps from unit to unit. Units sit
+run in-process through `pgstage.run` on a session, and a pool of batch sessions per spec, that
+the job keeps from unit to unit. Units sit
 in the ledger queue (queue.py): a re-run of the same command resumes the same backfill and
 does only what is left, and `join=ID` lets other processes or machines take units from it.
 A unit that fails is recorded with its reason and the others go on.
@@ -29,6 +30,7 @@ from pgstage.pipeline import ledger
 from pgstage.report import Counts
 from pgstage.run import RejectLimitReport, parse_partition, run
 from pgstage.spec import Spec, load_spec
+from pgstage.workers import Workers
 
 __all__ = ["BackfillReport", "Progress", "backfill"]
 
@@ -211,6 +213,7 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
     """
     claimer: psycopg.Connection[Any] | None = None
     session: psycopg.Connection[Any] | None = None
+    pools: dict[int, Workers] = {}   # each spec's batch sessions, kept from unit to unit like `session`
     try:
         claimer = connect(url)
         # The claim's transaction stays open while its unit runs.
@@ -221,9 +224,12 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
             with claimer.transaction():
                 unit = queue.claim(claimer, backfill_id)
                 if unit is not None:
-                    ref = refs[unit.spec_no]
-                    outcome = _run_unit(specs[unit.spec_no], unit.day, url,
-                                        Path(ref.base_dir) if ref.base_dir else None, session)
+                    ref, spec = refs[unit.spec_no], specs[unit.spec_no]
+                    pool = pools.get(unit.spec_no)
+                    if pool is None or pool.closed:   # a failed run closes the pool it was lent
+                        pool = pools[unit.spec_no] = Workers(url, spec.load, f"backfill:{spec.pipeline.name}")
+                    outcome = _run_unit(spec, unit.day, url, Path(ref.base_dir) if ref.base_dir else None,
+                                        session, pool)
                     queue.finish(claimer, unit, outcome)
             units = queue.statuses(claimer, backfill_id)
             if unit is None:
@@ -240,16 +246,20 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
         tally.crash = tally.crash or exc
         tally.stop.set()
     finally:
+        for pool in pools.values():
+            pool.close()
         for conn in (claimer, session):
             if conn is not None:
                 conn.close()
 
 
-def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: psycopg.Connection[Any]) -> queue.Outcome:
+def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: psycopg.Connection[Any],
+              pool: Workers) -> queue.Outcome:
     """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception."""
     started = time.perf_counter()
     try:
-        report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session)
+        report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session, workers=pool,
+                     ledger_ready=True)   # ensured once by `backfill`
     except RejectLimitReport as exc:
         return queue.Outcome("failed", exc.report.run_id if exc.report else None, exc.exit_code, str(exc),
                              time.perf_counter() - started, exc.report.counts.read if exc.report else 0)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption
-from pgstage.demo import SOURCES, START, estimated_bytes, run_demo, specs_dir
-from pgstage.demo.generate import generate
 from pgstage.ops import logs
-from pgstage.ops.alerts import masked, targets
-from pgstage.spec import load_spec
-from pgstage.report import RunReport
+
+if TYPE_CHECKING:
+    from pgstage.report import RunReport
 
 
 def demo_command(
@@ -27,6 +25,10 @@ def demo_command(
     generate_only: Annotated[bool, typer.Option("--generate-only", help="Write the files only; an orchestrator loads them.")] = False,
 ) -> None:
     """Generate Shopify, WooCommerce and Stripe exports with real-world faults and load them into sales.orders."""
+    # Imported inside the command: the CLI's start-up does not pay for it unless it runs (docs/performance.md).
+    from pgstage.demo import START, estimated_bytes, run_demo
+    from pgstage.demo.generate import generate
+
     if generate_only:
         paths = generate(workdir / "data", days=days, orders_per_day=orders_per_day, start=START)
         render.console.print(f"{len(paths)} files from {START} in {workdir}/data; nothing loaded")
@@ -69,6 +71,10 @@ def demo_command(
 
 def operations_note() -> str:
     """Where the demo's logs and alerts went (docs/operations.md), so a reader knows where to look next time."""
+    from pgstage.demo import SOURCES, specs_dir
+    from pgstage.ops.alerts import masked, targets
+    from pgstage.spec import load_spec
+
     found = sorted({masked(t.url) for source in SOURCES for t in targets(load_spec(specs_dir() / f"{source}.toml").alerts)})
     fmt = os.environ.get(logs.ENV_FORMAT) or "console"
     return (f"logs: stderr, {fmt} format (PGSTAGE_LOG_FORMAT=json for one JSON event per line); alerts: "

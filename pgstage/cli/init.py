@@ -10,7 +10,6 @@ import typer
 from pgstage.cli import render
 from pgstage.cli.run import DbOption
 from pgstage.errors import UsageError
-from pgstage.init import draft_spec
 
 # What people type for a tab on a command line.
 _TAB_SPELLINGS = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
@@ -30,6 +29,9 @@ def init_command(
     """Draft a commented spec from a sample file: PostgreSQL decides each column's type, required flags and key."""
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} already exists", hint="pass --force to overwrite it, or choose another --output")
+    # Imported inside the command: the CLI's start-up does not pay for it unless it runs (docs/performance.md).
+    from pgstage.init import draft_spec
+
     text = draft_spec(sample, db=db, name=name, target=target, sample_rows=sample_rows,
                       delimiter=_TAB_SPELLINGS.get(delimiter, delimiter) if delimiter else None,
                       encoding=encoding, output=output)

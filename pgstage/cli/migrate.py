@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pgstage import migrate
 from pgstage.cli import render as output
 from pgstage.cli.run import DbOption, JsonOption
 from pgstage.errors import UsageError
-from pgstage.migrate import MigrationPlan
+
+if TYPE_CHECKING:
+    from pgstage.migrate import MigrationPlan
 
 
 def migrate_command(
@@ -26,6 +27,9 @@ def migrate_command(
     as_json: JsonOption = False,
 ) -> None:
     """Plan, apply or roll back the safe migration of a target to its spec."""
+    # Imported inside the command: the CLI's start-up does not pay for it unless it runs (docs/performance.md).
+    from pgstage import migrate
+
     if sum((plan, apply, rollback is not None)) > 1:
         raise UsageError("give one of --plan, --apply and --rollback ID")
     if rollback is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -13,7 +13,9 @@ from pgstage.cli import render
 from pgstage.cli.run import DbOption, JsonOption, LogFormatOption, LogLevelOption
 from pgstage.errors import ReconcileDifferences
 from pgstage.ops import anomalies, logs
-from pgstage.ops.reconcile import ReconcileResult, reconcile
+
+if TYPE_CHECKING:
+    from pgstage.ops.reconcile import ReconcileResult
 
 
 def anomalies_command(
@@ -57,6 +59,9 @@ def reconcile_command(
 ) -> None:
     """Does the target hold what the source says? Exit 0 when it does, 6 when it does not."""
     logs.configure(log_format, log_level)
+    # Imported inside the command: the CLI's start-up does not pay for it unless it runs (docs/performance.md).
+    from pgstage.ops.reconcile import reconcile
+
     result = reconcile(spec, partition=partition, db=db)
     if as_json:
         render.print_json(result.as_dict())

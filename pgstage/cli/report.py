@@ -11,7 +11,6 @@ from pgstage.cli import render
 from pgstage.cli._errors import exits
 from pgstage.cli.run import DbOption
 from pgstage.errors import UsageError
-from pgstage.htmlreport import write_backfill_report, write_pipeline_report, write_run_report
 
 
 def report_command(
@@ -31,6 +30,9 @@ def report_command(
             raise UsageError("give one of a RUN_ID, --pipeline NAME or --backfill ID",
                              hint="pgstage report 12 --html run.html, pgstage report --pipeline orders --html orders.html,"
                                   " or pgstage report --backfill 3 --html backfill.html")
+        # Imported inside the command: the CLI's start-up does not pay for it unless it runs (docs/performance.md).
+        from pgstage.htmlreport import write_backfill_report, write_pipeline_report, write_run_report
+
         written = (write_run_report(run_id, html, db=db) if run_id is not None
                    else write_backfill_report(backfill, html, db=db) if backfill is not None
                    else write_pipeline_report(str(pipeline), html, days=days, db=db))

@@ -17,11 +17,12 @@ import re
 import sys
 import threading
 from collections.abc import Callable, MutableMapping
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from pgstage.errors import UsageError
+
+if TYPE_CHECKING:
+    import structlog
 
 FORMATS = ("console", "json")
 LEVELS = ("debug", "info", "warning", "error")
@@ -34,6 +35,10 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _listeners: list[Listener] = []
 _configured = False
+# (format, level) asked for; structlog is imported and configured with it at the first line that
+# passes the level: a console run that logs nothing (the common case) never imports it.
+_settings: tuple[str, str] = ("console", "warning")
+_logger: Any = None
 # `scheme://user:password@host` and `password=...` in a conninfo string.
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
@@ -67,13 +72,29 @@ def configure(log_format: str | None = None, level: str | None = None) -> None:
     Without a level, JSON logs (asked for by a machine) say everything from `info`; console
     logs only warnings and errors, as the run's summary table already tells a person the rest.
     """
-    global _configured
+    global _configured, _settings, _logger
     fmt = (log_format or os.environ.get(ENV_FORMAT) or "console").lower()
     if fmt not in FORMATS:
         raise UsageError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}", hint=f"--log-format or {ENV_FORMAT}")
     lvl = (level or os.environ.get(ENV_LEVEL) or ("info" if fmt == "json" else "warning")).lower()
     if lvl not in LEVELS:
         raise UsageError(f"log level {lvl!r} is not one of {', '.join(LEVELS)}", hint=f"--log-level or {ENV_LEVEL}")
+    with _lock:
+        _settings, _logger, _configured = (fmt, lvl), None, True
+
+
+def _structlog() -> Any:
+    """The configured logger, structlog imported and set up on first use."""
+    global _logger
+    with _lock:
+        if _logger is None:
+            _logger = _setup(*_settings)
+        return _logger
+
+
+def _setup(fmt: str, lvl: str) -> Any:
+    import structlog
+
     renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(
@@ -86,11 +107,13 @@ def configure(log_format: str | None = None, level: str | None = None) -> None:
         logger_factory=_StderrFactory(),
         cache_logger_on_first_use=False,
     )
-    _configured = True
+    return structlog.get_logger("pgstage")
 
 
 class _StderrFactory:
     def __call__(self, *args: Any) -> structlog.PrintLogger:
+        import structlog
+
         return structlog.PrintLogger(sys.stderr)
 
 
@@ -117,7 +140,8 @@ def emit(event: str, **fields: Any) -> None:
         configure()
     level = "error" if event in ERRORS else "warning" if event in WARNINGS else "info"
     try:
-        getattr(structlog.get_logger("pgstage"), level)(event, **fields)
+        if LEVELS.index(level) >= LEVELS.index(_settings[1]):
+            getattr(_structlog(), level)(event, **fields)
     except (OSError, ValueError):   # stderr closed: a log line is not worth a failed load
         pass
     with _lock:
