@@ -211,6 +211,6 @@ def test_run_page_with_pauses_in_chromium(browser: Chromium, throttled: int, loa
     widths = browser.evaluate("[...document.querySelectorAll('svg[data-chart=timeline] .serie-' + "
                               "[...document.querySelectorAll('svg[data-chart=timeline] .legend')].findIndex("
                               "l => l.textContent.trim() === 'paused') + ' rect.rect')].map(r => r.getBoundingClientRect().width)")
-    assert len(widths) == 4 and sum(1 for w in widths if w > 1) == 1
+    assert len(widths) == 4 and sum(1 for w in widths if w > 0) == 1   # a short pause on a long timeline may be under a pixel wide
     browser.open(out, width=390, height=844, mobile=True)
     assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
