@@ -646,7 +646,8 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
                 # batch's own rows (written once, straight into the target) in with this checkpoint.
                 assert w is not None
                 order.wait(turn)
-                m = merge.replace_partition.swap(session, spec, load.types, w, checked, load.run_id, plan.beaten)
+                m = merge.replace_partition.swap(session, spec, load.types, w, checked, load.run_id, plan.beaten,
+                                                 unique_key=plan.upserts)
                 faults.hit("merge.swap")
             else:
                 m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten,
