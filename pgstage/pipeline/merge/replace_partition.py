@@ -73,9 +73,9 @@ def _audit_insert(cols: list[str], into: sql.Composable, run_id: int, source: sq
 
 
 def build_delete(spec: Spec, w: partition.Window) -> sql.Composed:
-    """DELETE the target's rows of the window; returns how many."""
-    return sql.SQL("WITH d AS (DELETE FROM {} t WHERE {} RETURNING 1) SELECT count(*) FROM d").format(
-        sql.Identifier(*spec.target), partition.inside(w, "t"))
+    """DELETE the target's rows of the window (how many: the cursor's rowcount, not RETURNING, whose
+    rows PostgreSQL would keep for the count: a quarter of a second a million rows)."""
+    return sql.SQL("DELETE FROM {} t WHERE {}").format(sql.Identifier(*spec.target), partition.inside(w, "t"))
 
 
 def build_insert(spec: Spec, cols: list[str], run_id: int) -> sql.Composed:
@@ -171,7 +171,7 @@ def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]
                 if statement is fill:
                     written = cursor.rowcount
         else:
-            deleted = _count(conn, build_delete(spec, w), "merge: delete partition")
+            deleted = execute(conn, build_delete(spec, w), label="merge: delete partition").rowcount
             execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
             written = execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=dedup),
                               label=label).rowcount
@@ -196,7 +196,7 @@ def _swap_rows_optimistic(conn: psycopg.Connection[Any], spec: Spec, types: dict
     """
     label = f"merge: insert partition (last batch) {checked.staged.source.name}"
     try:
-        deleted = _count(conn, build_delete(spec, w), "merge: delete partition")
+        deleted = execute(conn, build_delete(spec, w), label="merge: delete partition").rowcount
         execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
         try:
             with conn.transaction():   # a savepoint
