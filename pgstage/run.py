@@ -612,8 +612,14 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     # replace_partition: the run's last batch swaps the partition (merge/replace_partition.py)
     # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
     # takes a tenth of a second that the run no longer waits for between validation and merge.
+    # The staging tables go meanwhile too: merges read the checked tables only (but soft deletes,
+    # whose deleted_at is staged), and a batch not merged is staged again by a resumed run.
+    # Dropping a large table just after a large commit waits for the disk (half a second for a
+    # million rows), which no batch waits for now.
     try:
         by_rule = ledger.rejects_by_rule(load.conn, load.run_id)
+        if not _merge_reads_staged(load.spec):
+            _drop_tables(load.conn, [checked.staged.table for checked, _ in validated.pending])
     finally:
         wait(merging)   # an error here must not leave the pool's merges running behind it
     results(merging)
@@ -646,7 +652,8 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
                 # batch's own rows (written once, straight into the target) in with this checkpoint.
                 assert w is not None
                 order.wait(turn)
-                m = merge.replace_partition.swap(session, spec, load.types, w, checked, load.run_id, plan.beaten)
+                m = merge.replace_partition.swap(session, spec, load.types, w, checked, load.run_id, plan.beaten,
+                                                 unique_key=plan.upserts)
                 faults.hit("merge.swap")
             else:
                 m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten,
@@ -683,7 +690,13 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
         order.failed()   # the batches after this one roll back: a failed run stops where it failed
         raise
     order.committed(turn)
-    _drop_tables(session, [checked.staged.table, checked.table])
+    # its staging table: dropped by `_merge_batches` while the merges ran, unless a merge reads it
+    _drop_tables(session, [checked.staged.table, checked.table] if _merge_reads_staged(spec) else [checked.table])
+
+
+def _merge_reads_staged(spec: Spec) -> bool:
+    """Whether a batch's merge reads its staging table: soft deletes take the source's deleted_at there."""
+    return merge.soft_deletes(spec) is not None
 
 
 def _merge_chunks(session: psycopg.Connection[Any], load: Load, plan: MergePlan, checked: validate.Checked,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql as pgsql
 
-from pgstage.pipeline.transform import _may_be_datetime, _postgres_message, has_letter
+from pgstage.pipeline.transform import SPECIAL_DATETIME, SPECIAL_NUMBER, _may_be_datetime, _postgres_message, has_word_letter
 from tests.conftest import Loader
 
 KINDS = ("date", "timestamp", "timestamptz", "time", "timetz")
@@ -139,11 +139,23 @@ any_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characte
 @given(values=st.lists(any_text, min_size=1, max_size=50))
 def test_the_letter_test_passes_every_value_with_an_ascii_letter(conn: Any, values: list[str]) -> None:
     """The special-word rule looks only at values the letter test passes: it must miss none."""
-    values += ["NOW", "now", "Infinity", "-INFINITY", "2024-01-01 allballs", "EPOCH", "2024-01-01 10:00:00+00", "Ωmega"]
+    values += ["NOW", "now", "Infinity", "-INFINITY", "2024-01-01 allballs", "EPOCH", "2024-01-01 10:00:00+00", "Ωmega",
+               "2024-01-01T10:00:00Z", "T today Z", "TODAY", "j2451187", "Tomorrow", "NaN", " inf", "tZ", "ZULU"]
     for collation in ("pg_c_utf8", None):
-        query = pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE v ~ '[A-Za-z]' AND NOT {}").format(
-            has_letter(pgsql.Identifier("v"), collation))
+        test = has_word_letter(pgsql.Identifier("v"), collation)
+        # Every ASCII letter but T and Z passes (lower-case t and z may or may not) ...
+        query = pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE v ~ '[A-SU-Ya-su-y]' AND NOT {}").format(test)
         assert conn.execute(query, (values,)).fetchall() == []
+        # ... so no value either special pattern matches is let go.
+        for pattern in (SPECIAL_DATETIME, SPECIAL_NUMBER):
+            query = pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE v ~* %s AND NOT {}").format(test)
+            assert conn.execute(query, (values, pattern)).fetchall() == []
+    sample = ["2024-01-01 10:00:00+00", "12:30", "Today", "Ωmega", "2024-01-15T10:22:01Z", "2024-01-15T10:22:01+01:00",
+              "2024-01-15t10:22:01", "TZ", "ZULU"]
     passed = conn.execute(pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE {}").format(
-        has_letter(pgsql.Identifier("v"), "pg_c_utf8")), (["2024-01-01 10:00:00+00", "12:30", "Today", "Ωmega"],)).fetchall()
-    assert passed == [("Today",), ("Ωmega",)]   # digits and punctuation have no case; other cased letters pass
+        has_word_letter(pgsql.Identifier("v"), "pg_c_utf8")), (sample,)).fetchall()
+    # Digits and punctuation have no case; ISO 8601's upper-case T and Z are let go; other cased letters pass.
+    assert passed == [("Today",), ("Ωmega",), ("2024-01-15t10:22:01",), ("ZULU",)]
+    passed = conn.execute(pgsql.SQL("SELECT v FROM unnest(%s::text[]) v WHERE {}").format(
+        has_word_letter(pgsql.Identifier("v"), None)), (sample,)).fetchall()
+    assert passed == [("Today",), ("Ωmega",), ("ZULU",)]   # without pg_c_utf8: ASCII letters, t and z let go too

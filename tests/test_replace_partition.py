@@ -236,3 +236,30 @@ def test_native_spec_on_a_plain_table_is_explained(tmp_path: Path, db_url: str, 
     assert raised.value.exit_code == 2
     assert "partition.native is set but the table is not PARTITION BY RANGE (at)" in str(raised.value)
     assert sql("SELECT id, amount FROM app.events") == [(1, 5)]
+
+
+def test_repeated_keys_in_the_swapping_batch(tmp_path: Path, db_url: str, sql) -> None:
+    """The last batch goes in uncounted; the unique index's refusal of a repeated key makes it count
+    and write one row per key, and a key still refused (it lives in another day) stops the run."""
+    spec = write_spec(tmp_path, batch=100)
+    write_day(tmp_path, "2024-01-16", [("7", "2024-01-16 10:00:00+01", "70")])
+    pgstage.run(spec, db=db_url, partition="2024-01-16")
+    write_day(tmp_path, "2024-01-15", [("1", "2024-01-15 09:00:00+01", "10"), ("2", "2024-01-15 10:00:00+01", "20")])
+    pgstage.run(spec, db=db_url, partition="2024-01-15")
+    # ids 1 and 3 twice each (the later record wins), 4 once: 2 duplicates.
+    write_day(tmp_path, "2024-01-15", [("1", "2024-01-15 11:00:00+01", "11"), ("3", "2024-01-15 12:00:00+01", "30"),
+                                       ("1", "2024-01-15 13:00:00+01", "12"), ("4", "2024-01-15 14:00:00+01", "40"),
+                                       ("3", "2024-01-15 15:00:00+01", "31")])
+    report = pgstage.run(spec, db=db_url, partition="2024-01-15")
+    assert_identity(report)
+    assert report.counts.as_dict() == {"read": 5, "rejected": 0, "valid": 5, "duplicate": 2, "inserted": 3,
+                                       "updated": 0, "unchanged": 0, "stale": 0, "deleted": 2}
+    assert sql("SELECT id, amount FROM app.events ORDER BY id") == [(1, 12), (3, 31), (4, 40), (7, 70)]
+    # A repeated key and a key of the 16th in one batch: after the dedup, the 16th's key is still refused.
+    write_day(tmp_path, "2024-01-15", [("5", "2024-01-15 11:00:00+01", "50"), ("5", "2024-01-15 12:00:00+01", "51"),
+                                       ("7", "2024-01-15 13:00:00+01", "77")])
+    with pytest.raises(pgstage.PgstageError) as raised:
+        pgstage.run(spec, db=db_url, partition="2024-01-15")
+    assert raised.value.exit_code == 1
+    assert "partition 2024-01-15: a key of its rows is already in app.events outside the partition" in str(raised.value)
+    assert sql("SELECT id, amount FROM app.events ORDER BY id") == [(1, 12), (3, 31), (4, 40), (7, 70)]

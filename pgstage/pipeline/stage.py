@@ -228,9 +228,17 @@ def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) 
 
 
 def drop(conn: psycopg.Connection[Any], table: str) -> None:
-    execute(conn, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA, table)), label="stage: drop")
-    execute(conn, sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA, f"{table}_rec")),
-            label="stage: drop sequence")
+    """Drop a staging (or checked) table and its record-number sequence together.
+
+    In one transaction: a process killed between the two statements would leave the sequence
+    alone, found by no orphan sweep (it looks for tables), and the resumed run's CREATE SEQUENCE
+    for the same batch would fail.
+    """
+    with conn.transaction():
+        execute(conn, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA, table)),
+                label="stage: drop")
+        execute(conn, sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA, f"{table}_rec")),
+                label="stage: drop sequence")
 
 
 # A file is cut into batches of at least this many records to keep every worker busy.

@@ -218,18 +218,24 @@ def _may_be_datetime(n: sql.Composable) -> sql.Composable:
         n, sql.Literal(SPECIAL_DATETIME))
 
 
-def has_letter(n: sql.Composable, collation: str | None) -> sql.Composable:
-    """True for every n with an ASCII letter (and for some others): the cheap test before a word pattern.
+def has_word_letter(n: sql.Composable, collation: str | None) -> sql.Composable:
+    """True for every n with an ASCII letter other than `T` and `Z` (and for some others): the cheap
+    test before the special-word pattern.
 
     PostgreSQL's regex engine builds its automaton afresh on each call, so `n ~ '[A-Za-z]'`
     costs ~0.65 µs over a timestamp; comparing n's lower and upper case under `pg_c_utf8`
     costs ~0.45 µs. An ASCII letter always has two cases, so n then differs from itself
-    folded; other cased letters pass too, and the word pattern refuses them.
+    folded; other cased letters pass too, and the word pattern refuses them. ISO 8601 values
+    (`2024-01-15T10:22:01Z`) have letters, but only `T` and `Z`, and every special word has
+    another one: n whose only cased letters are those two upper-case ones is let go without the
+    pattern, which costs ~1.5 µs a value (a second on a million ISO timestamps).
     """
     if collation is None:
-        return sql.SQL("{} ~ '[A-Za-z]'").format(n)
+        return sql.SQL("{} ~ '[A-SU-Ya-su-y]'").format(n)
     c = sql.Identifier(collation)
-    return sql.SQL("lower({0} COLLATE {1}) <> upper({0} COLLATE {1})").format(n, c)
+    return sql.SQL("(lower({0} COLLATE {1}) <> upper({0} COLLATE {1})"
+                   " AND NOT (upper({0} COLLATE {1}) = {0} AND lower({0} COLLATE {1}) = replace(replace({0}, 'T', 't'),"
+                   " 'Z', 'z')))").format(n, c)
 
 
 def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:

@@ -88,9 +88,10 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, coll
         rule(sql.SQL("{} IS NULL").format(n), "required", sql.Literal("missing value"))
     special = transform.special_pattern(column, kind)
     if special:
-        # Every special word has letters and most values have none: the cheap letter test first.
+        # Every special word has letters and most values have none (or only ISO 8601's T and Z):
+        # the cheap letter test first.
         rule(sql.SQL("{0} AND CASE WHEN {1} THEN {2} ~* {3} ELSE false END").format(
-            ok, transform.has_letter(n, collation), n, sql.Literal(special)), "special",
+            ok, transform.has_word_letter(n, collation), n, sql.Literal(special)), "special",
              sql.SQL("quote_literal({}) || ' is a special input value, not data (allow_special = true accepts it)'").format(n))
     if column.min is not None:
         rule(sql.SQL("{} < {}").format(v, sql.Literal(column.min)), "min",
