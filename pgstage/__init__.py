@@ -76,21 +76,26 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+_ASSIGNED: dict[str, Any] = {}   # `pgstage.run = something` by a caller (a test's monkeypatch): kept and returned
+
+
 def _function_of(module: str, name: str) -> property:
-    """The package attribute `name`: always the function `module.name`, never the submodule.
+    """The package attribute `name`: the function `module.name`, never the submodule.
 
     Importing a submodule sets it as an attribute of its package (`pgstage.run = <module>`);
     with eager imports the function was bound after that and won. Lazily, the submodule may be
-    imported later (by the CLI, or by `pgstage.backfill` importing `pgstage.run`), so the
-    binding is ignored here and `pgstage.run(...)` / `from pgstage import run` stay the function.
+    imported later (by the CLI, or by `pgstage.backfill` importing `pgstage.run`), so that one
+    binding is ignored and `pgstage.run(...)` / `from pgstage import run` stay the function;
+    anything else assigned to the name is kept, as on a plain module.
     """
     def get(_: types.ModuleType) -> Any:
-        return getattr(import_module(module), name)
+        return _ASSIGNED[name] if name in _ASSIGNED else getattr(import_module(module), name)
 
-    def ignore(_: types.ModuleType, value: Any) -> None:
-        pass
+    def assign(_: types.ModuleType, value: Any) -> None:
+        if not (isinstance(value, types.ModuleType) and value.__name__ == module):
+            _ASSIGNED[name] = value
 
-    return property(get, ignore)
+    return property(get, assign)
 
 
 class _Package(types.ModuleType):

@@ -78,6 +78,19 @@ def test_run_and_backfill_stay_the_functions_whatever_imports_their_modules() ->
     assert json.loads(out) == ["pgstage.run.run", "pgstage.backfill.backfill"] * 3 + ["module", "module"]
 
 
+def test_run_can_still_be_replaced_by_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pgstage
+    from pgstage.run import run
+
+    def fake(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(pgstage, "run", fake)
+    assert pgstage.run is fake
+    monkeypatch.undo()
+    assert pgstage.run is run
+
+
 def test_an_unknown_public_name_is_an_attribute_error() -> None:
     import pgstage
 
