@@ -130,3 +130,13 @@ def test_a_run_of_a_loaded_file_from_the_shell_imports_only_what_it_needs(
     assert "every file was loaded before" in "\n".join(printed)
     assert sql("SELECT status FROM pgstage.runs ORDER BY run_id") == [("succeeded",), ("skipped",)]
     assert sql("SELECT id, name FROM public.startup ORDER BY id") == [(1, "a"), (2, "b")]
+
+
+def test_the_progress_bar_starts_at_the_first_file_and_not_before() -> None:
+    code = ("from pgstage.cli.progress import _DeferredBar; bar = _DeferredBar(); "
+            "bar('run started', {}); bar('file skipped', {'file': 'a.csv'}); before = bar.progress is None; "
+            "import sys; was = 'rich.progress' in sys.modules; "
+            "bar('file started', {'file': 'b.csv', 'bytes': 10}); bar('batch staged', {'file': 'b.csv', 'read': 3, 'byte_end': 10}); "
+            "tasks = [t.description for t in bar.progress.tasks]; bar.close(); print(repr((before, was, tasks)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out.strip().splitlines()[-1]) == (True, False, ["b.csv · 3 records", "batches merged"])
