@@ -18,6 +18,7 @@ from typing import Any
 
 def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
     import pgstage
+    import pgstage.run  # noqa: F401  (pgstage imports each name at first use: the pipeline's imports before the clock)
 
     started = time.perf_counter()
     report = pgstage.run(job["spec"], db=job["db"], force=job.get("force", False), dry_run=job.get("dry_run", False),
@@ -30,6 +31,8 @@ def _pgstage(job: dict[str, Any]) -> dict[str, Any]:
 
 def _backfill(job: dict[str, Any]) -> dict[str, Any]:
     import pgstage
+    import pgstage.backfill  # noqa: F401  (likewise)
+    import pgstage.run  # noqa: F401
 
     started = time.perf_counter()
     report = pgstage.backfill([job["spec"]], start=job["start"], end=job["end"], jobs=job.get("jobs", 1), db=job["db"])

@@ -47,6 +47,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgstage
+import pgstage.run  # noqa: F401  (pgstage imports each name at first use: the pipeline's imports before any clock)
 from benchmarks import server
 from benchmarks.data import dataset
 from benchmarks.scenarios import PIPELINE, SPEC

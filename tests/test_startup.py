@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.conftest import Loader
 
 # Imported by the commands that use them, never by `import pgstage.cli`: the HTML report and its
 # charts (pygal), the demo, init's type inference, migrate, reconcile, and structlog (a console
@@ -12,8 +19,22 @@ HEAVY = ("pygal", "pgstage.htmlreport", "pgstage.demo", "pgstage.init", "pgstage
          "pgstage.ops.reconcile", "structlog")
 
 
-def imported_after(code: str) -> list[str]:
-    probe = f"import sys; {code}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+# Nor by a cold import of the package or of the CLI: the database driver, the spec models, the pipeline and
+# every command's library module are imported by the command that runs (issue #18: `pgstage --help`,
+# `pgstage db url` pay for none of them).
+LIBRARY = ("psycopg", "pydantic", "tenacity", "pgstage.spec", "pgstage.run", "pgstage.backfill", "pgstage.pipeline",
+           "pgstage.db", "pgstage.reprocess", "pgstage.history", "pgstage.rejects", "pgstage.repair", "rich.progress")
+
+# What a run of files loaded before does not need: the other commands, the backfill, the progress bar (no file
+# to draw), the HTTP client of alerts (no alert to send), structlog (nothing logged at the console's level).
+NOT_FOR_A_SKIPPED_RUN = (*HEAVY, "pgstage.backfill", "pgstage.reprocess", "pgstage.history", "pgstage.rejects",
+                         "pgstage.repair", "pgstage.cli.backfill", "pgstage.cli.demo", "pgstage.cli.ops",
+                         "pgstage.cli.rejects", "pgstage.cli.db", "pgstage.cli._bar", "rich.progress",
+                         "urllib.request", "http.client")
+
+
+def imported_after(code: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
+    probe = f"import sys; {code}; print(sorted(m for m in {modules!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     return eval(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -32,3 +53,90 @@ def test_structlog_is_imported_by_the_first_line_that_passes_the_level() -> None
     assert imported_after(filtered) == []
     logged = "from pgstage.ops import logs; logs.configure('json', 'info'); logs.emit('run started')"
     assert imported_after(logged) == ["structlog"]
+
+
+def test_importing_the_package_or_the_cli_loads_no_library_module() -> None:
+    assert imported_after("import pgstage", LIBRARY) == []
+    assert imported_after("import pgstage.cli", LIBRARY) == []
+    assert imported_after("import pgstage.cli; pgstage.cli.app(['--help'], standalone_mode=False)", LIBRARY) == []
+
+
+def test_a_public_name_imports_its_own_module_only() -> None:
+    assert imported_after("from pgstage import SpecError, Counts", LIBRARY) == []
+    assert imported_after("from pgstage import load_spec", ("pgstage.spec", "pydantic", "pgstage.run")) == [
+        "pgstage.spec", "pydantic"]
+
+
+def test_run_and_backfill_stay_the_functions_whatever_imports_their_modules() -> None:
+    """Each is a submodule too: importing it binds the module on the package, which must not win."""
+    code = ("import pgstage, pgstage.run, pgstage.backfill.queue; from pgstage import run, backfill; "
+            "import pgstage.run as also; import pgstage.backfill as too; "
+            "print(json.dumps([f.__module__ + '.' + f.__name__ for f in (pgstage.run, pgstage.backfill, run, backfill, "
+            "also, too)] + [type(sys.modules[m]).__name__ for m in ('pgstage.run', 'pgstage.backfill')]))")
+    out = subprocess.run([sys.executable, "-c", f"import json, sys; {code}"], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == ["pgstage.run.run", "pgstage.backfill.backfill"] * 3 + ["module", "module"]
+
+
+def test_run_can_still_be_replaced_by_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pgstage
+    from pgstage.run import run
+
+    def fake(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(pgstage, "run", fake)
+    assert pgstage.run is fake
+    monkeypatch.undo()
+    assert pgstage.run is run
+
+
+def test_an_unknown_public_name_is_an_attribute_error() -> None:
+    import pgstage
+
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        pgstage.nothing_here  # noqa: B018
+
+
+SPEC = """\
+[pipeline]
+name = "startup"
+target = "public.startup"
+key = ["id"]
+
+[source]
+path = "rows.csv"
+
+[columns]
+id   = { from = "id", type = "bigint", required = true }
+name = { from = "name", type = "text" }
+"""
+
+
+def test_a_run_of_a_loaded_file_from_the_shell_imports_only_what_it_needs(
+        loader: Loader, sql: Callable[..., list[tuple[Any, ...]]]) -> None:
+    loader.write("rows.csv", "id,name\n1,a\n2,b\n")
+    spec = loader.spec(SPEC)
+    assert loader.run(spec).counts.inserted == 2
+    # The console script's own path: main() with the arguments a shell gives it, in a fresh interpreter.
+    probe = (f"import sys; sys.argv = ['pgstage', 'run', {str(spec)!r}, '--db', {loader.db_url!r}]\n"
+             "import pgstage.cli\ntry:\n    pgstage.cli.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+             f"print(sorted(m for m in {NOT_FOR_A_SKIPPED_RUN!r} if m in sys.modules), code)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(spec).parent)
+    assert proc.returncode == 0, proc.stderr
+    *printed, last = proc.stdout.strip().splitlines()
+    assert last == "[] 0"
+    assert "skipped into public.startup" in "\n".join(printed)
+    assert "every file was loaded before" in "\n".join(printed)
+    assert sql("SELECT status FROM pgstage.runs ORDER BY run_id") == [("succeeded",), ("skipped",)]
+    assert sql("SELECT id, name FROM public.startup ORDER BY id") == [(1, "a"), (2, "b")]
+
+
+def test_the_progress_bar_starts_at_the_first_file_and_not_before() -> None:
+    code = ("from pgstage.cli.progress import _DeferredBar; bar = _DeferredBar(); "
+            "bar('run started', {}); bar('file skipped', {'file': 'a.csv'}); before = bar.progress is None; "
+            "import sys; was = 'rich.progress' in sys.modules; "
+            "bar('file started', {'file': 'b.csv', 'bytes': 10}); bar('batch staged', {'file': 'b.csv', 'read': 3, 'byte_end': 10}); "
+            "tasks = [t.description for t in bar.progress.tasks]; bar.close(); print(repr((before, was, tasks)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out.strip().splitlines()[-1]) == (True, False, ["b.csv · 3 records", "batches merged"])

@@ -5,17 +5,18 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from pgstage.backfill import BackfillReport, Progress, backfill
-from pgstage.backfill.forecast import parse_deadline
 from pgstage.cli import render
 from pgstage.cli._errors import err_console
 from pgstage.cli.run import DbOption, JsonOption
 from pgstage.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from pgstage.backfill import BackfillReport, Progress
 
 
 def backfill_command(
@@ -31,6 +32,9 @@ def backfill_command(
     as_json: JsonOption = False,
 ) -> None:
     """Load every day of a range for every spec, in parallel, resuming what a killed or failed backfill left."""
+    from pgstage.backfill import backfill
+    from pgstage.backfill.forecast import parse_deadline
+
     due = parse_deadline(deadline, datetime.now().astimezone()) if deadline else None
     line = _ProgressLine(enabled=sys.stderr.isatty() and not as_json, jobs=jobs)
     try:

@@ -13,7 +13,6 @@ import typer
 from pgstage import embedded
 from pgstage.cli.render import console
 from pgstage.cli.run import DbOption
-from pgstage.db import connection_env, mask, resolve_url
 from pgstage.errors import MissingDependency
 
 app = typer.Typer(help="The embedded PostgreSQL under .pgstage/pgdata (or the database --db names).", no_args_is_help=True)
@@ -35,6 +34,8 @@ def stop() -> None:
 @app.command("url")
 def url() -> None:
     """Print the connection URL pgstage uses (password masked)."""
+    from pgstage.db import mask, resolve_url
+
     print(mask(resolve_url(None)))
 
 
@@ -42,6 +43,8 @@ def url() -> None:
 def env(db: DbOption = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of shell lines.")] = False) -> None:
     """Print PGHOST, PGPORT, PGUSER, PGDATABASE for dbt's profiles.yml and psql: `eval "$(pgstage db env)"`."""
+    from pgstage.db import connection_env
+
     variables = connection_env(db)
     if as_json:
         print(json.dumps(variables))
@@ -52,6 +55,8 @@ def env(db: DbOption = None,
 @app.command("psql")
 def psql() -> None:
     """Open psql on the database pgstage uses."""
+    from pgstage.db import resolve_url
+
     target = resolve_url(None)
     wheel_psql = embedded.psql_path()
     binary = str(wheel_psql) if wheel_psql.exists() else shutil.which("psql")

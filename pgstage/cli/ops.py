@@ -12,7 +12,7 @@ from rich.text import Text
 from pgstage.cli import render
 from pgstage.cli.run import DbOption, JsonOption, LogFormatOption, LogLevelOption
 from pgstage.errors import ReconcileDifferences
-from pgstage.ops import anomalies, logs
+from pgstage.ops import logs
 
 if TYPE_CHECKING:
     from pgstage.ops.reconcile import ReconcileResult
@@ -26,6 +26,8 @@ def anomalies_command(
     as_json: JsonOption = False,
 ) -> None:
     """List the volume verdicts of past runs (ok, flagged, learning, accepted), or accept one run."""
+    from pgstage.ops import anomalies
+
     rows = [anomalies.accept(accept, db=db)] if accept is not None else anomalies.list_verdicts(
         db=db, pipeline=pipeline, limit=limit)
     if as_json:

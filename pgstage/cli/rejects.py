@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -11,7 +11,8 @@ from rich.text import Text
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption, JsonOption
-from pgstage.rejects import RejectRow, export_rejects, list_rejects, reject_rules
+if TYPE_CHECKING:
+    from pgstage.rejects import RejectRow
 
 
 def rejects_command(
@@ -23,6 +24,8 @@ def rejects_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show a run's rejects (record number, every reason, the raw values), or export them to fix and reload."""
+    from pgstage.rejects import export_rejects, list_rejects, reject_rules
+
     if export is not None:
         written = export_rejects(run_id, export, db=db, rule=rule, limit=limit)
         if as_json:

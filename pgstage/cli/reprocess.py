@@ -9,7 +9,6 @@ import typer
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption, JsonOption
-from pgstage.reprocess import reprocess
 
 
 def reprocess_command(
@@ -22,5 +21,7 @@ def reprocess_command(
     as_json: JsonOption = False,
 ) -> None:
     """Re-derive every row from its raw record with the spec's current transforms and rules, as a run."""
+    from pgstage.reprocess import reprocess
+
     report = reprocess(spec, db=db, where=where, dry_run=dry_run, batch_rows=batch_rows, pause_s=pause)
     render.print_json(report.as_dict()) if as_json else render.report(report)

@@ -10,8 +10,6 @@ import typer
 from pgstage.cli import render
 from pgstage.cli.progress import run_progress
 from pgstage.ops import logs
-from pgstage.repair import repair
-from pgstage.run import AnomalyReport, RejectLimitReport, run
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="PostgreSQL URL (default: PGSTAGE_DATABASE_URL, else the embedded server)", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
@@ -31,6 +29,8 @@ def run_command(
     log_level: LogLevelOption = None,
 ) -> None:
     """Stage, validate, deduplicate and merge a source into its target; print the run's counts."""
+    from pgstage.run import AnomalyReport, RejectLimitReport, run   # the pipeline: not for `--help` or other commands
+
     logs.configure(log_format, log_level)
     try:
         with run_progress():
@@ -47,6 +47,8 @@ def repair_command(
     db: DbOption = None,
 ) -> None:
     """Rebuild indexes a killed run left dropped and remove leftover staging tables (every run does this too)."""
+    from pgstage.repair import repair
+
     result = repair(spec, db=db)
     render.console.print(f"{result.target}: rebuilt {len(result.rebuilt_indexes)} index(es)"
                          + (f" ({', '.join(result.rebuilt_indexes)})" if result.rebuilt_indexes else "")

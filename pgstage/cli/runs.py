@@ -8,7 +8,6 @@ import typer
 
 from pgstage.cli import render
 from pgstage.cli.run import DbOption, JsonOption
-from pgstage.history import run_details, recent_runs
 
 
 def runs_command(
@@ -18,6 +17,8 @@ def runs_command(
     as_json: JsonOption = False,
 ) -> None:
     """List recent runs from the ledger, newest first."""
+    from pgstage.history import recent_runs
+
     rows = recent_runs(db=db, pipeline=pipeline, limit=limit)
     render.print_json(rows) if as_json else render.runs_table(rows)
 
@@ -28,6 +29,8 @@ def show_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show one run: status, counts per file, rejects by rule and sample rejects."""
+    from pgstage.history import run_details
+
     run, samples = run_details(run_id, db=db)
     if as_json:
         render.print_json({**run, "sample_rejects": samples})

@@ -16,8 +16,6 @@ import json
 import os
 import re
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +178,8 @@ def needs_recovery(conn: psycopg.Connection[Any], pipeline: str) -> bool:
 
 
 def _post(url: str, body: dict[str, Any], timeout: float) -> None:
+    import urllib.request   # http.client and friends: only a run that sends an alert needs them
+
     request = urllib.request.Request(url, data=json.dumps(body, default=str).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "pgstage"})
     with urllib.request.urlopen(request, timeout=timeout) as response:   # noqa: S310 (http(s) only, checked by caller)
@@ -208,6 +208,8 @@ def _deliver(target: Target, alert: Alert | Notice, timeout: float) -> None:
 
 def _describe(exc: BaseException) -> str:
     """The failure in a few words, without the URL (urllib puts it in some messages)."""
+    import urllib.error
+
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
     if isinstance(exc, urllib.error.URLError):
