@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import data, scenarios, server, strategies
+from benchmarks import data, data9, orders9, scenarios, server, strategies
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-BASELINES = ("naive", "bare_sql", "bare_sql_incremental", *strategies.BASELINES)
-SCENARIOS = (*scenarios.SCENARIOS, *strategies.SCENARIOS)
+BASELINES = ("naive", "bare_sql", "bare_sql_incremental", *strategies.BASELINES, *orders9.BASELINES)
+SCENARIOS = (*scenarios.SCENARIOS, *strategies.SCENARIOS, *orders9.SCENARIOS)
 # scenario -> [(measurement it is compared with, how the table names it)]
 RATIOS: dict[str, list[tuple[str, str]]] = {
     "initial": [("naive", "naive"), ("bare_sql", "bare_sql")],
@@ -33,6 +33,7 @@ RATIOS: dict[str, list[tuple[str, str]]] = {
     **strategies.RATIOS,
     "backfill": [("initial", "pgstage initial (one file, same rows)")],
     "noop_shell": [("noop", "pgstage noop in-process")],
+    **orders9.RATIOS,
 }
 
 
@@ -57,7 +58,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per measurement (and one more per extra baseline): medians, throughput, peak RSS, ratios."""
     median = {name: statistics.median(r["seconds"] for r in runs) for name, runs in raw.items()}
     out = []
-    for name in (*BASELINES, *SCENARIOS, *scenarios.EXTRA):
+    for name in (*BASELINES, *SCENARIOS, *scenarios.EXTRA, *orders9.EXTRA):
         if name not in raw:
             continue
         runs = raw[name]
@@ -76,15 +77,15 @@ def summarize(raw: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def table(summary: list[dict[str, Any]]) -> str:
-    lines = [f"{'scenario':<22} {'seconds':>9} {'shell s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'ratio':>8}  vs",
-             "-" * 80]
+    lines = [f"{'scenario':<28} {'seconds':>9} {'shell s':>8} {'rows/s':>11} {'peak RSS MB':>12} {'ratio':>8}  vs",
+             "-" * 86]
     for row in summary:
         if row.get("continued"):
-            lines.append(f"{'':<22} {'':>9} {'':>8} {'':>11} {'':>12} {row['ratio']:>7.2f}x  {row['vs']}")
+            lines.append(f"{'':<28} {'':>9} {'':>8} {'':>11} {'':>12} {row['ratio']:>7.2f}x  {row['vs']}")
             continue
         rate = f"{row['rows_per_s']:,.0f}" if row["rows_per_s"] else "-"
         ratio = f"{row['ratio']:>7.2f}x" if row["ratio"] is not None else f"{'-':>8}"
-        lines.append(f"{row['scenario']:<22} {row['seconds']:>9.2f} {row['wall_s']:>8.2f} {rate:>11} {row['peak_rss_mb']:>12.0f} "
+        lines.append(f"{row['scenario']:<28} {row['seconds']:>9.2f} {row['wall_s']:>8.2f} {rate:>11} {row['peak_rss_mb']:>12.0f} "
                      f"{ratio}  {row['vs'] or ''}")
     return "\n".join(lines)
 
@@ -92,7 +93,7 @@ def table(summary: list[dict[str, Any]]) -> str:
 def counts_table(raw: dict[str, list[dict[str, Any]]]) -> str:
     keys = ("read", "rejected", "valid", "duplicate", "inserted", "updated", "unchanged", "stale", "deleted")
     lines = [f"{'pgstage counts (last round)':<28}" + "".join(f"{k:>11}" for k in keys) + "  status"]
-    for name in SCENARIOS:
+    for name in (*SCENARIOS, *orders9.EXTRA):
         if name in raw:
             r = raw[name][-1]
             lines.append(f"{name:<28}" + "".join(f"{r['counts'][k]:>11,}" for k in keys) + f"  {r['status']}")
@@ -108,6 +109,8 @@ def main(argv: list[str]) -> int:
     t = time.perf_counter()
     variants = (["clean"] if selected & set(scenarios.SCENARIOS) else []) + (["incremental"] if "incremental" in selected else []) + (["dirty"] if "dirty" in selected else [])
     files = {v: data.dataset(v, args.rows) for v in variants}
+    if "orders9" in selected:
+        files.update({f"orders9 {v}": data9.dataset(v, args.rows) for v in data9.VARIANTS})
     print(f"data ready in {time.perf_counter() - t:.1f}s: " + ", ".join(
         f"{v} {d.rows:,} rows {d.size_bytes / 2**20:.0f} MB" for v, d in files.items()), file=sys.stderr)
 
@@ -127,6 +130,7 @@ def main(argv: list[str]) -> int:
                     print(f"round {rep + 1}/{args.repeat} (pgstage source {code[-1]})", file=sys.stderr, flush=True)
                     scenarios.run_repeat(bench, selected, rep)
                     strategies.run_repeat(bench, selected, rep)
+                    orders9.run_repeat(bench, selected, rep)
                     code.append(server.code_fingerprint())
                     if code[-1] != code[-2]:
                         bench.warnings.append(f"the pgstage source changed during round {rep + 1} "

@@ -44,9 +44,10 @@ def _backfill(job: dict[str, Any]) -> dict[str, Any]:
 def _baseline(job: dict[str, Any]) -> dict[str, Any]:
     import psycopg
 
-    from benchmarks import baselines, strategies
+    from benchmarks import baselines, orders9, strategies
 
     load = {"naive": baselines.load_naive, "bare_sql": baselines.load_bare_sql,
+            "naive9": orders9.load_naive, "bare_sql9": orders9.load_bare_sql,
             "bare_replace_day": strategies.load_replace_day, "bare_scd2": strategies.load_scd2,
             "bare_scd2_constrained": strategies.load_scd2}[job["kind"]]
     started = time.perf_counter()

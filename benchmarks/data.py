@@ -133,9 +133,9 @@ def expected(variant: str, rows: int) -> dict[str, int]:
     return {"read": updates + new, "rejected": 0, "updated": updates, "inserted": new}
 
 
-def _write(path: Path, lines: Iterable[str]) -> None:
+def _write(path: Path, lines: Iterable[str], header: str = HEADER) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    chunk: list[str] = [HEADER]
+    chunk: list[str] = [header]
     with tmp.open("wb", buffering=1 << 20) as out:
         for line in lines:
             chunk.append(line)

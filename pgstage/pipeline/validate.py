@@ -75,7 +75,7 @@ class Rule:
     reason: sql.Composable
 
 
-def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, collation: str | None) -> list[Rule]:
+def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> list[Rule]:
     """The column's rules, over the columns _n_ (normalized text), _ok_ (valid input) and the typed value."""
     n, ok, v = sql.Identifier(f"_n_{name}"), sql.Identifier(f"_ok_{name}"), sql.Identifier(name)
     rules: list[Rule] = []
@@ -88,10 +88,10 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, coll
         rule(sql.SQL("{} IS NULL").format(n), "required", sql.Literal("missing value"))
     special = transform.special_pattern(column, kind)
     if special:
-        # Every special word has letters and most values have none (or only ISO 8601's T and Z):
-        # the cheap letter test first.
+        # Every special word has letters other than ISO 8601's T and Z, and most values have none:
+        # the cheap test first.
         rule(sql.SQL("{0} AND CASE WHEN {1} THEN {2} ~* {3} ELSE false END").format(
-            ok, transform.has_word_letter(n, collation), n, sql.Literal(special)), "special",
+            ok, transform.may_be_special(n), n, sql.Literal(special)), "special",
              sql.SQL("quote_literal({}) || ' is a special input value, not data (allow_special = true accepts it)'").format(n))
     if column.min is not None:
         rule(sql.SQL("{} < {}").format(v, sql.Literal(column.min)), "min",
@@ -195,7 +195,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
         value = ids[name]["v"] if column.from_ is not None else transform.const(column, types[name])
         l5_items.append(sql.SQL("{} AS {}").format(value, sql.Identifier(name)))
     l5 = level(l5_items, l4, "l5")
-    rules: list[Rule] = [rule for n, c in columns.items() for rule in _rules(n, c, types[n], c.required or n in keys, context.collation)]
+    rules: list[Rule] = [rule for n, c in columns.items() for rule in _rules(n, c, types[n], c.required or n in keys)]
     rules += table_rules(spec, types, context)
     failed = [sql.Identifier(f"_failed_{i}") for i in range(len(rules))]
     names = [sql.Identifier(n) for n in spec.columns]
