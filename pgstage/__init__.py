@@ -7,6 +7,7 @@ from pgstage.backfill import BackfillReport, backfill
 from pgstage.catalog import TableDescription, describe_table
 from pgstage.db import connection_env
 from pgstage.errors import (
+    AnomalyBlocked,
     DatabaseError,
     ExitStatus,
     HeaderMismatch,
@@ -26,7 +27,7 @@ from pgstage.run import run
 from pgstage.spec import Spec, load_spec, parse_spec
 
 __all__ = [
-    "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
+    "AnomalyBlocked", "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
     "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "backfill", "load_spec", "parse_spec", "run",
     "TableDescription", "connection_env", "describe_table",
