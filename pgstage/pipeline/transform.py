@@ -165,8 +165,10 @@ def in_zone(p: sql.Composable, zone: str) -> sql.Composable:
     top) and the conversion cannot overflow, and that instant is compared with the bound moved
     inward alike. Any other p costs two comparisons with constants.
     """
+    # `<@` names p once: where p is an expression (`typed`), the common case computes it once.
     return sql.SQL(
-        "CASE WHEN {0} < {1}::timestamp THEN ({0} + interval '2 days') AT TIME ZONE {5} >= {2}::timestamptz"
+        "CASE WHEN {0} <@ tsrange({1}, {3}, '[]') THEN true"
+        " WHEN {0} < {1}::timestamp THEN ({0} + interval '2 days') AT TIME ZONE {5} >= {2}::timestamptz"
         " WHEN {0} > {3}::timestamp THEN ({0} - interval '2 days') AT TIME ZONE {5} <= {4}::timestamptz"
         " ELSE true END").format(p, sql.Literal(_LOW_WALL), sql.Literal(_LOW_INSTANT), sql.Literal(_HIGH_WALL),
                                  sql.Literal(_HIGH_INSTANT), sql.Literal(zone))
@@ -322,6 +324,15 @@ def typed(raw: sql.Composable, column: ColumnSpec, kind: ColumnType, nulls: tupl
     if column.const is not None:
         return const(column, kind)
     n = normalized(raw, column, nulls, collation)
+    if column.timezone and not column.format:
+        # One expression cannot name the parsed wall clock once: judge the text, then parse it for the range
+        # test and the cast (the validation pass parses it once, in its own level).
+        wall = sql.SQL("{}::timestamp").format(n)
+        ok = sql.SQL("CASE WHEN {0} IS NULL THEN true WHEN {1} AND pg_input_is_valid({0}, 'timestamp') AND {0} !~ {2}"
+                     " THEN {3} ELSE false END").format(n, _may_be_datetime(n), sql.Literal(OFFSET),
+                                                        in_zone(wall, column.timezone))
+        return sql.SQL("CASE WHEN {} THEN ({} AT TIME ZONE {})::{} END").format(
+            ok, wall, sql.Literal(column.timezone), kind.cast)
     p = parsed(n, column)
     return sql.SQL("CASE WHEN {} THEN {} END").format(valid(n, p, column, kind), cast(n, p, column, kind))
 
