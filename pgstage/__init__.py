@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pgstage.catalog import TableDescription, describe_table
     from pgstage.db import connection_env
     from pgstage.errors import (
+        AnomalyBlocked,
         DatabaseError,
         ExitStatus,
         HeaderMismatch,
@@ -44,7 +45,7 @@ _SOURCES = {
     "BackfillReport": "pgstage.backfill", "backfill": "pgstage.backfill",
     "TableDescription": "pgstage.catalog", "describe_table": "pgstage.catalog",
     "connection_env": "pgstage.db",
-    **dict.fromkeys(("DatabaseError", "ExitStatus", "HeaderMismatch", "MissingDependency", "PgstageError",
+    **dict.fromkeys(("AnomalyBlocked", "DatabaseError", "ExitStatus", "HeaderMismatch", "MissingDependency", "PgstageError",
                      "PipelineLocked", "RejectLimitExceeded", "SourceError", "SpecError", "TargetMismatch",
                      "UntrustedIndexDefinition", "UsageError"), "pgstage.errors"),
     "Notice": "pgstage.ops.alerts", "notify": "pgstage.ops.alerts",
@@ -54,7 +55,7 @@ _SOURCES = {
 }
 
 __all__ = [
-    "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
+    "AnomalyBlocked", "BackfillReport", "Counts", "DatabaseError", "ExitStatus", "FileReport", "HeaderMismatch", "MissingDependency", "PgstageError", "PipelineLocked",
     "RejectLimitExceeded", "RunReport", "SourceError", "Spec", "SpecError", "TargetMismatch", "UntrustedIndexDefinition", "UsageError",
     "backfill", "load_spec", "parse_spec", "run",
     "TableDescription", "connection_env", "describe_table",

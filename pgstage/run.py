@@ -209,7 +209,7 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
         outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
                        time.time() - (time.perf_counter() - ctx.started))
         raise
-    return outcome.finished(ctx.spec, ctx.url, report)
+    return outcome.finished(ctx.spec, ctx.url, report, base_dir)
 
 
 def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,

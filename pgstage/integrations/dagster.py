@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgstage import (MissingDependency, PgstageError, RejectLimitExceeded, RunReport, Spec, TableDescription,
-                     describe_table, load_spec, run)
+from pgstage import (AnomalyBlocked, MissingDependency, PgstageError, RejectLimitExceeded, RunReport, Spec,
+                     TableDescription, describe_table, load_spec, run)
 
 try:
     import dagster as dg
@@ -59,15 +59,24 @@ class PgstageTranslator:
         return f"{target}, loaded by pgstage from " + ", ".join(s.pipeline.name for s in specs)
 
 
+def _always(specs: Sequence[Spec]) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Check:
-    """An asset check over one materialization's reports. The seam for more checks: the
-    volume-anomaly verdict and reconciliation (issue #16) join `CHECKS` here when they exist."""
+    """An asset check over one materialization's reports; `CHECKS` lists them.
+
+    A check spec is declared with the asset, before any run, so both whether an asset has the
+    check (`declared`) and whether it blocks (`blocking`) are decided from the asset's specs:
+    an asset gets a check only when one of its specs configures what the check looks at.
+    """
 
     name: str
     description: str
-    blocking: bool
     evaluate: Callable[[Sequence[Spec], Sequence[RunReport]], "dg.AssetCheckResult"]
+    blocking: Callable[[Sequence[Spec]], bool] = _always
+    declared: Callable[[Sequence[Spec]], bool] = _always
 
 
 def _reject_ratio(specs: Sequence[Spec], reports: Sequence[RunReport]) -> dg.AssetCheckResult:
@@ -81,9 +90,99 @@ def _reject_ratio(specs: Sequence[Spec], reports: Sequence[RunReport]) -> dg.Ass
         metadata={"ratios": ratios, "limits": limits, "over_limit": over})
 
 
+def _label(report: RunReport, reports: Sequence[RunReport]) -> str:
+    """A feed's name in check metadata; with a range of days in one run, the feed and its day."""
+    several_days = len({r.partition for r in reports}) > 1
+    return f"{report.pipeline} {report.partition}" if several_days else report.pipeline
+
+
+# The verdicts of several feeds (or days) read as one: the worst wins.
+_VERDICT_ORDER = ("flagged", "learning", "accepted", "ok", "no verdict")
+
+
+def _volume_anomaly(specs: Sequence[Spec], reports: Sequence[RunReport]) -> dg.AssetCheckResult:
+    """Flagged by pgstage's volume verdict (ops/anomalies.py) fails: ERROR where the feed blocks, else WARN.
+
+    A unit that was skipped (its files were loaded before) judged nothing and has no verdict:
+    it is listed under `no_verdict` and does not fail the check; its load's verdict is in
+    `pgstage anomalies`. A feed blocked by the verdict merged nothing (exit 5).
+    """
+    actions = {s.pipeline.name: s.anomaly.action for s in specs}
+    judged = [r for r in reports if actions.get(r.pipeline, "off") != "off"]
+    verdicts = {_label(r, reports): _verdict_numbers(r.anomaly, r.run_id) for r in judged if r.anomaly}
+    no_verdict = [_label(r, reports) for r in judged if not r.anomaly]
+    flagged = [label for label, v in verdicts.items() if v["verdict"] == "flagged"]
+    blocks = [label for label in flagged if verdicts[label]["action"] == "block"]
+    overall = min((v["verdict"] for v in verdicts.values()), key=_VERDICT_ORDER.index, default="no verdict")
+    if flagged:
+        description = "volume anomaly: " + "; ".join(f"{label}: {verdicts[label]['reason']}" for label in flagged)
+        if blocks:
+            description += " (blocked, nothing merged: " + ", ".join(blocks) + ")"
+    elif overall == "learning":
+        description = "learning: " + "; ".join(f"{label}: {v['reason']}" for label, v in verdicts.items()
+                                               if v["verdict"] == "learning")
+    elif verdicts:
+        description = "; ".join(f"{label}: {v['reason']}" for label, v in verdicts.items())
+    else:
+        description = "no verdict: nothing new was loaded (" + ", ".join(no_verdict) + " skipped)"
+    metadata: dict[str, Any] = {"verdict": overall, "verdicts": verdicts, "flagged": flagged, "no_verdict": no_verdict}
+    if len(verdicts) == 1:          # one feed: its numbers at the top, where Dagster plots them run after run
+        [only] = verdicts.values()
+        metadata.update({k: only[k] for k in ("observed", "expected_range", "score") if only[k] is not None})
+    return dg.AssetCheckResult(passed=not flagged, description=description, metadata=metadata,
+                               severity=dg.AssetCheckSeverity.ERROR if blocks else dg.AssetCheckSeverity.WARN)
+
+
+def _verdict_numbers(anomaly: dict[str, Any], run_id: int | None) -> dict[str, Any]:
+    return {"verdict": anomaly.get("verdict"), "reason": anomaly.get("reason"), "action": anomaly.get("action"),
+            "observed": anomaly.get("read"), "expected_range": anomaly.get("expected"),
+            "median": anomaly.get("median"), "score": anomaly.get("score"), "flags": anomaly.get("flags", []),
+            "reject_ratio": anomaly.get("reject_ratio"), "run_id": run_id}
+
+
+def _reconciliation(specs: Sequence[Spec], reports: Sequence[RunReport]) -> dg.AssetCheckResult:
+    """The after-run reconciliation (ops/reconcile.py) found missing, different or extra rows: fails (ERROR).
+
+    Only a run that merged is reconciled: a unit skipped (files loaded before), blocked or over
+    its reject limit is listed under `not_reconciled` and does not fail the check. A
+    reconciliation that could not run fails it: nothing says the target is right.
+    """
+    configured = {s.pipeline.name for s in specs if s.load.reconcile == "after_run"}
+    done = {_label(r, reports): r.reconcile for r in reports if r.pipeline in configured and r.reconcile}
+    not_reconciled = {_label(r, reports): r.status for r in reports if r.pipeline in configured and not r.reconcile}
+    errors = {label: str(result["error"]) for label, result in done.items() if result.get("error")}
+    found = {label: result for label, result in done.items() if result.get("differences")}
+    totals = {kind: sum(int((result.get(kind) or {}).get("count", 0)) for result in done.values())
+              for kind in ("missing", "different", "extra")}
+    samples = {label: {kind: result[kind]["sample"] for kind in ("missing", "different", "extra")
+                       if result.get(kind) and result[kind].get("count")} for label, result in found.items()}
+    if found or errors:
+        description = "; ".join([f"the target differs from the source in {label}: {result.get('summary')}"
+                                 for label, result in found.items()]
+                                + [f"could not reconcile {label}: {error}" for label, error in errors.items()])
+    elif done:
+        description = "the target holds what the source says"
+    else:
+        description = "nothing reconciled: no feed merged in this run"
+    metadata: dict[str, Any] = {
+        "configured": True, **totals, "samples": samples,
+        "summaries": {label: result.get("summary") for label, result in done.items() if not result.get("error")},
+        "errors": errors, "not_reconciled": not_reconciled,
+        "not_configured": sorted(s.pipeline.name for s in specs if s.pipeline.name not in configured)}
+    return dg.AssetCheckResult(passed=not (found or errors), severity=dg.AssetCheckSeverity.ERROR,
+                               description=description, metadata=metadata)
+
+
 CHECKS: tuple[Check, ...] = (
     Check("reject_ratio", "Rejected records under [load] max_reject_ratio; blocking, so nothing downstream"
-          " builds on a load that exceeded it.", True, _reject_ratio),
+          " builds on a load that exceeded it.", _reject_ratio),
+    Check("volume_anomaly", "The run's volume against its history ([anomaly]); blocking where a feed of the"
+          " table has action = \"block\", a warning otherwise.", _volume_anomaly,
+          blocking=lambda specs: any(s.anomaly.action == "block" for s in specs),
+          declared=lambda specs: any(s.anomaly.action != "off" for s in specs)),
+    Check("reconciliation", "After each load the target is compared with the source ([load] reconcile ="
+          " \"after_run\"); blocking, so nothing downstream builds on a table that lost or changed rows.",
+          _reconciliation, declared=lambda specs: any(s.load.reconcile == "after_run" for s in specs)),
 )
 
 
@@ -107,8 +206,9 @@ def pgstage_assets(specs: Sequence[Spec | str | Path], *, partitions_def: dg.Par
                                 metadata={"dagster/table_name": target,
                                           "pgstage/pipelines": [s.pipeline.name for s in group]})
                    for target, group in by_target.items()]
-    check_specs = [dg.AssetCheckSpec(check.name, asset=key, description=check.description, blocking=check.blocking)
-                   for key in keys.values() for check in CHECKS]
+    check_specs = [dg.AssetCheckSpec(check.name, asset=keys[target], description=check.description,
+                                     blocking=check.blocking(group))
+                   for target, group in by_target.items() for check in CHECKS if check.declared(group)]
     if partitions_def is not None and backfill_policy is None:
         backfill_policy = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
 
@@ -123,8 +223,7 @@ def pgstage_assets(specs: Sequence[Spec | str | Path], *, partitions_def: dg.Par
             reports = [_run_one(context, pgstage, spec, day) for day in days for spec in group]
             yield dg.MaterializeResult(
                 asset_key=keys[target], metadata=_metadata(reports, pgstage.describe(target)),
-                check_results=[dg.AssetCheckResult(**{**_as_kwargs(check.evaluate(group, reports)),
-                                                      "asset_key": keys[target], "check_name": check.name})
+                check_results=[_for_asset(check.evaluate(group, reports), keys[target], check.name)
                                for check in CHECKS
                                if dg.AssetCheckKey(keys[target], check.name) in context.selected_asset_check_keys])
 
@@ -132,11 +231,12 @@ def pgstage_assets(specs: Sequence[Spec | str | Path], *, partitions_def: dg.Par
 
 
 def _run_one(context: dg.AssetExecutionContext, pgstage: PgstageResource, spec: Spec, day: str | None) -> RunReport:
-    """One pgstage unit. Over the reject threshold is a report (its check fails); any other
-    error fails the step with pgstage's own message and its exit code in the run's tags."""
+    """One pgstage unit. Over the reject threshold or blocked by a volume anomaly is a report (its
+    check fails); any other error fails the step with pgstage's own message and its exit code in
+    the run's tags."""
     try:
         report = pgstage.run(spec, day)
-    except RejectLimitExceeded as exc:
+    except (RejectLimitExceeded, AnomalyBlocked) as exc:
         _tag(context, exc)
         carried: RunReport | None = getattr(exc, "report", None)   # the run's report: its counts and rules
         if carried is None:
@@ -159,9 +259,10 @@ def _failure(exc: PgstageError) -> dg.Failure:
                       metadata={EXIT_CODE_TAG: int(exc.exit_code), "pgstage/error": type(exc).__name__})
 
 
-def _as_kwargs(result: dg.AssetCheckResult) -> dict[str, Any]:
-    return {"passed": result.passed, "severity": result.severity, "description": result.description,
-            "metadata": result.metadata}
+def _for_asset(result: dg.AssetCheckResult, key: dg.AssetKey, name: str) -> dg.AssetCheckResult:
+    """A check's result addressed to its asset (a multi-asset's results must name theirs)."""
+    return dg.AssetCheckResult(passed=result.passed, severity=result.severity, description=result.description,
+                               metadata=result.metadata, asset_key=key, check_name=name)
 
 
 def _metadata(reports: Sequence[RunReport], table: TableDescription) -> dict[str, Any]:

@@ -24,15 +24,18 @@ from pgstage.report import Counts, RunReport
 from pgstage.spec import Spec
 
 
-def finished(spec: Spec, url: str, report: RunReport) -> RunReport:
-    """A run that returned: log it, reconcile after a success if asked, send anomaly / late / recovered."""
+def finished(spec: Spec, url: str, report: RunReport, base_dir: Path | None = None) -> RunReport:
+    """A run that returned: log it, reconcile after a success if asked, send anomaly / late / recovered.
+
+    `base_dir` is the run's own: reconciliation must read the files the run read.
+    """
     logs.emit("run finished", run_id=report.run_id, pipeline=report.pipeline, partition=report.partition,
               status=report.status, seconds=round(report.duration_s, 3), **report.counts.as_dict(),
               dry_run=report.dry_run)
     if report.dry_run or report.status != "succeeded":
         return report
     if spec.load.reconcile == "after_run":
-        report = dataclasses.replace(report, reconcile=_reconcile(spec, url, report))
+        report = dataclasses.replace(report, reconcile=_reconcile(spec, url, report, base_dir))
     events: list[tuple[str, str]] = []
     rejects = rejects_message(spec, report.counts)
     if rejects is not None:
@@ -97,11 +100,12 @@ def late_since(spec: Spec, partition: str | None, now: datetime | None = None) -
     return deadline if (now or datetime.now(timezone.utc)) > deadline else None
 
 
-def _reconcile(spec: Spec, url: str, report: RunReport) -> dict[str, Any]:
+def _reconcile(spec: Spec, url: str, report: RunReport, base_dir: Path | None) -> dict[str, Any]:
     from pgstage.ops import reconcile   # the comparison pulls in the staging path; only a reconciling run needs it
 
     try:
-        result = reconcile.reconcile(spec, partition=report.partition, db=url, run_id=report.run_id)
+        result = reconcile.reconcile(spec, partition=report.partition, db=url, base_dir=base_dir,
+                                     run_id=report.run_id)
     except PgstageError as exc:
         logs.emit("reconcile failed", run_id=report.run_id, pipeline=report.pipeline, partition=report.partition,
                   message=str(exc))

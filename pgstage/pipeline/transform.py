@@ -136,24 +136,55 @@ def normalize(t: sql.Composable, column: ColumnSpec, collation: str | None = Non
     return expr
 
 
-def _to_timestamptz(n: sql.Composable, column: ColumnSpec) -> sql.Composable:
-    """A date/time text read with `format` (to_timestamp) and/or as wall-clock time in `timezone`."""
+def _wall_clock(n: sql.Composable, column: ColumnSpec) -> sql.Composable:
+    """A `timezone` column's text as the wall-clock time it names (NULL when it names none).
+
+    With `format`, to_timestamp reads it (in the session's UTC, so AT TIME ZONE 'UTC' gives
+    the wall clock back); else the timestamp input function, behind a cheap test for junk, and
+    text with a UTC offset is none (the timestamp input would drop the offset silently).
+    """
     if column.format:
-        value: sql.Composable = sql.SQL("pgstage.try_to_timestamp({}, {})").format(n, sql.Literal(column.format))
-        if column.timezone:
-            value = sql.SQL("(({} AT TIME ZONE 'UTC') AT TIME ZONE {})").format(value, sql.Literal(column.timezone))
-        return value
-    return sql.SQL("({}::timestamp AT TIME ZONE {})").format(n, sql.Literal(column.timezone))
+        return sql.SQL("(pgstage.try_to_timestamp({}, {}) AT TIME ZONE 'UTC')").format(n, sql.Literal(column.format))
+    return sql.SQL("CASE WHEN {1} AND pg_input_is_valid({0}, 'timestamp') AND {0} !~ {2} THEN {0}::timestamp END"
+                   ).format(n, _may_be_datetime(n), sql.Literal(OFFSET))
+
+
+# timestamptz's range in UTC, two days in from either end: AT TIME ZONE cannot overflow between them.
+_LOW_WALL, _LOW_INSTANT = "4714-11-26 00:00:00 BC", "4714-11-26 00:00:00+00 BC"
+_HIGH_WALL, _HIGH_INSTANT = "294276-12-29 23:59:59.999999", "294276-12-29 23:59:59.999999+00"
+
+
+def in_zone(p: sql.Composable, zone: str) -> sql.Composable:
+    """Whether the wall clock p (a timestamp) is an instant in `zone` that timestamptz can hold.
+
+    timestamp and timestamptz span the same instants, so a wall clock within a day of either
+    end (4714-11-24 BC, 294276-12-31) is valid timestamp input whose instant in a zone east
+    (at the bottom) or west (at the top) of UTC does not exist: `p AT TIME ZONE zone` raises
+    22008 and would fail the run. Such a p is placed two days inward instead, where its zone's
+    offset is the same (local mean time before a zone's first rule; the yearly rule at the
+    top) and the conversion cannot overflow, and that instant is compared with the bound moved
+    inward alike. Any other p costs two comparisons with constants.
+    """
+    # `<@` names p once: where p is an expression (`typed`), the common case computes it once.
+    return sql.SQL(
+        "CASE WHEN {0} <@ tsrange({1}, {3}, '[]') THEN true"
+        " WHEN {0} < {1}::timestamp THEN ({0} + interval '2 days') AT TIME ZONE {5} >= {2}::timestamptz"
+        " WHEN {0} > {3}::timestamp THEN ({0} - interval '2 days') AT TIME ZONE {5} <= {4}::timestamptz"
+        " ELSE true END").format(p, sql.Literal(_LOW_WALL), sql.Literal(_LOW_INSTANT), sql.Literal(_HIGH_WALL),
+                                 sql.Literal(_HIGH_INSTANT), sql.Literal(zone))
 
 
 def parsed(n: sql.Composable, column: ColumnSpec) -> sql.Composable | None:
     """The value, computed once per row, that judging and casting both read (NULL when n does not fit).
 
-    A `format` column's timestamptz; a money column's numeric, as most amounts are the text
+    A `timezone` column's wall clock (see `in_zone` for why it is judged apart from parsing); a
+    `format` column's timestamptz; a money column's numeric, as most amounts are the text
     numeric prints for them and need no pattern (see `valid`).
     """
+    if column.timezone:
+        return _wall_clock(n, column)
     if column.format:
-        return _to_timestamptz(n, column)
+        return sql.SQL("pgstage.try_to_timestamp({}, {})").format(n, sql.Literal(column.format))
     if column.type == MONEY_CENTS:
         return sql.SQL("CASE WHEN pg_input_is_valid({0}, 'numeric') THEN {0}::numeric END").format(n)
     return None
@@ -193,12 +224,11 @@ def valid(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind:
         # decimals matches MONEY when its integer part is short enough, and costs a third of the pattern.
         return sql.SQL("({0} IS NULL OR CASE WHEN scale({1}) <= 2 AND {1}::text = {0} THEN abs({1}) < 1e15 ELSE {2} END)"
                        ).format(n, p, pattern)
-    if path == "format":
-        assert p is not None, "a format column is judged by its parsed value"
+    if path in ("format", "timezone"):
+        assert p is not None, "a format or timezone column is judged by its parsed value"
+        if column.timezone:
+            return sql.SQL("({} IS NULL OR ({} IS NOT NULL AND {}))").format(n, p, in_zone(p, column.timezone))
         return sql.SQL("({} IS NULL OR {} IS NOT NULL)").format(n, p)
-    if path == "timezone":
-        return sql.SQL("({0} IS NULL OR ({1} AND pg_input_is_valid({0}, 'timestamp') AND {0} !~ {2}))").format(
-            n, _may_be_datetime(n), sql.Literal(OFFSET))
     if path == "text":
         return sql.SQL("true")
     if path == "datetime":
@@ -272,7 +302,10 @@ def cast(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind: 
         amount = sql.SQL("replace({}, ',', '')::numeric").format(n)
         return sql.SQL("({} * 100)::bigint").format(amount if p is None else sql.SQL("coalesce({}, {})").format(p, amount))
     if path in ("format", "timezone"):
-        value = p if p is not None else _to_timestamptz(n, column)
+        value = p if p is not None else parsed(n, column)
+        assert value is not None, "a format or timezone column has a parsed value"
+        if column.timezone:
+            value = sql.SQL("{} AT TIME ZONE {}").format(value, sql.Literal(column.timezone))
         return sql.SQL("({})::{}").format(value, kind.cast)
     if path == "text":
         return n
@@ -295,6 +328,15 @@ def typed(raw: sql.Composable, column: ColumnSpec, kind: ColumnType, nulls: tupl
     if column.const is not None:
         return const(column, kind)
     n = normalized(raw, column, nulls, collation)
+    if column.timezone and not column.format:
+        # One expression cannot name the parsed wall clock once: judge the text, then parse it for the range
+        # test and the cast (the validation pass parses it once, in its own level).
+        wall = sql.SQL("{}::timestamp").format(n)
+        ok = sql.SQL("CASE WHEN {0} IS NULL THEN true WHEN {1} AND pg_input_is_valid({0}, 'timestamp') AND {0} !~ {2}"
+                     " THEN {3} ELSE false END").format(n, _may_be_datetime(n), sql.Literal(OFFSET),
+                                                        in_zone(wall, column.timezone))
+        return sql.SQL("CASE WHEN {} THEN ({} AT TIME ZONE {})::{} END").format(
+            ok, wall, sql.Literal(column.timezone), kind.cast)
     p = parsed(n, column)
     return sql.SQL("CASE WHEN {} THEN {} END").format(valid(n, p, column, kind), cast(n, p, column, kind))
 
@@ -303,13 +345,20 @@ def type_message(n: sql.Composable, column: ColumnSpec, kind: ColumnType) -> sql
     """Why n is not valid input, in PostgreSQL's words where it has them."""
     if column.type == MONEY_CENTS:
         return sql.SQL("quote_literal({}) || ' is not an amount (digits, optional thousands separators, at most 2 decimals)'").format(n)
+    if column.timezone:
+        # Only a rejected row's message is built: parsing again here costs nothing on the happy path.
+        out_of_range = sql.SQL("quote_literal({}) || {}").format(n, sql.Literal(
+            f" is out of range for type timestamp with time zone as wall-clock time in {column.timezone}"))
+        if column.format:
+            return sql.SQL("CASE WHEN pgstage.try_to_timestamp({0}, {1}) IS NOT NULL THEN {2}"
+                           " ELSE quote_literal({0}) || {3} END").format(
+                n, sql.Literal(column.format), out_of_range, sql.Literal(f" does not match format {column.format!r}"))
+        return sql.SQL("CASE WHEN {0} ~ {1} THEN quote_literal({0}) || {2}"
+                       " WHEN pg_input_is_valid({0}, 'timestamp') THEN {3} ELSE {4} END").format(
+            n, sql.Literal(OFFSET), sql.Literal(f" carries a UTC offset, but the column reads wall-clock time in {column.timezone}"),
+            out_of_range, _postgres_message(n, "timestamp"))
     if column.format:
         return sql.SQL("quote_literal({}) || {}").format(n, sql.Literal(f" does not match format {column.format!r}"))
-    if column.timezone:
-        return sql.SQL("CASE WHEN {0} ~ {1} THEN quote_literal({0}) || {2}"
-                       " ELSE {3} END").format(
-            n, sql.Literal(OFFSET), sql.Literal(f" carries a UTC offset, but the column reads wall-clock time in {column.timezone}"),
-            _postgres_message(n, "timestamp"))
     return _postgres_message(n, kind.name)
 
 
