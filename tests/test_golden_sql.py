@@ -182,6 +182,7 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "merge_insert_no_dedup": lambda: merge.build_insert(spec, types, one, RUN_ID, dedup=False),
         "merge_upsert": lambda: merge.build_upsert(spec, types, one, RUN_ID),
         "merge_write_sample": lambda: merge.build_write_sample(spec, types, one),
+        "merge_write_sample_chunk": lambda: merge.build_write_sample(spec, types, one, (1, 500)),
         "merge_has_duplicates": lambda: merge.build_has_duplicates(spec, one),
         "merge_beaten": lambda: merge.build_beaten(spec, [one, two], beaten),
         "merge_overlap": lambda: merge.build_overlap(spec, types, [one, two]),

@@ -92,3 +92,19 @@ def test_without_a_usable_unique_index_the_batch_is_classified(loader: Loader, s
     assert paths["build_upsert"] == 0
     assert (report.counts.updated, report.counts.inserted) == (50, 10)
     assert sql("SELECT count(*) FROM app.items WHERE v = 2 AND note = 'y'") == [(60,)]
+
+
+def test_every_chunk_of_a_batch_of_changes_is_upserted(loader: Loader, sql: Any, paths: Counter[str]) -> None:
+    """Each merge chunk samples its own rows: the rows earlier chunks already wrote are
+    unchanged by now and must not send the later chunks to the classifying statement (which
+    is slower, and retried whenever the application updates one of its rows meanwhile)."""
+    loader.spec(SPEC + "\n[load]\nmerge_chunk_rows = 250\n")
+    loader.write("items.csv", _csv([(i, 1, f"a{i}") for i in range(1, 2001)]))
+    loader.run()
+    loader.write("items.csv", _csv([(i, 2, f"b{i}") for i in range(1, 2001)]))
+    report = loader.run()
+    # 2,000 records in two batches (one per worker), each merged in 4 chunks of 250.
+    assert paths["build_upsert"] == 8
+    assert {k: getattr(report.counts, k) for k in ("read", "inserted", "updated", "unchanged", "stale")} == {
+        "read": 2000, "inserted": 0, "updated": 2000, "unchanged": 0, "stale": 0}
+    assert sql("SELECT count(*), sum(v), count(*) FILTER (WHERE note = 'b' || id) FROM app.items") == [(2000, 4000, 2000)]

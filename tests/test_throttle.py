@@ -287,6 +287,33 @@ def test_max_active_sessions_pauses_the_run_while_others_are_busy(loader, db_url
     assert any(d.startswith("2 ") or d.startswith("3 ") for d in details), details
 
 
+def test_throttled_merges_still_run_side_by_side(loader, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unchunked, a throttled merge waits only for the batch before it to open its transaction (past
+    its last check), not to commit: the two workers' merges overlap, as unthrottled ones do."""
+    from pgstage.pipeline import merge
+
+    spans: list[tuple[float, float]] = []
+    real = merge.merge
+
+    def slow(*args: Any, **kwargs: Any) -> Any:   # each merge holds its transaction 0.3 s longer
+        began = time.monotonic()
+        counts = real(*args, **kwargs)
+        time.sleep(0.3)
+        spans.append((began, time.monotonic()))
+        return counts
+
+    monkeypatch.setattr(merge, "merge", slow)
+    write_notes(loader.root)
+    loader.spec(textwrap.dedent(specs.template(
+        name="thr", target="app.notes", path="notes.csv", columns=specs.NOTES,
+        load=f'batch_rows = {BATCH}\nworkers = 2\nthrottle_query = "select false"\n').format()))
+    report = loader.run()
+    check_loaded(db_url, report)
+    assert len(spans) == ROWS // BATCH
+    spans.sort()
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
 def _sleep(conn: psycopg.Connection[Any]) -> None:
     try:
         conn.execute("SELECT pg_sleep(120)")

@@ -344,11 +344,19 @@ WRITE_SAMPLE = 1000
 MIN_WRITE_SHARE = 0.9
 
 
-def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checked) -> sql.Composed:
-    """(sampled rows whose key is in the target, how many of those the merge would overwrite)."""
+def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checked,
+                       records: Records | None = None) -> sql.Composed:
+    """(sampled rows whose key is in the target, how many of those the merge would overwrite).
+
+    `records`: sample only that merge chunk's rows. Sampled over the whole batch, a chunk would
+    count the rows earlier chunks of its batch already wrote as unchanged, and the batch's later
+    chunks would leave the upsert for the classifying merge: slower, and retried whenever the
+    application updates one of its rows meanwhile (see `build_merge`).
+    """
     keys = [sql.Identifier(k) for k in spec.pipeline.key]
     sample = sql.SQL("SELECT * FROM ({}) b WHERE NOT b.{} LIMIT {}").format(
-        _deduplicated(spec, types, checked, None, dedup=False), sql.Identifier(KNOWN), sql.Literal(WRITE_SAMPLE))
+        _deduplicated(spec, types, checked, None, dedup=False, records=records), sql.Identifier(KNOWN),
+        sql.Literal(WRITE_SAMPLE))
     return sql.SQL("SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND {writes}) FROM ({sample}) s"
                    " LEFT JOIN {target} t ON {join}").format(
         k=keys[0], writes=_overwrites(spec), sample=sample, target=sql.Identifier(*spec.target),
@@ -462,7 +470,7 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
         query = None
         if upserts and soft_deletes(spec) is None:
-            found = execute(conn, build_write_sample(spec, types, checked), label="merge: writes sample").fetchone()
+            found = execute(conn, build_write_sample(spec, types, checked, records), label="merge: writes sample").fetchone()
             existing, writes = found if found else (0, 0)
             if writes >= MIN_WRITE_SHARE * existing:
                 query = build_upsert(spec, types, checked, run_id, beaten, dedup=dedup, records=records)
