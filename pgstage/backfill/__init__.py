@@ -2,7 +2,8 @@
 
 Each unit is exactly `pgstage run SPEC --partition DAY` (same ledger rows, same guarantees),
 run in-process through `pgstage.run` on a session, and a pool of batch sessions per spec, that
-the job keeps from unit to unit. Units sit
+the job keeps from unit to unit, with what the spec's previous unit resolved in the catalog
+(types, target, references: pgstage/resolved.py), reused while no DDL has touched it. Units sit
 in the ledger queue (queue.py): a re-run of the same command resumes the same backfill and
 does only what is left, and `join=ID` lets other processes or machines take units from it.
 A unit that fails is recorded with its reason and the others go on.
@@ -28,6 +29,7 @@ from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import PgstageError, UsageError
 from pgstage.pipeline import ledger
 from pgstage.report import Counts
+from pgstage.resolved import Memo
 from pgstage.run import RejectLimitReport, parse_partition, run
 from pgstage.spec import Spec, load_spec
 from pgstage.workers import Workers
@@ -214,6 +216,7 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
     claimer: psycopg.Connection[Any] | None = None
     session: psycopg.Connection[Any] | None = None
     pools: dict[int, Workers] = {}   # each spec's batch sessions, kept from unit to unit like `session`
+    memos: dict[int, Memo] = {}      # each spec's types, target and references, re-checked by one query a unit
     try:
         claimer = connect(url)
         # The claim's transaction stays open while its unit runs.
@@ -229,7 +232,7 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
                     if pool is None or pool.closed:   # a failed run closes the pool it was lent
                         pool = pools[unit.spec_no] = Workers(url, spec.load, f"backfill:{spec.pipeline.name}")
                     outcome = _run_unit(spec, unit.day, url, Path(ref.base_dir) if ref.base_dir else None,
-                                        session, pool)
+                                        session, pool, memos.setdefault(unit.spec_no, Memo()))
                     queue.finish(claimer, unit, outcome)
             units = queue.statuses(claimer, backfill_id)
             if unit is None:
@@ -254,12 +257,12 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
 
 
 def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: psycopg.Connection[Any],
-              pool: Workers) -> queue.Outcome:
+              pool: Workers, memo: Memo | None = None) -> queue.Outcome:
     """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception."""
     started = time.perf_counter()
     try:
         report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session, workers=pool,
-                     ledger_ready=True)   # ensured once by `backfill`
+                     ledger_ready=True, memo=memo)   # the ledger ensured once by `backfill`
     except RejectLimitReport as exc:
         return queue.Outcome("failed", exc.report.run_id if exc.report else None, exc.exit_code, str(exc),
                              time.perf_counter() - started, exc.report.counts.read if exc.report else 0)
