@@ -43,7 +43,7 @@ from datetime import date, datetime, time as day_time, timedelta, timezone
 from zoneinfo import ZoneInfo
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -77,6 +77,17 @@ class AnomalyReport(AnomalyBlocked):
     """AnomalyBlocked that carries the run's report (and its verdict) for the CLI to show."""
 
     report: RunReport | None = None
+
+
+class Turn(Protocol):
+    """When a run may merge: a backfill lets a pipeline's next day stage and validate while the day
+    before it merges, and holds it here until that day has finished (pgstage/backfill/__init__.py)."""
+
+    def started(self) -> None:
+        """The run has its row in the ledger (a later day's run may start after it)."""
+
+    def wait(self) -> None:
+        """Return when the run may go on to its volume check and merge."""
 
 
 def parse_partition(value: str | date | None) -> date | None:
@@ -191,7 +202,8 @@ class MergePlan:
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
         base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
         as_of: str | datetime | None = None, conn: psycopg.Connection[Any] | None = None,
-        workers: Workers | None = None, ledger_ready: bool = False, memo: resolved.Memo | None = None) -> RunReport:
+        workers: Workers | None = None, ledger_ready: bool = False, memo: resolved.Memo | None = None,
+        turn: Turn | None = None) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
 
     `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
@@ -207,10 +219,12 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     once, not once a day: some twenty-five statements a run). `memo`: what the previous run of this
     spec on this database resolved (types, target, references), reused when one catalog query
     says no DDL has touched them since (pgstage/resolved.py; a backfill keeps one per spec).
+    `turn`: told when the run has started, and asked before the run's volume check and merge
+    (nothing before them reads what an earlier run writes; see `Turn`).
     """
     ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of, ledger_ready)
     try:
-        report = _attempts(ctx, conn, workers, memo)
+        report = _attempts(ctx, conn, workers, memo, turn)
     except BaseException as exc:
         outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
                        time.time() - (time.perf_counter() - ctx.started))
@@ -219,7 +233,8 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
 
 
 def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
-              workers: Workers | None = None, memo: resolved.Memo | None = None) -> RunReport:
+              workers: Workers | None = None, memo: resolved.Memo | None = None,
+              turn: Turn | None = None) -> RunReport:
     """The attempts of one run: transient faults are retried, each attempt resuming the last."""
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
@@ -234,9 +249,9 @@ def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
                 pool, workers = workers, None   # like `conn`, the caller's pool serves the first attempt only
                 try:
                     if session is conn:   # the caller's: not closed here
-                        return _attempt(session, ctx, pool, memo)
+                        return _attempt(session, ctx, pool, memo, turn)
                     with session:
-                        return _attempt(session, ctx, pool, memo)
+                        return _attempt(session, ctx, pool, memo, turn)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
@@ -276,11 +291,13 @@ def _mark_failed(ctx: RunContext, message: str) -> None:
 
 
 def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | None = None,
-             memo: resolved.Memo | None = None) -> RunReport:
+             memo: resolved.Memo | None = None, turn: Turn | None = None) -> RunReport:
     """One try at the whole run, on one session; a retry starts here again and resumes the run."""
     facts = _prepare(conn, ctx, memo)
     with pipeline_lock(conn, ctx.spec.pipeline.name, ctx.partition):
         run_id, sources, todo, skipped = _recover(conn, ctx)
+        if turn is not None:
+            turn.started()
         if not todo and not ledger.batch_counts(conn, run_id):
             return _skip(conn, ctx, run_id, skipped)
         try:
@@ -293,6 +310,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
                     return _predict(load, validated)
+                if turn is not None:   # from here on the run reads what earlier runs wrote: history, target
+                    turn.wait()
                 verdict = _judge_volume(load, validated)
                 plan = _plan_merge(load, validated)
                 by_rule = _merge_batches(load, validated, plan)

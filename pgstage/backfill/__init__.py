@@ -25,6 +25,7 @@ from psycopg import sql
 from pgstage.backfill import queue
 from pgstage.backfill.forecast import Forecast, forecast
 from pgstage.backfill.late import send_late
+from pgstage.backfill.turns import Turns, UnitTurn, overlaps
 from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import PgstageError, UsageError
 from pgstage.pipeline import ledger
@@ -182,6 +183,9 @@ class _Tally:
         self.warnings: list[str] = []
         self.crash: BaseException | None = None
         self.stop = threading.Event()
+        self.crashed = threading.Event()   # a job died: units waiting for its day stop (turns.py)
+        self.turns = Turns(self.crashed)
+        self.overlap = [i for i, spec in enumerate(specs) if overlaps(spec)]   # may run two days at once
         self._late = False
         self._lock = threading.Lock()
 
@@ -193,7 +197,8 @@ class _Tally:
             elapsed = self.clock() - self.started
             now = datetime.now().astimezone()
             fc = forecast(measured=done - self.done_before, elapsed_s=elapsed, remaining=statuses["pending"],
-                          jobs=self.jobs, now=now, deadline=self.deadline, most_jobs=len(self.job.specs))
+                          jobs=self.jobs, now=now, deadline=self.deadline,
+                          most_jobs=len(self.job.specs) + len(self.overlap))
             if fc.late and not self._late:   # said as soon as the projection passes the deadline, again if it recovers and slips
                 warning = fc.warning(self.jobs)
                 if warning:
@@ -215,6 +220,7 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
     """
     claimer: psycopg.Connection[Any] | None = None
     session: psycopg.Connection[Any] | None = None
+    holding: queue.Unit | None = None   # the unit claimed and not yet committed (turns.py must hear if it dies)
     pools: dict[int, Workers] = {}   # each spec's batch sessions, kept from unit to unit like `session`
     memos: dict[int, Memo] = {}      # each spec's types, target and references, re-checked by one query a unit
     try:
@@ -225,15 +231,19 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
             if session is None or session.closed:
                 session = connect(url)
             with claimer.transaction():
-                unit = queue.claim(claimer, backfill_id)
+                unit = holding = queue.claim(claimer, backfill_id, tally.overlap, tally.turns.running())
                 if unit is not None:
                     ref, spec = refs[unit.spec_no], specs[unit.spec_no]
                     pool = pools.get(unit.spec_no)
                     if pool is None or pool.closed:   # a failed run closes the pool it was lent
                         pool = pools[unit.spec_no] = Workers(url, spec.load, f"backfill:{spec.pipeline.name}")
                     outcome = _run_unit(spec, unit.day, url, Path(ref.base_dir) if ref.base_dir else None,
-                                        session, pool, memos.setdefault(unit.spec_no, Memo()))
+                                        session, pool, memos.setdefault(unit.spec_no, Memo()),
+                                        UnitTurn(tally.turns, unit.spec_no, unit.day, unit.after))
                     queue.finish(claimer, unit, outcome)
+            if unit is not None:   # its outcome is committed: the pipeline's next day may merge
+                tally.turns.ended(unit.spec_no, unit.day, committed=True)
+                holding = None
             units = queue.statuses(claimer, backfill_id)
             if unit is None:
                 if not units["pending"]:
@@ -248,6 +258,9 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
     except BaseException as exc:  # the queue itself failed (database gone): the units stay pending for a re-run
         tally.crash = tally.crash or exc
         tally.stop.set()
+        tally.crashed.set()
+        if holding is not None:
+            tally.turns.ended(holding.spec_no, holding.day, committed=False)
     finally:
         for pool in pools.values():
             pool.close()
@@ -257,12 +270,13 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
 
 
 def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: psycopg.Connection[Any],
-              pool: Workers, memo: Memo | None = None) -> queue.Outcome:
-    """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception."""
+              pool: Workers, memo: Memo | None = None, turn: UnitTurn | None = None) -> queue.Outcome:
+    """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception
+    (but `Stopped`, a BaseException, ends the job with its unit unrecorded, as a crash would)."""
     started = time.perf_counter()
     try:
         report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session, workers=pool,
-                     ledger_ready=True, memo=memo)   # the ledger ensured once by `backfill`
+                     ledger_ready=True, memo=memo, turn=turn)   # the ledger ensured once by `backfill`
     except RejectLimitReport as exc:
         return queue.Outcome("failed", exc.report.run_id if exc.report else None, exc.exit_code, str(exc),
                              time.perf_counter() - started, exc.report.counts.read if exc.report else 0)
