@@ -81,7 +81,7 @@ class AnomalyReport(AnomalyBlocked):
 
 class Turn(Protocol):
     """When a run may merge: a backfill lets a pipeline's next day stage and validate while the day
-    before it merges, and holds it here until that day has finished (pgstage/backfill/__init__.py)."""
+    before it merges, and holds it here until that day has finished (pgstage/backfill/turns.py)."""
 
     def started(self) -> None:
         """The run has its row in the ledger (a later day's run may start after it)."""
