@@ -168,3 +168,15 @@ def test_a_second_day_is_claimable_only_while_this_process_runs_the_first(db_url
                                 assert queue.claim(fifth, bid, [0, 1], [(0, D1), (1, D1), (0, D2)]) is None
         finally:
             holder.close()
+
+
+def test_with_newest_first_the_second_day_is_the_next_older_one(db_url: str) -> None:
+    with connect(db_url) as conn:
+        pipeline_ledger.ensure(conn)
+        queue.ensure(conn)
+        job, _ = queue.create_or_resume(conn, (queue.SpecRef("/specs/a.toml", "a", None),), D1, D3, True)
+        bid = job.backfill_id
+        with connect(db_url) as holder, holder.transaction():
+            assert queue.claim(holder, bid, [0]) == queue.Unit(bid, 0, D3)
+            with conn.transaction():
+                assert queue.claim(conn, bid, [0], [(0, D3)]) == queue.Unit(bid, 0, D2, D3)
