@@ -1,10 +1,12 @@
 """The `backfill` scenario: what a unit costs when a backfill runs many of them, and what the shell adds.
 
 * `backfill`: the clean file cut into 365 daily files (the same rows, one header each), loaded
-  by `pgstage.backfill` with one job into the empty indexed target; compared with the single
-  file's `initial`. The issue's target: ≥ 0.8× its records/s (a ratio of seconds ≤ 1.25).
-* `backfill_empty`: 365 header-only daily files: the fixed cost of a unit inside a backfill is
-  its seconds / 365 (target ≤ 50 ms).
+  by `pgstage.backfill` with `--jobs 2` (JOBS) into the empty indexed target; compared with the
+  single file's `initial`, which uses `load.workers = 2`: two sessions each. One spec, so the two
+  jobs share its days: the next day stages and validates while the day before merges
+  (pgstage/backfill/turns.py). The issue's target: ≥ 0.8× its records/s (a ratio of seconds ≤ 1.25).
+* `backfill_empty`: 365 header-only daily files, on the same two jobs: the fixed cost of a unit
+  inside a backfill is its seconds / 365 (target ≤ 50 ms).
 * `noop_shell`: `pgstage run SPEC` of the already loaded clean file from the shell (a fresh
   interpreter, the CLI's imports, the run, the rendering), beside the in-process `noop`;
   `startup` is `python -c "import pgstage.cli"` and `python_bare` is `python -c pass`, so
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 DAYS = 365
 START = date(2023, 1, 1)
+JOBS = 2        # as many as `initial`'s load.workers: a fair comparison
 
 
 def daily_files(clean: Dataset, folder: Path, *, empty: bool = False) -> tuple[date, date]:
@@ -50,7 +53,8 @@ def daily_files(clean: Dataset, folder: Path, *, empty: bool = False) -> tuple[d
 def _job(bench: Bench, folder: Path, url: str) -> dict[str, Any]:
     first, last = START, START + timedelta(days=DAYS - 1)
     spec = bench.spec(folder / "orders_{date}.csv")
-    return {"kind": "backfill", "spec": str(spec), "db": url, "start": first.isoformat(), "end": last.isoformat()}
+    return {"kind": "backfill", "spec": str(spec), "db": url, "start": first.isoformat(), "end": last.isoformat(),
+            "jobs": JOBS}
 
 
 def run(bench: Bench, rep: int) -> None:

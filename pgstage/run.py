@@ -43,12 +43,12 @@ from datetime import date, datetime, time as day_time, timedelta, timezone
 from zoneinfo import ZoneInfo
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from pgstage import faults, indexes, target
+from pgstage import faults, indexes, resolved, target
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded,
                             Transient, TransientDatabaseError, UsageError)
@@ -77,6 +77,17 @@ class AnomalyReport(AnomalyBlocked):
     """AnomalyBlocked that carries the run's report (and its verdict) for the CLI to show."""
 
     report: RunReport | None = None
+
+
+class Turn(Protocol):
+    """When a run may merge: a backfill lets a pipeline's next day stage and validate while the day
+    before it merges, and holds it here until that day has finished (pgstage/backfill/turns.py)."""
+
+    def started(self) -> None:
+        """The run has its row in the ledger (a later day's run may start after it)."""
+
+    def wait(self) -> None:
+        """Return when the run may go on to its volume check and merge."""
 
 
 def parse_partition(value: str | date | None) -> date | None:
@@ -135,7 +146,7 @@ class Load:
     conn: psycopg.Connection[Any]
     pool: Workers
     run_id: int
-    types: dict[str, transform.ColumnType]
+    facts: resolved.Resolved            # column types, target and references as `_prepare` found them
     sources: tuple[SourceFile, ...]     # every source of the attempt; file numbers index it
     todo: tuple[SourceFile, ...]        # those not loaded before (or all of them with --force)
     skipped: tuple[FileReport, ...]
@@ -145,6 +156,10 @@ class Load:
     @property
     def spec(self) -> Spec:
         return self.run.spec
+
+    @property
+    def types(self) -> dict[str, transform.ColumnType]:
+        return self.facts.types
 
     @property
     def one_merge_at_a_time(self) -> bool:
@@ -195,7 +210,8 @@ class MergePlan:
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
         base_dir: Path | None = None, force: bool = False, dry_run: bool = False,
         as_of: str | datetime | None = None, conn: psycopg.Connection[Any] | None = None,
-        workers: Workers | None = None, ledger_ready: bool = False) -> RunReport:
+        workers: Workers | None = None, ledger_ready: bool = False, memo: resolved.Memo | None = None,
+        turn: Turn | None = None) -> RunReport:
     """Load one (pipeline, partition) and return its report; raises PgstageError subclasses.
 
     `as_of` (scd2): the time a snapshot is valid from, for rows without a version; default the
@@ -208,11 +224,15 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     pool of sessions for the batches, opened for this spec's load settings and kept open by the
     caller from run to run (a backfill's job saves opening `load.workers` sessions a day).
     `ledger_ready`: the caller created or upgraded the ledger on `db` already (a backfill does it
-    once, not once a day: some twenty-five statements a run).
+    once, not once a day: some twenty-five statements a run). `memo`: what the previous run of this
+    spec on this database resolved (types, target, references), reused when one catalog query
+    says no DDL has touched them since (pgstage/resolved.py; a backfill keeps one per spec).
+    `turn`: told when the run has started, and asked before the run's volume check and merge
+    (nothing before them reads what an earlier run writes; see `Turn`).
     """
     ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of, ledger_ready)
     try:
-        report = _attempts(ctx, conn, workers)
+        report = _attempts(ctx, conn, workers, memo, turn)
     except BaseException as exc:
         outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
                        time.time() - (time.perf_counter() - ctx.started))
@@ -221,7 +241,8 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
 
 
 def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
-              workers: Workers | None = None, ledger_ready: bool = False) -> RunReport:
+              workers: Workers | None = None, memo: resolved.Memo | None = None,
+              turn: Turn | None = None) -> RunReport:
     """The attempts of one run: transient faults are retried, each attempt resuming the last."""
     # The first connection is made outside the retries: a wrong URL or a server that is down
     # fails at once. Once a run has started, a lost connection is a restart worth waiting for.
@@ -236,9 +257,9 @@ def _attempts(ctx: RunContext, conn: psycopg.Connection[Any] | None = None,
                 pool, workers = workers, None   # like `conn`, the caller's pool serves the first attempt only
                 try:
                     if session is conn:   # the caller's: not closed here
-                        return _attempt(session, ctx, pool)
+                        return _attempt(session, ctx, pool, memo, turn)
                     with session:
-                        return _attempt(session, ctx, pool)
+                        return _attempt(session, ctx, pool, memo, turn)
                 except psycopg.Error as exc:  # raised outside execute(), e.g. by a COMMIT
                     raise wrap(exc, "run") from exc
     except (TransientDatabaseError, ConnectionFailed) as exc:
@@ -277,22 +298,28 @@ def _mark_failed(ctx: RunContext, message: str) -> None:
         pass
 
 
-def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | None = None) -> RunReport:
+def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | None = None,
+             memo: resolved.Memo | None = None, turn: Turn | None = None) -> RunReport:
     """One try at the whole run, on one session; a retry starts here again and resumes the run."""
-    types = _prepare(conn, ctx)
+    facts = _prepare(conn, ctx, memo)
     with pipeline_lock(conn, ctx.spec.pipeline.name, ctx.partition):
         run_id, sources, todo, skipped = _recover(conn, ctx)
+        if turn is not None:
+            turn.started()
         if not todo and not ledger.batch_counts(conn, run_id):
             return _skip(conn, ctx, run_id, skipped)
         try:
             with (nullcontext(workers) if workers is not None
                   else Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}")) as pool:
-                load = Load(ctx, conn, pool, run_id, types, sources, todo, skipped,
-                            _validation_context(conn, ctx, types), _throttle(ctx, run_id))
+                facts = resolved.with_target(conn, ctx.spec, facts)   # a lone run reads it now, under the lock
+                load = Load(ctx, conn, pool, run_id, facts, sources, todo, skipped,
+                            _validation_context(ctx, facts), _throttle(ctx, run_id))
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
                     return _predict(load, validated)
+                if turn is not None:   # from here on the run reads what earlier runs wrote: history, target
+                    turn.wait()
                 verdict = _judge_volume(load, validated)
                 plan = _plan_merge(load, validated)
                 by_rule = _merge_batches(load, validated, plan)
@@ -310,15 +337,13 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
                 _drop_tables(conn, ledger.orphan_tables(conn, run_id))
 
 
-def _prepare(conn: psycopg.Connection[Any], ctx: RunContext) -> dict[str, transform.ColumnType]:
-    """Everything that can refuse the run before it takes the lock: the spec's types against the server and target."""
+def _prepare(conn: psycopg.Connection[Any], ctx: RunContext, memo: resolved.Memo | None = None) -> resolved.Resolved:
+    """Everything that can refuse the run before it takes the lock: the spec's types against the server and
+    target, the referenced tables (pgstage/resolved.py; with a `memo`, one query when no DDL touched them)."""
     if not ctx.ledger_ready:
         ledger.ensure(conn)
     apply_session_settings(conn, ctx.spec.load)
-    types = transform.resolve_types(conn, ctx.spec)
-    target.check(conn, ctx.spec, types)
-    validate.check_references(conn, ctx.spec)
-    return types
+    return resolved.resolve(conn, ctx.spec, memo)
 
 
 def _recover(conn: psycopg.Connection[Any], ctx: RunContext
@@ -361,18 +386,15 @@ def _skip(conn: psycopg.Connection[Any], ctx: RunContext, run_id: int, skipped: 
     return report
 
 
-def _validation_context(conn: psycopg.Connection[Any], ctx: RunContext,
-                        types: dict[str, transform.ColumnType]) -> validate.Context:
+def _validation_context(ctx: RunContext, facts: resolved.Resolved) -> validate.Context:
     """What every batch's validation shares: the target's state, the known-rows shortcut (pipeline/known.py)
     and the partition a replace_partition run keeps its records to."""
-    spec = ctx.spec
-    found = target.existing_columns(conn, spec)
-    seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
-    return validate.Context(transform.case_collation(conn), found is not None, row_hash_seed=seed,
+    found, seed = facts.found, facts.seed
+    return validate.Context(facts.collation, found is not None, row_hash_seed=seed,
                             known_rows=bool(seed is not None and found and ROW_HASH in found
-                                            and known.eligible(spec)),
+                                            and known.eligible(ctx.spec)),
                             staged=threading.Event(),   # set when the last batch is staged: see validate.check
-                            partition=_window(ctx, types))
+                            partition=_window(ctx, facts.types))
 
 
 def _window(ctx: RunContext, types: dict[str, transform.ColumnType]) -> partition.Window | None:
@@ -567,7 +589,11 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     """Before the first merge: the target exists, large loads drop its indexes, cross-batch losers are known."""
     conn, spec = load.conn, load.spec
     with conn.transaction():
-        target.ensure(conn, spec, load.types)
+        # A backfill's unit whose target was complete when `_prepare` looked, with no DDL since
+        # (one catalog query), has nothing to ensure; otherwise, as every run: check, create, complete.
+        unchanged = load.facts.target_complete(spec) and resolved.current(conn, spec, load.facts)
+        if not unchanged:
+            target.ensure(conn, spec, load.types)
         if merge.replaces_partition(spec) and validated.pending:   # where its batches collect their rows
             merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
         if spec.pipeline.strategy == "scd2" and merge.scd2.closes_missing(spec) and validated.pending:
@@ -590,7 +616,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
         merge.find_beaten(conn, spec, validated.batches, beaten)
     seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], SOURCE_CHANGED_AT)
             if load.run.cdc else None)
-    return MergePlan(beaten, merge.target_is_empty(conn, spec), target.upsert_arbiter(conn, spec), seen,
+    upserts = load.facts.upserts if unchanged else target.upsert_arbiter(conn, spec)
+    return MergePlan(beaten, merge.target_is_empty(conn, spec), upserts, seen,
                      len(validated.pending), _as_of(load), replaced)
 
 
@@ -774,8 +801,7 @@ def _pre_merge(c: validate.Checked) -> Counts:
 
 
 def _drop_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
-    for table in tables:
-        stage.drop(conn, table)
+    stage.drop(conn, *tables)
 
 
 def _file_rows(files: tuple[FileReport, ...]) -> list[dict[str, Any]]:

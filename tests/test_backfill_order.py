@@ -75,8 +75,8 @@ def _spy_idle(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     idle = threading.Event()
     real = queue.claim
 
-    def claim(conn: psycopg.Connection[Any], backfill_id: int) -> queue.Unit | None:
-        unit = real(conn, backfill_id)
+    def claim(conn: psycopg.Connection[Any], backfill_id: int, *rest: Any) -> queue.Unit | None:
+        unit = real(conn, backfill_id, *rest)
         if unit is None:
             idle.set()
         return unit
@@ -173,7 +173,7 @@ def test_the_forecast_asks_for_no_more_jobs_than_pipelines() -> None:
     assert three.late and three.jobs_needed == 4
     assert three.warning(2) == (
         "late: at the measured rate the backfill ends at 2026-01-10 05:29, after the deadline 2026-01-10 04:00"
-        " (running with --jobs 2); more --jobs cannot meet it: each pipeline loads its days one at a time,"
+        " (running with --jobs 2); more --jobs cannot meet it: each pipeline merges its days one at a time,"
         " so at most 3 jobs are busy")
     four = forecast(measured=100, elapsed_s=600, remaining=2090, jobs=2, now=now, deadline=now.replace(hour=4),
                     most_jobs=4)

@@ -2,7 +2,8 @@
 
 Each unit is exactly `pgstage run SPEC --partition DAY` (same ledger rows, same guarantees),
 run in-process through `pgstage.run` on a session, and a pool of batch sessions per spec, that
-the job keeps from unit to unit. Units sit
+the job keeps from unit to unit, with what the spec's previous unit resolved in the catalog
+(types, target, references: pgstage/resolved.py), reused while no DDL has touched it. Units sit
 in the ledger queue (queue.py): a re-run of the same command resumes the same backfill and
 does only what is left, and `join=ID` lets other processes or machines take units from it.
 A unit that fails is recorded with its reason and the others go on.
@@ -24,10 +25,12 @@ from psycopg import sql
 from pgstage.backfill import queue
 from pgstage.backfill.forecast import Forecast, forecast
 from pgstage.backfill.late import send_late
+from pgstage.backfill.turns import Turns, UnitTurn, overlaps
 from pgstage.db import connect, execute, resolve_url
 from pgstage.errors import PgstageError, UsageError
 from pgstage.pipeline import ledger
 from pgstage.report import Counts
+from pgstage.resolved import Memo
 from pgstage.run import RejectLimitReport, parse_partition, run
 from pgstage.spec import Spec, load_spec
 from pgstage.workers import Workers
@@ -180,6 +183,9 @@ class _Tally:
         self.warnings: list[str] = []
         self.crash: BaseException | None = None
         self.stop = threading.Event()
+        self.crashed = threading.Event()   # a job died: units waiting for its day stop (turns.py)
+        self.turns = Turns(self.crashed)
+        self.overlap = [i for i, spec in enumerate(specs) if overlaps(spec)]   # may run two days at once
         self._late = False
         self._lock = threading.Lock()
 
@@ -191,7 +197,8 @@ class _Tally:
             elapsed = self.clock() - self.started
             now = datetime.now().astimezone()
             fc = forecast(measured=done - self.done_before, elapsed_s=elapsed, remaining=statuses["pending"],
-                          jobs=self.jobs, now=now, deadline=self.deadline, most_jobs=len(self.job.specs))
+                          jobs=self.jobs, now=now, deadline=self.deadline,
+                          most_jobs=len(self.job.specs) + len(self.overlap))
             if fc.late and not self._late:   # said as soon as the projection passes the deadline, again if it recovers and slips
                 warning = fc.warning(self.jobs)
                 if warning:
@@ -213,7 +220,9 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
     """
     claimer: psycopg.Connection[Any] | None = None
     session: psycopg.Connection[Any] | None = None
+    holding: queue.Unit | None = None   # the unit claimed and not yet committed (turns.py must hear if it dies)
     pools: dict[int, Workers] = {}   # each spec's batch sessions, kept from unit to unit like `session`
+    memos: dict[int, Memo] = {}      # each spec's types, target and references, re-checked by one query a unit
     try:
         claimer = connect(url)
         # The claim's transaction stays open while its unit runs.
@@ -222,15 +231,19 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
             if session is None or session.closed:
                 session = connect(url)
             with claimer.transaction():
-                unit = queue.claim(claimer, backfill_id)
+                unit = holding = queue.claim(claimer, backfill_id, tally.overlap, tally.turns.running())
                 if unit is not None:
                     ref, spec = refs[unit.spec_no], specs[unit.spec_no]
                     pool = pools.get(unit.spec_no)
                     if pool is None or pool.closed:   # a failed run closes the pool it was lent
                         pool = pools[unit.spec_no] = Workers(url, spec.load, f"backfill:{spec.pipeline.name}")
                     outcome = _run_unit(spec, unit.day, url, Path(ref.base_dir) if ref.base_dir else None,
-                                        session, pool)
+                                        session, pool, memos.setdefault(unit.spec_no, Memo()),
+                                        UnitTurn(tally.turns, unit.spec_no, unit.day, unit.after))
                     queue.finish(claimer, unit, outcome)
+            if unit is not None:   # its outcome is committed: the pipeline's next day may merge
+                tally.turns.ended(unit.spec_no, unit.day, committed=True)
+                holding = None
             units = queue.statuses(claimer, backfill_id)
             if unit is None:
                 if not units["pending"]:
@@ -245,6 +258,9 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
     except BaseException as exc:  # the queue itself failed (database gone): the units stay pending for a re-run
         tally.crash = tally.crash or exc
         tally.stop.set()
+        tally.crashed.set()
+        if holding is not None:
+            tally.turns.ended(holding.spec_no, holding.day, committed=False)
     finally:
         for pool in pools.values():
             pool.close()
@@ -254,12 +270,13 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
 
 
 def _run_unit(spec: Spec, day: date, url: str, base_dir: Path | None, session: psycopg.Connection[Any],
-              pool: Workers) -> queue.Outcome:
-    """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception."""
+              pool: Workers, memo: Memo | None = None, turn: UnitTurn | None = None) -> queue.Outcome:
+    """`pgstage run SPEC --partition DAY`, in-process; a failure becomes the unit's outcome, not an exception
+    (but `Stopped`, a BaseException, ends the job with its unit unrecorded, as a crash would)."""
     started = time.perf_counter()
     try:
         report = run(spec, partition=day, db=url, base_dir=base_dir, conn=session, workers=pool,
-                     ledger_ready=True)   # ensured once by `backfill`
+                     ledger_ready=True, memo=memo, turn=turn)   # the ledger ensured once by `backfill`
     except RejectLimitReport as exc:
         return queue.Outcome("failed", exc.report.run_id if exc.report else None, exc.exit_code, str(exc),
                              time.perf_counter() - started, exc.report.counts.read if exc.report else 0)

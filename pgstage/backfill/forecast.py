@@ -20,7 +20,7 @@ class Forecast:
     deadline: datetime | None
     late: bool                  # the projected finish passes the deadline
     jobs_needed: int | None     # the --jobs that would meet the deadline at the same rate per job, when late
-    most_jobs: int | None = None    # the most jobs that can be busy at once: one per pipeline (None: no limit)
+    most_jobs: int | None = None    # the most jobs that can be busy at once: one or two per pipeline (None: no limit)
 
     def warning(self, jobs: int) -> str | None:
         """The sentence a late forecast prints; None when on time or without a deadline."""
@@ -29,8 +29,9 @@ class Forecast:
         if not self.jobs_needed:
             advice = "the deadline has passed"
         elif self.most_jobs is not None and self.jobs_needed > self.most_jobs:
-            # A pipeline's days load one at a time, in order: jobs beyond one per pipeline wait.
-            advice = (f"more --jobs cannot meet it: each pipeline loads its days one at a time, so at most"
+            # A pipeline's days merge one at a time, in order (the next one at most staging meanwhile:
+            # backfill/turns.py): more jobs than that wait.
+            advice = (f"more --jobs cannot meet it: each pipeline merges its days one at a time, so at most"
                       f" {self.most_jobs} jobs are busy")
         else:
             advice = f"--jobs {self.jobs_needed} would meet it if the database keeps up"
@@ -44,7 +45,7 @@ def forecast(*, measured: int, elapsed_s: float, remaining: int, jobs: int, now:
 
     The --jobs that would meet a missed deadline assumes each job keeps the rate it has now:
     true while the database has idle cores, optimistic beyond. No more than `most_jobs` (one per
-    pipeline) can be busy, whatever --jobs says: the warning says so rather than ask for more.
+    pipeline, two for a pipeline whose next day may validate while one merges) can be busy, whatever --jobs says: the warning says so rather than ask for more.
     """
     if measured <= 0 or elapsed_s <= 0:
         return Forecast(0.0, None, None, deadline, False, None, most_jobs)

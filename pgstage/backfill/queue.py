@@ -1,7 +1,8 @@
 """The backfill queue in the ledger: `pgstage.backfills` and `pgstage.backfill_units`.
 
 A unit is one (spec, day). A worker claims the next eligible unit (its pipeline's first
-pending day: a pipeline's days run one at a time, in order) with `FOR UPDATE SKIP LOCKED`
+pending day; or its second, while this process runs the first, for specs whose validation
+reads nothing but the record: see `build_claim`) with `FOR UPDATE SKIP LOCKED`
 in a transaction that it keeps open while the unit runs (on another session) and that
 records the unit's outcome as it commits. A worker killed mid-unit rolls its claim back
 with its session, so the unit is pending again and the next claim takes it: no heartbeat,
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -78,6 +80,7 @@ class Unit:
     backfill_id: int
     spec_no: int
     day: date
+    after: date | None = None   # the pipeline's earlier day this process is still running: merge after it
 
 
 @dataclass(frozen=True)
@@ -160,32 +163,44 @@ def retry_failed(conn: psycopg.Connection[Any], backfill_id: int) -> int:
 def build_claim() -> sql.Composed:
     """The next unit to run, locked by the caller's transaction; no row when every eligible unit is held.
 
-    Only a pipeline's first pending day is eligible (its last with newest_first), so a pipeline's
-    days run one at a time and in order, exactly as one-by-one runs would: a later day's rows win
-    under `upsert` and the ledger's counts do not depend on which job was faster. Different
-    pipelines run side by side. A held day is skipped (SKIP LOCKED), not waited for: the caller
-    polls. The pipelines' heads come from one grouped pass over the pending units (not a
-    subquery per row), so a claim costs O(units).
+    A pipeline's first pending day is eligible (its last with newest_first). So is its second,
+    for the pipelines in `%(overlap)s`, when its first is among `%(ahead)s` (spec numbers and days
+    whose runs this process has started): that unit stages and validates while the first merges,
+    and merges after it (the caller waits for it: `Unit.after`). Days therefore merge one at a
+    time and in order, exactly as one-by-one runs would: a later day's rows win under `upsert`
+    and the ledger's counts do not depend on which job was faster. First days go before second
+    ones; different pipelines run side by side. A held day is skipped (SKIP LOCKED), not waited
+    for: the caller polls. One windowed pass over the backfill's pending units ranks each
+    pipeline's days (not a subquery per row), so a claim costs O(units).
     """
     return sql.SQL(
-        "SELECT u.spec_no, u.day FROM pgstage.backfill_units u JOIN pgstage.backfills b USING (backfill_id)"
-        " JOIN (SELECT v.backfill_id, v.spec_no,"
-        " CASE WHEN w.newest_first THEN max(v.day) ELSE min(v.day) END AS day"
-        " FROM pgstage.backfill_units v JOIN pgstage.backfills w USING (backfill_id) WHERE v.status = 'pending'"
-        " GROUP BY v.backfill_id, v.spec_no, w.newest_first) head USING (backfill_id, spec_no, day)"
-        " WHERE u.backfill_id = %s AND u.status = 'pending'"
-        " ORDER BY CASE WHEN b.newest_first THEN u.day END DESC, u.day, u.spec_no"
+        "SELECT u.spec_no, u.day, head.ahead FROM pgstage.backfill_units u JOIN pgstage.backfills b USING (backfill_id)"
+        " JOIN (SELECT v.spec_no, v.day, row_number() OVER w AS rank, lag(v.day) OVER w AS ahead"
+        " FROM pgstage.backfill_units v JOIN pgstage.backfills x USING (backfill_id)"
+        " WHERE v.backfill_id = %(id)s AND v.status = 'pending'"
+        " WINDOW w AS (PARTITION BY v.spec_no ORDER BY CASE WHEN x.newest_first THEN v.day END DESC, v.day)) head"
+        " USING (spec_no, day)"
+        " WHERE u.backfill_id = %(id)s AND u.status = 'pending'"
+        " AND (head.rank = 1 OR (head.rank = 2 AND u.spec_no = ANY(%(overlap)s::integer[])"
+        " AND (u.spec_no, head.ahead) IN (SELECT * FROM unnest(%(ahead_specs)s::integer[], %(ahead_days)s::date[]))))"
+        " ORDER BY head.rank, CASE WHEN b.newest_first THEN u.day END DESC, u.day, u.spec_no"
         " LIMIT 1 FOR UPDATE OF u SKIP LOCKED").format()
 
 
-def claim(conn: psycopg.Connection[Any], backfill_id: int) -> Unit | None:
+def claim(conn: psycopg.Connection[Any], backfill_id: int, overlap: Sequence[int] = (),
+          ahead: Sequence[tuple[int, date]] = ()) -> Unit | None:
     """Inside the caller's open transaction: the unit it now holds until it commits.
 
     None when no unit is free: none is pending, or every pipeline's next day is held by
     another job (`statuses()` tells the two apart: held units still count as pending).
+    `overlap`, `ahead`: see `build_claim`; without them a pipeline's days run one at a time.
     """
-    row = execute(conn, build_claim(), (backfill_id,), label="backfill: claim").fetchone()
-    return Unit(backfill_id, int(row[0]), row[1]) if row else None
+    row = execute(conn, build_claim(), {"id": backfill_id, "overlap": list(overlap),
+                                        "ahead_specs": [s for s, _ in ahead], "ahead_days": [d for _, d in ahead]},
+                  label="backfill: claim").fetchone()
+    if not row:
+        return None
+    return Unit(backfill_id, int(row[0]), row[1], row[2])   # `ahead` is NULL for a first day
 
 
 def finish(conn: psycopg.Connection[Any], unit: Unit, outcome: Outcome) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -227,18 +227,21 @@ def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) 
             ident, sql.Literal(qualified(LEDGER_SCHEMA, f"{table}_rec")), columns), label="stage: create")
 
 
-def drop(conn: psycopg.Connection[Any], table: str) -> None:
-    """Drop a staging (or checked) table and its record-number sequence together.
+def build_drop(tables: Sequence[str]) -> sql.Composed:
+    """Scratch tables of the ledger schema and their record sequences, dropped by one statement string.
 
-    In one transaction: a process killed between the two statements would leave the sequence
-    alone, found by no orphan sweep (it looks for tables), and the resumed run's CREATE SEQUENCE
-    for the same batch would fail.
+    Sent without parameters, the two statements travel in one round trip and run in one
+    transaction: one commit (a WAL flush) for a batch's staging and checked tables instead of
+    four, and no sequence outlives its table when a crash falls between the two drops.
     """
-    with conn.transaction():
-        execute(conn, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA, table)),
-                label="stage: drop")
-        execute(conn, sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA, f"{table}_rec")),
-                label="stage: drop sequence")
+    return sql.SQL("DROP TABLE IF EXISTS {}; DROP SEQUENCE IF EXISTS {}").format(
+        sql.SQL(", ").join(sql.Identifier(LEDGER_SCHEMA, t) for t in tables),
+        sql.SQL(", ").join(sql.Identifier(LEDGER_SCHEMA, f"{t}_rec") for t in tables))
+
+
+def drop(conn: psycopg.Connection[Any], *tables: str) -> None:
+    if tables:
+        execute(conn, build_drop(tables), label="stage: drop")
 
 
 # A file is cut into batches of at least this many records to keep every worker busy.
