@@ -116,7 +116,7 @@ def target(sql: Any) -> list[tuple[Any, ...]]:
     return [(i, note, str(amount)) for i, note, amount in sql("SELECT id, note, amount FROM app.notes ORDER BY id")]
 
 
-def ledger(sql: Any, run_id: int) -> list[tuple[Any, ...]]:
+def ledger(sql: Any, run_id: int | None) -> list[tuple[Any, ...]]:
     return sql("SELECT batch_no, byte_start, byte_end, record_start, record_end, status FROM pgstage.batches"
                " WHERE run_id = %s ORDER BY batch_no", (run_id,))
 
