@@ -56,7 +56,7 @@ from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates
 from pgstage.ops import anomalies, logs, outcome
 from pgstage.ops.alerts import seconds as alert_seconds
 from pgstage.ops.paused import long_pause_alert
-from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, validate
+from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, two_streams, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
@@ -424,11 +424,12 @@ def _stage_and_validate(load: Load) -> Validated:
             _drop_tables(conn, [load.duplicates])
         since = ledger.watermark(conn, spec.pipeline.name, source.name) if load.run.cdc else None
         _event(load, "file started", file=source.name, bytes=source.size, from_record=start.record)
-        batches = _staged(load, stage.stage_batches(conn, spec, source, file_no=file_no,
-                                                    table_prefix=staged_prefix(load.run_id, file_no), start=start,
-                                                    batch_rows=spec.load.batch_rows, since=since,
-                                                    parallel=_spread(spec),
-                                                    pause=partial(load.throttle.wait, conn, f"COPY of {source.name}")))
+        # A file's first two batches may stage at once, on this session and a pool one (pipeline/two_streams.py).
+        staging = two_streams.stage_file(conn, load.pool, spec, source, file_no=file_no,
+                                         table_prefix=staged_prefix(load.run_id, file_no), start=start,
+                                         batch_rows=spec.load.batch_rows, since=since, parallel=_spread(spec),
+                                         pause=partial(_pause_copy, load, source.name), event=partial(_event, load))
+        batches = _staged(load, staging)
         validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span))
                                     for batch, span in batches]))
     assert load.validation.staged is not None
@@ -449,11 +450,16 @@ def _staged(load: Load, batches: Iterator[stage.StagedBatch]) -> Iterator[tuple[
     (Unix seconds, for the report's timeline)."""
     began = time.time()
     for batch in batches:
-        ended = time.time()
+        began, ended = batch.staging or (began, time.time())
         _event(load, "batch staged", file=batch.source.name, batch=batch.batch_no, read=batch.read,
                quarantined=len(batch.quarantined), byte_end=batch.byte_end, seconds=round(ended - began, 3))
         yield batch, (began, ended)
         began = time.time()
+
+
+def _pause_copy(load: Load, file: str, session: psycopg.Connection[Any]) -> None:
+    """The throttle before a COPY window, on whichever session stages it (pipeline/two_streams.py)."""
+    load.throttle.wait(session, f"COPY of {file}")
 
 
 def _throttle(ctx: RunContext, run_id: int) -> Throttle:

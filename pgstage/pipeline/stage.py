@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -100,6 +101,7 @@ class StagedBatch:
     ignored_fields: tuple[str, ...] = ()
     kind: str = "csv"
     spanned: int = 0                          # record numbers used: `read` plus JSON Lines' blank lines
+    staging: tuple[float, float] | None = None   # when its staging began and ended (Unix seconds)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -267,7 +269,7 @@ def split_size(batch_rows: int, parallel: int, remaining_bytes: int | None, wind
 
 def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile, *, file_no: int, table_prefix: str,
                   start: StartPoint, batch_rows: int, since: datetime | None = None,
-                  parallel: int = 1, pause: Callable[[], None] | None = None) -> Iterator[StagedBatch]:
+                  parallel: int = 1, pause: Callable[[], None] | None = None) -> Generator[StagedBatch, None, None]:
     """COPY a file, from `start`, into one staging table per batch of about batch_rows records.
 
     `since` is a postgres source's committed watermark (None: extract every row); `parallel`
@@ -287,6 +289,7 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
         record, batch_no = start.record, start.batch_no
         batch: StagedBatch | None = None
         first, dirt = True, _Dirt()
+        began = time.time()
         while True:
             remaining = batch_rows - (batch.read if batch else 0)
             window = reader.next_window(max_lines=remaining)
@@ -315,10 +318,12 @@ def stage_batches(conn: psycopg.Connection[Any], spec: Spec, source: SourceFile,
             faults.hit("stage.window")
             if batch.read >= batch_rows:
                 _finish(conn, batch)
+                batch.staging = (began, time.time())
                 yield batch
-                batch, batch_no = None, batch_no + 1
+                batch, batch_no, began = None, batch_no + 1, time.time()
         if batch is not None:
             _finish(conn, batch)
+            batch.staging = (began, time.time())
             yield batch
 
 
