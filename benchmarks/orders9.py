@@ -253,6 +253,12 @@ def checksum(url: str) -> list[Any]:
     return [int(v) if v is not None else None for v in row or ()]
 
 
+def _create_target(url: str, total_type: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in create_target(total_type):
+            conn.execute(statement)
+
+
 def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
     """One round: naive and bare_sql, then pgstage, each in-process and from the shell."""
     if "orders9" not in selected:
@@ -264,16 +270,12 @@ def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
         for shell in (False, True):
             suffix = "_shell" if shell else ""
             with bench.database(f"naive9{suffix}") as url:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    for statement in create_target("numeric(12,2)"):
-                        conn.execute(statement)
+                _create_target(url, "numeric(12,2)")
                 _baseline(bench, url, "naive9", suffix, rep, clean, shell)
         for shell in (False, True):
             suffix = "_shell" if shell else ""
             with bench.database(f"bare9{suffix}") as url:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    for statement in create_target("bigint"):
-                        conn.execute(statement)
+                _create_target(url, "bigint")
                 _baseline(bench, url, "bare_sql9", suffix, rep, clean, shell)
                 _baseline(bench, url, "bare_sql9", suffix, rep, delta, shell, name=f"bare_sql9_incremental{suffix}")
                 bench.checksums.setdefault(f"bare_sql9{suffix} after incremental", []).append(checksum(url))

@@ -19,26 +19,17 @@ from psycopg import sql as pgsql
 
 from pgstage.pipeline.transform import ColumnType, typed
 from pgstage.spec import ColumnSpec
+from tests import specs
 from tests.conftest import Loader
 
-SPEC = """
-[pipeline]
-name = "events"
-target = "public.events"
-key = ["id"]
-
-[source]
-path = "events.csv"
-
-[columns]
+# str.format undoes the template's doubled braces (no placeholders here).
+SPEC = specs.template(name="events", target="public.events", path="events.csv", strategy=None, load="max_reject_ratio = 1.0",
+                      columns="""
 id = { from = "id", type = "integer", required = true }
 tokyo = { from = "tokyo", type = "timestamptz", timezone = "Asia/Tokyo" }
 york = { from = "york", type = "timestamp", timezone = "America/New_York" }
 shaped = { from = "shaped", type = "timestamptz", format = "YYYY-MM-DD HH24:MI BC", timezone = "Asia/Tokyo" }
-
-[load]
-max_reject_ratio = 1.0
-"""
+""").format()
 
 OK = "2024-03-01 10:00"
 OUT = "is out of range for type timestamp with time zone as wall-clock time in"
