@@ -152,11 +152,9 @@ def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]
     cols = _written_columns(spec, checked)
     part = spec.pipeline.partition
     native = part is not None and part.native
-    if spec.pipeline.key and unique_key and not native:
-        return _swap_rows_optimistic(conn, spec, types, w, checked, run_id, beaten, cols)
-    dedup = False
-    if spec.pipeline.key:
-        dedup = _has_duplicates(conn, spec, checked)
+    # With a unique index on the key, repeated keys are left for the index to find (see _insert_rows).
+    optimistic = bool(spec.pipeline.key) and unique_key and not native
+    dedup = bool(spec.pipeline.key) and not optimistic and _has_duplicates(conn, spec, checked)
     label = f"merge: insert partition (last batch) {checked.staged.source.name}"
     try:
         if native:
@@ -173,8 +171,11 @@ def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]
         else:
             deleted = execute(conn, build_delete(spec, w), label="merge: delete partition").rowcount
             execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
-            written = execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=dedup),
-                              label=label).rowcount
+            if optimistic:
+                written = _insert_rows(conn, spec, types, checked, run_id, beaten, label)
+            else:
+                written = execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=dedup),
+                                  label=label).rowcount
     except DatabaseError as exc:
         outside = _outside(spec, w, exc)
         if outside is None:
@@ -183,36 +184,25 @@ def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]
     return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0, deleted=deleted)
 
 
-def _swap_rows_optimistic(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType],
-                          w: partition.Window, checked: Checked, run_id: int, beaten: str | None,
-                          cols: list[str]) -> MergeCounts:
-    """The delete + insert swap on a target whose unique index on the key judges repeated keys.
+def _insert_rows(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+                 run_id: int, beaten: str | None, label: str) -> int:
+    """The batch's rows into a target whose unique index on the key judges repeated keys.
 
     A batch rarely repeats a key, and counting its distinct keys first reads it once more
-    (a fifth of a second a million rows). So the batch's rows go in as they are, inside a
-    savepoint; only if the index refuses one are they rolled back, the keys counted, and the
-    rows written again, one per key. A key the index still refuses is in the target outside
-    the partition: the same error as ever.
+    (a fifth of a second a million rows). So the rows go in as they are, inside a savepoint;
+    only if the index refuses one are they rolled back, the keys counted, and the rows written
+    again, one per key. A key the index still refuses is in the target outside the partition:
+    the caller's error, as ever.
     """
-    label = f"merge: insert partition (last batch) {checked.staged.source.name}"
     try:
-        deleted = execute(conn, build_delete(spec, w), label="merge: delete partition").rowcount
-        execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
-        try:
-            with conn.transaction():   # a savepoint
-                written = execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=False),
-                                  label=label).rowcount
-        except DatabaseError as exc:
-            if not (isinstance(exc.__cause__, psycopg.errors.UniqueViolation) and _has_duplicates(conn, spec, checked)):
-                raise
-            written = execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=True),
-                              label=f"{label} (one row per key)").rowcount
+        with conn.transaction():   # a savepoint
+            return execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=False),
+                           label=label).rowcount
     except DatabaseError as exc:
-        outside = _outside(spec, w, exc)
-        if outside is None:
+        if not (isinstance(exc.__cause__, psycopg.errors.UniqueViolation) and _has_duplicates(conn, spec, checked)):
             raise
-        raise outside from exc
-    return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0, deleted=deleted)
+        return execute(conn, build_insert_batch(spec, types, checked, run_id, beaten, dedup=True),
+                       label=f"{label} (one row per key)").rowcount
 
 
 def _has_duplicates(conn: psycopg.Connection[Any], spec: Spec, checked: Checked) -> bool:
