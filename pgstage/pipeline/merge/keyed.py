@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
-from pgstage.pipeline import transform
+from pgstage.pipeline import known, transform
 from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, ROW_HASH, SOURCE_DELETED_AT
@@ -358,9 +358,9 @@ def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checke
         _deduplicated(spec, types, checked, None, dedup=False, records=records), sql.Identifier(KNOWN),
         sql.Literal(WRITE_SAMPLE))
     return sql.SQL("SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND {writes}) FROM ({sample}) s"
-                   " LEFT JOIN {target} t ON {join}").format(
-        k=keys[0], writes=_overwrites(spec), sample=sample, target=sql.Identifier(*spec.target),
-        join=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys))
+                   " LEFT JOIN LATERAL ({probe}) t ON true").format(
+        k=keys[0], writes=_overwrites(spec), sample=sample, probe=known.key_probe(spec, [sql.SQL("s.{}").format(sql.Identifier(k)) for k in spec.pipeline.key]))
+
 
 
 def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
