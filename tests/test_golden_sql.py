@@ -184,6 +184,8 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "merge_upsert": lambda: merge.build_upsert(spec, types, one, RUN_ID),
         "merge_write_sample": lambda: merge.build_write_sample(spec, types, one),
         "merge_write_sample_chunk": lambda: merge.build_write_sample(spec, types, one, (1, 500)),
+        "merge_holds_a_key": lambda: merge.keyed.build_holds_a_key(spec, types, one),
+        "merge_holds_a_key_chunk": lambda: merge.keyed.build_holds_a_key(spec, types, one, (1, 500)),
         "merge_has_duplicates": lambda: merge.build_has_duplicates(spec, one),
         "merge_beaten": lambda: merge.build_beaten(spec, [one, two], beaten),
         "merge_overlap": lambda: merge.build_overlap(spec, types, [one, two]),
