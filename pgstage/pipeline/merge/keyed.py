@@ -360,8 +360,12 @@ def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checke
         sql.Literal(WRITE_SAMPLE))
     return sql.SQL("SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND {writes}) FROM ({sample}) s"
                    " LEFT JOIN LATERAL ({probe}) t ON true").format(
-        k=keys[0], writes=_overwrites(spec), sample=sample, probe=known.key_probe(spec, [sql.SQL("s.{}").format(sql.Identifier(k)) for k in spec.pipeline.key]))
+        k=keys[0], writes=_overwrites(spec), sample=sample, probe=_probe(spec))
 
+
+def _probe(spec: Spec) -> sql.Composed:
+    """The target row with the key of the batch's row `s`: one probe of the key index (`known.key_probe`)."""
+    return known.key_probe(spec, [sql.SQL("s.{}").format(sql.Identifier(k)) for k in spec.pipeline.key])
 
 
 def build_holds_a_key(spec: Spec, types: dict[str, ColumnType], checked: Checked,
@@ -374,8 +378,7 @@ def build_holds_a_key(spec: Spec, types: dict[str, ColumnType], checked: Checked
     Every row counts, duplicates and the run's cross-batch losers too: a superset is safe.
     """
     rows = _deduplicated(spec, types, checked, None, dedup=False, records=records)
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM ({}) s, LATERAL ({}) t)").format(
-        rows, known.key_probe(spec, [sql.SQL("s.{}").format(sql.Identifier(k)) for k in spec.pipeline.key]))
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM ({}) s, LATERAL ({}) t)").format(rows, _probe(spec))
 
 
 def holds_a_key(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
@@ -494,7 +497,7 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         if upserts and soft_deletes(spec) is None:
             # A batch of keys the target does not hold (a backfill's next day) is one plain INSERT:
             # no conflict checks to speculate on, no CTE to count in, ~35% less time than the
-            # upsert for 5,000 new rows. Keys only: a known record's key is in the target. The
+            # upsert for 5,000 new rows. Not with known records (their keys are in the target). The
             # key's unique index guards the gap between the probe and the INSERT: a key another
             # load commits meanwhile fails the INSERT, and the retried batch sees it (below).
             if not checked.known and not holds_a_key(conn, spec, types, checked, records):
