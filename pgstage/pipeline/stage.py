@@ -224,11 +224,7 @@ def _create(conn: psycopg.Connection[Any], table: str, columns: sql.Composable) 
     # (it looks for tables) and that the next attempt could not create again.
     with conn.transaction():
         # CACHE: one backend numbers the rows, and an uncached nextval() per row costs a quarter of the COPY.
-        # UNLOGGED, as its table: a logged sequence's setval() and nextval() write WAL, so every window's
-        # numbering and COPY would commit with a WAL flush for data a crash empties anyway (a backfill's
-        # unit paid ~1 ms at rest, 5 ms at load 5, for the setval alone). After a crash the table is empty
-        # and the sequence back at its start; a window is numbered by setval() before its COPY either way.
-        execute(conn, sql.SQL("CREATE UNLOGGED SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
+        execute(conn, sql.SQL("CREATE SEQUENCE {} CACHE 10000").format(seq), label="stage: sequence")
         execute(conn, sql.SQL("CREATE UNLOGGED TABLE {} (_rec bigint NOT NULL DEFAULT nextval({}), {})" + NO_AUTOVACUUM).format(
             ident, sql.Literal(qualified(LEDGER_SCHEMA, f"{table}_rec")), columns), label="stage: create")
 
