@@ -102,10 +102,10 @@ def key_probe(spec: Spec, values: list[sql.Composable], *also: sql.Composable) -
     For the samples that decide a batch's path (`build_sample`, and the merge's writes sample):
     a thousand keys at most, which the key's unique index answers in about a millisecond
     whatever the target's size. Written as a plain join, the planner hashes the whole target
-    instead whenever it misjudges that (a backfill adds a day at a time, faster than autovacuum
-    analyzes the target), and the sample reads every row: 120 ms at 75,000 rows against 1 ms.
-    As a LATERAL subquery with LIMIT, which PostgreSQL cannot flatten into a join, each sampled
-    record is one probe.
+    instead while it guesses a scan of it cheaper than a thousand probes (up to ~150,000 rows:
+    a backfill's first month), and the sample reads every row: 120 ms at 75,000 rows against
+    1 ms. As a LATERAL subquery with LIMIT, which PostgreSQL cannot flatten into a join, each
+    sampled record is one probe.
     """
     on = sql.SQL(" AND ").join([*(sql.SQL("t.{} = {}").format(sql.Identifier(k), v)
                                   for k, v in zip(spec.pipeline.key, values, strict=True)), *also])
