@@ -628,8 +628,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
         # (one catalog query), has nothing to ensure; otherwise, as every run: check, create, complete.
         unchanged = load.facts.target_complete(spec) and resolved.current(conn, spec, load.facts)
         if not unchanged:
-            if load.early is not None:   # its DELETE's lock would hold up the DDL: the swap deletes by itself
-                load.early.abandon("the target changed since the run started")
+            if load.early is not None and not _complete(load):   # an ALTER would wait on the early DELETE's lock
+                load.early.abandon("the target lacks columns the run adds")
             target.ensure(conn, spec, load.types)
         if merge.replaces_partition(spec) and validated.pending:   # where its batches collect their rows
             merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
@@ -659,6 +659,11 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     early = load.early if load.early is not None and load.early.started else None
     return MergePlan(beaten, merge.target_is_empty(conn, spec), upserts, seen,
                      len(validated.pending), _as_of(load), replaced, early)
+
+
+def _complete(load: Load) -> bool:
+    """The target has every column `target.ensure` adds, as the catalog says now: ensuring it alters nothing."""
+    return replace(load.facts, found=target.existing_columns(load.conn, load.spec)).target_complete(load.spec)
 
 
 def _as_of(load: Load) -> datetime | None:

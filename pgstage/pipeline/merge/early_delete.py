@@ -77,6 +77,7 @@ class EarlyDelete:
             self._tx.__enter__()
             self.deleted = execute(self._conn, build_delete(self._spec, self._window),
                                    label="merge: delete partition (early)").rowcount
+            self._event("early delete", deleted=self.deleted)   # uncommitted: readers still see the old day
             faults.hit("merge.early_delete")   # killed here: the server rolls the DELETE back
         except BaseException as exc:   # given back to the swap, see `take`
             self._error = exc
@@ -136,6 +137,7 @@ class EarlyDelete:
         try:
             if tx is not None and not conn.broken:
                 tx.__exit__(psycopg.Rollback, psycopg.Rollback(), None)   # rolled back, and the block closed
+                self._event("early delete rolled back", deleted=self.deleted)
         except psycopg.Error:
             pass   # the session is gone: the server rolled it back
         finally:
