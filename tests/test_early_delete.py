@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
@@ -93,7 +94,12 @@ def test_the_day_is_replaced_with_its_delete_done_early(tmp_path: Path, db_url: 
     assert rows(sql) == AFTER
     assert names(seen) == ["early delete", "partition deleted early"], [f for e, f in seen if "early" in e]
     assert [f["deleted"] for e, f in seen if e == "partition deleted early"] == [3]
-    # the early session is closed with the run: no pgstage session is left behind
+    # the early session is closed with the run: no pgstage session is left behind (a closed session's
+    # backend leaves pg_stat_activity a moment after the client hangs up, so wait for it a little)
+    for _ in range(100):
+        if sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgstage'") == [(0,)]:
+            break
+        time.sleep(0.1)
     assert sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgstage'") == [(0,)]
 
 
