@@ -43,7 +43,7 @@ from datetime import date, datetime, time as day_time, timedelta, timezone
 from zoneinfo import ZoneInfo
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -53,16 +53,19 @@ from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded,
                             Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
-from pgstage.ops import anomalies, logs, outcome
+from pgstage.ops import logs, outcome
 from pgstage.ops.alerts import seconds as alert_seconds
 from pgstage.ops.paused import long_pause_alert
-from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, two_streams, validate
-from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
+from pgstage.pipeline import chunks, ledger, merge, transform
+from pgstage.pipeline.extract import SourceFile, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.spec import Spec, load_spec
 from pgstage.workers import InOrder, Workers, results
+
+if TYPE_CHECKING:   # imported by the phases that use them: a run whose files were all loaded before needs none
+    from pgstage.pipeline import partition, stage, validate
 
 
 @dataclass
@@ -132,7 +135,11 @@ class RunContext:
 
     def sources(self) -> tuple[SourceFile, ...]:
         """This attempt's sources: a postgres source is one pseudo-file, extracted anew by every attempt."""
-        return (postgres.pseudo_file(self.spec.source),) if self.cdc else self.files
+        if not self.cdc:
+            return self.files
+        from pgstage.pipeline.extract import postgres
+
+        return (postgres.pseudo_file(self.spec.source),)
 
 
 @dataclass(frozen=True)
@@ -389,6 +396,8 @@ def _skip(conn: psycopg.Connection[Any], ctx: RunContext, run_id: int, skipped: 
 def _validation_context(ctx: RunContext, facts: resolved.Resolved) -> validate.Context:
     """What every batch's validation shares: the target's state, the known-rows shortcut (pipeline/known.py)
     and the partition a replace_partition run keeps its records to."""
+    from pgstage.pipeline import known, validate
+
     found, seed = facts.found, facts.seed
     return validate.Context(facts.collation, found is not None, row_hash_seed=seed,
                             known_rows=bool(seed is not None and found and ROW_HASH in found
@@ -401,6 +410,8 @@ def _window(ctx: RunContext, types: dict[str, transform.ColumnType]) -> partitio
     """The partition a replace_partition run replaces (and keeps its records to); None for other strategies."""
     if not merge.replaces_partition(ctx.spec) or ctx.partition is None:
         return None
+    from pgstage.pipeline import partition
+
     return partition.window(ctx.spec, types, ctx.partition)
 
 
@@ -409,6 +420,8 @@ def _stage_and_validate(load: Load) -> Validated:
 
     Each batch's rejects and checkpoint commit together.
     """
+    from pgstage.pipeline import stage, two_streams
+
     conn, spec = load.conn, load.spec
     validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
     ignored: dict[str, tuple[str, ...]] = {}
@@ -476,6 +489,8 @@ def _event(load: Load, event: str, **fields: Any) -> None:
 def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch,
                     staged: tuple[float, float] | None = None) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
+    from pgstage.pipeline import validate
+
     started = time.perf_counter()
     load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
     with session.transaction():
@@ -521,6 +536,8 @@ def _judge_volume(load: Load, validated: Validated) -> dict[str, Any] | None:
 
     A flagged run with `[anomaly] action = "block"` is closed `blocked` and merges nothing (exit 5).
     """
+    from pgstage.ops import anomalies
+
     conn, spec, run_id = load.conn, load.spec, load.run_id
     if spec.anomaly.action == "off":
         return None
@@ -807,7 +824,10 @@ def _pre_merge(c: validate.Checked) -> Counts:
 
 
 def _drop_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
-    stage.drop(conn, *tables)
+    if tables:   # (a run that staged nothing has none, and needs no staging code)
+        from pgstage.pipeline import stage
+
+        stage.drop(conn, *tables)
 
 
 def _file_rows(files: tuple[FileReport, ...]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import json
 import os
 import socket
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -18,10 +18,12 @@ from psycopg import sql
 from pgstage.db import execute, mask, relation_exists
 from pgstage.names import CHECKED_PREFIX, COLLECTOR_PREFIX, DUPLICATES_PREFIX, LEDGER_SCHEMA, SEEN_PREFIX, STAGED_PREFIX
 from pgstage.pipeline._functions import INSTALL
-from pgstage.pipeline.extract import SourceFile
-from pgstage.pipeline.stage import StagedBatch, StartPoint
 from pgstage.report import Counts
 from pgstage.spec import Spec
+
+if TYPE_CHECKING:   # a run that loads nothing reads the ledger without the extract and staging steps
+    from pgstage.pipeline.extract import SourceFile
+    from pgstage.pipeline.stage import StagedBatch, StartPoint
 
 _DDL = [
     "CREATE SCHEMA IF NOT EXISTS pgstage",
@@ -218,6 +220,8 @@ def discard_unmerged(conn: psycopg.Connection[Any], run_id: int) -> None:
 
 def start_point(conn: psycopg.Connection[Any], run_id: int, source: SourceFile) -> StartPoint:
     """Where to resume a file: after its last merged batch of the same bytes, else at its start."""
+    from pgstage.pipeline.stage import StartPoint
+
     row = execute(conn, sql.SQL(
         "SELECT max(batch_no), max(byte_end) FILTER (WHERE sha256 = %(sha)s),"
         " max(record_end) FILTER (WHERE sha256 = %(sha)s), bool_and(sha256 = %(sha)s)"
