@@ -36,7 +36,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time as day_time, timedelta, timezone
@@ -54,18 +53,18 @@ from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Lo
                             Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
 from pgstage.ops import logs, outcome
-from pgstage.ops.alerts import seconds as alert_seconds
-from pgstage.ops.paused import long_pause_alert
 from pgstage.pipeline import chunks, ledger, merge, transform
 from pgstage.pipeline.extract import SourceFile, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
-from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.spec import Spec, load_spec
-from pgstage.workers import InOrder, Workers, results
 
 if TYPE_CHECKING:   # imported by the phases that use them: a run whose files were all loaded before needs none
+    from concurrent.futures import Future
+
     from pgstage.pipeline import partition, stage, validate
+    from pgstage.throttle import Throttle
+    from pgstage.workers import InOrder, Workers
 
 
 @dataclass
@@ -315,6 +314,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
             turn.started()
         if not todo and not ledger.batch_counts(conn, run_id):
             return _skip(conn, ctx, run_id, skipped)
+        from pgstage.workers import Workers   # (here: a run with nothing to load opens no pool)
+
         try:
             with (nullcontext(workers) if workers is not None
                   else Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}")) as pool:
@@ -421,6 +422,7 @@ def _stage_and_validate(load: Load) -> Validated:
     Each batch's rejects and checkpoint commit together.
     """
     from pgstage.pipeline import stage, two_streams
+    from pgstage.workers import results
 
     conn, spec = load.conn, load.spec
     validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
@@ -477,6 +479,10 @@ def _pause_copy(load: Load, file: str, session: psycopg.Connection[Any]) -> None
 
 def _throttle(ctx: RunContext, run_id: int) -> Throttle:
     """The attempt's throttle: its pauses are run events, and a long one alerts (pgstage/ops/paused.py)."""
+    from pgstage.ops.alerts import seconds as alert_seconds
+    from pgstage.ops.paused import long_pause_alert
+    from pgstage.throttle import Limits, Throttle
+
     return Throttle(Limits.of(ctx.spec.load), run_id, pipeline=ctx.spec.pipeline.name, partition=ctx.partition,
                     alert_after_s=alert_seconds(ctx.spec.alerts.paused_after),
                     on_long_pause=long_pause_alert(ctx.spec, run_id, ctx.partition))
@@ -663,6 +669,10 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
 
     Returns the rejects by rule, counted meanwhile.
     """
+    from concurrent.futures import wait
+
+    from pgstage.workers import InOrder, results
+
     order, opened = InOrder(), InOrder()
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order, opened=opened))
@@ -809,6 +819,8 @@ def _merged(checked: validate.Checked, m: merge.MergeCounts) -> Counts:
 
 def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[str, tuple[str, ...]],
             by_rule: dict[str, int]) -> RunReport:
+    from pgstage.throttle import throttled_seconds
+
     file_status = "loaded" if status == "succeeded" else "blocked" if status == "blocked" else "rejected"
     files = tuple(FileReport(name, file_status, counts, ignored.get(name, ())) for name, counts in per_file.items())
     totals = sum(per_file.values(), Counts())
