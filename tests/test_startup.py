@@ -179,6 +179,31 @@ def test_a_skipped_run_checks_the_ledger_in_one_statement(loader: Loader) -> Non
         "ledger: fingerprint", "ledger: start", "ledger: batch counts", "ledger: finish"]
 
 
+def test_the_console_script_imports_with_the_collector_off_and_runs_the_command_with_it_on(loader: Loader) -> None:
+    """main() freezes what start-up imported and turns the collector back on, at its usual thresholds, before the
+    command runs: a long run or backfill collects its garbage. The library alone never touches the collector."""
+    loader.write("rows.csv", "id,name\n1,a\n")
+    spec = loader.spec(SPEC)
+    loader.run(spec)
+    probe = (f"import gc, sys; sys.argv = ['pgstage', 'run', {str(spec)!r}, '--db', {loader.db_url!r}]\n"
+             "before = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count())\n"
+             "import pgstage.cli, pgstage.run\n"
+             "library = (gc.isenabled(), gc.get_freeze_count())\n"
+             "seen = []\nmodule = sys.modules['pgstage.run']\nreal = module.run\n"
+             "def spy(*args, **kwargs):\n    seen.append((gc.isenabled(), gc.get_threshold()))\n"
+             "    return real(*args, **kwargs)\n"
+             "module.run = spy\n"
+             "try:\n    pgstage.cli.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+             "print(repr((before, library, seen, gc.isenabled(), gc.get_threshold(), gc.get_freeze_count() > 10000,"
+             " code)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(spec).parent,
+                         check=True).stdout
+    before, library, seen, enabled, threshold, frozen, code = eval(out.strip().splitlines()[-1])
+    assert before == (True, (700, 10, 10), 0) and library == (True, 0)   # importing the library changes nothing
+    assert seen == [(True, (700, 10, 10))]   # the run itself: collector on, usual thresholds
+    assert (enabled, threshold, frozen, code) == (True, (700, 10, 10), True, 0)
+
+
 def test_the_progress_bar_starts_at_the_first_file_and_not_before() -> None:
     code = ("from pgstage.cli.progress import _DeferredBar; bar = _DeferredBar(); "
             "bar('run started', {}); bar('file skipped', {'file': 'a.csv'}); before = bar.progress is None; "
