@@ -44,3 +44,10 @@ def checked_table(run_id: int, file_no: int, batch_no: int) -> str:
 
 def duplicates_table(run_id: int) -> str:
     return f"{DUPLICATES_PREFIX}_{run_id}"
+
+
+# For the run's own tables (staging, checked, known, beaten), which live minutes and are read
+# in full: autovacuum would vacuum and analyze each one after its COPY (a 1M-row table passes
+# every threshold), spending a core the load needs, and a DROP waits a second
+# (deadlock_timeout) for the worker to be cancelled. The merge analyzes what it needs itself.
+NO_AUTOVACUUM = " WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"

@@ -27,7 +27,8 @@ from psycopg import sql
 
 from pgstage import target
 from pgstage.db import execute, qualified
-from pgstage.pipeline import known, transform, validate
+from pgstage.errors import SpecError
+from pgstage.pipeline import transform
 from pgstage.spec import Spec, parse_reference
 
 
@@ -126,6 +127,8 @@ def with_target(conn: psycopg.Connection[Any], spec: Spec, facts: Resolved) -> R
     that will be remembered, whether ON CONFLICT has an arbiter: a lone run asks when it merges)."""
     if facts.target_read:
         return facts
+    from pgstage.pipeline import known   # (it imports the staging step: a run with nothing to load never gets here)
+
     found = target.existing_columns(conn, spec)
     seed = known.session_seed(conn, spec) if target.keeps_row_hash(found) else None
     upserts = (facts.snapshot is not None and found is not None and bool(spec.pipeline.key)
@@ -142,5 +145,25 @@ def current(conn: psycopg.Connection[Any], spec: Spec, facts: Resolved) -> bool:
 def _checked_types(conn: psycopg.Connection[Any], spec: Spec) -> dict[str, transform.ColumnType]:
     types = transform.resolve_types(conn, spec)
     target.check(conn, spec, types)
-    validate.check_references(conn, spec)
+    check_references(conn, spec)
     return types
+
+
+def check_references(conn: psycopg.Connection[Any], spec: Spec) -> None:
+    """Every referenced table and column must exist before anything is staged (exit 2)."""
+    problems = []
+    refs = [(f"columns.{n}.references", parse_reference(c.references)) for n, c in spec.columns.items() if c.references]
+    refs += [(f"references.{n}", parse_reference(r.to)) for n, r in spec.references.items()]
+    for where, ref in refs:
+        found = execute(conn, sql.SQL(
+            "SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)"
+            " AND a.attnum > 0 AND NOT a.attisdropped"), (qualified(ref.schema_, ref.table),),
+            label="validate: references").fetchone()
+        existing = (found[0] if found else None) or []
+        if not existing:
+            problems.append(f"{where}: table {ref.schema_}.{ref.table} does not exist")
+        else:
+            problems += [f"{where}: {ref.schema_}.{ref.table} has no column {c!r}" for c in ref.columns if c not in existing]
+    if problems:
+        raise SpecError(f"{spec.path or 'spec'}: referenced tables do not match", problems=tuple(problems),
+                        hint="create the referenced table first, or fix the reference")

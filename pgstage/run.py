@@ -36,14 +36,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time as day_time, timedelta, timezone
 from zoneinfo import ZoneInfo
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -53,17 +52,20 @@ from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (AnomalyBlocked, ConnectionFailed, HeaderMismatch, Location, PgstageError, RejectLimitExceeded,
                             Transient, TransientDatabaseError, UsageError)
 from pgstage.names import ROW_HASH, SOURCE_CHANGED_AT, checked_table, duplicates_table, staged_prefix
-from pgstage.ops import anomalies, logs, outcome
-from pgstage.ops.alerts import seconds as alert_seconds
-from pgstage.ops.paused import long_pause_alert
-from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, two_streams, validate
-from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
-from pgstage.pipeline.merge.early_delete import EarlyDelete, eligible as early_delete_eligible
+from pgstage.ops import logs, outcome
+from pgstage.pipeline import chunks, ledger, merge, transform
+from pgstage.pipeline.extract import SourceFile, resolve_files
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
-from pgstage.throttle import Limits, Throttle, throttled_seconds
 from pgstage.spec import Spec, load_spec
-from pgstage.workers import InOrder, Workers, results
+
+if TYPE_CHECKING:   # imported by the phases that use them: a run whose files were all loaded before needs none
+    from concurrent.futures import Future
+
+    from pgstage.pipeline import partition, stage, validate
+    from pgstage.pipeline.merge.early_delete import EarlyDelete
+    from pgstage.throttle import Throttle
+    from pgstage.workers import InOrder, Workers
 
 
 @dataclass
@@ -133,7 +135,11 @@ class RunContext:
 
     def sources(self) -> tuple[SourceFile, ...]:
         """This attempt's sources: a postgres source is one pseudo-file, extracted anew by every attempt."""
-        return (postgres.pseudo_file(self.spec.source),) if self.cdc else self.files
+        if not self.cdc:
+            return self.files
+        from pgstage.pipeline.extract import postgres
+
+        return (postgres.pseudo_file(self.spec.source),)
 
 
 @dataclass(frozen=True)
@@ -311,6 +317,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
             turn.started()
         if not todo and not ledger.batch_counts(conn, run_id):
             return _skip(conn, ctx, run_id, skipped)
+        from pgstage.workers import Workers   # (here: a run with nothing to load opens no pool)
+
         early: EarlyDelete | None = None
         try:
             with (nullcontext(workers) if workers is not None
@@ -396,6 +404,8 @@ def _skip(conn: psycopg.Connection[Any], ctx: RunContext, run_id: int, skipped: 
 def _validation_context(ctx: RunContext, facts: resolved.Resolved) -> validate.Context:
     """What every batch's validation shares: the target's state, the known-rows shortcut (pipeline/known.py)
     and the partition a replace_partition run keeps its records to."""
+    from pgstage.pipeline import known, validate
+
     found, seed = facts.found, facts.seed
     return validate.Context(facts.collation, found is not None, row_hash_seed=seed,
                             known_rows=bool(seed is not None and found and ROW_HASH in found
@@ -408,12 +418,16 @@ def _window(ctx: RunContext, types: dict[str, transform.ColumnType]) -> partitio
     """The partition a replace_partition run replaces (and keeps its records to); None for other strategies."""
     if not merge.replaces_partition(ctx.spec) or ctx.partition is None:
         return None
+    from pgstage.pipeline import partition
+
     return partition.window(ctx.spec, types, ctx.partition)
 
 
 def _early_delete(ctx: RunContext, facts: resolved.Resolved, validation: validate.Context, throttle: Throttle,
                   run_id: int, *, pipelined: bool) -> EarlyDelete | None:
     """A replace_partition run's early DELETE (merge/early_delete.py), not started yet; None where it may not run."""
+    from pgstage.pipeline.merge.early_delete import EarlyDelete, eligible as early_delete_eligible
+
     w = validation.partition
     if w is None or not early_delete_eligible(ctx.spec, w, dry_run=ctx.dry_run, target_complete=facts.target_complete(ctx.spec),
                                               throttled=throttle.limits.active, pipelined=pipelined):
@@ -434,6 +448,9 @@ def _stage_and_validate(load: Load) -> Validated:
 
     Each batch's rejects and checkpoint commit together.
     """
+    from pgstage.pipeline import stage, two_streams
+    from pgstage.workers import results
+
     conn, spec = load.conn, load.spec
     validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
     ignored: dict[str, tuple[str, ...]] = {}
@@ -493,6 +510,10 @@ def _pause_copy(load: Load, file: str, session: psycopg.Connection[Any]) -> None
 
 def _throttle(ctx: RunContext, run_id: int) -> Throttle:
     """The attempt's throttle: its pauses are run events, and a long one alerts (pgstage/ops/paused.py)."""
+    from pgstage.ops.alerts import seconds as alert_seconds
+    from pgstage.ops.paused import long_pause_alert
+    from pgstage.throttle import Limits, Throttle
+
     return Throttle(Limits.of(ctx.spec.load), run_id, pipeline=ctx.spec.pipeline.name, partition=ctx.partition,
                     alert_after_s=alert_seconds(ctx.spec.alerts.paused_after),
                     on_long_pause=long_pause_alert(ctx.spec, run_id, ctx.partition))
@@ -505,6 +526,8 @@ def _event(load: Load, event: str, **fields: Any) -> None:
 def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch,
                     staged: tuple[float, float] | None = None) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
+    from pgstage.pipeline import validate
+
     started = time.perf_counter()
     load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
     with session.transaction():
@@ -550,6 +573,8 @@ def _judge_volume(load: Load, validated: Validated) -> dict[str, Any] | None:
 
     A flagged run with `[anomaly] action = "block"` is closed `blocked` and merges nothing (exit 5).
     """
+    from pgstage.ops import anomalies
+
     conn, spec, run_id = load.conn, load.spec, load.run_id
     if spec.anomaly.action == "off":
         return None
@@ -685,6 +710,10 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
 
     Returns the rejects by rule, counted meanwhile.
     """
+    from concurrent.futures import wait
+
+    from pgstage.workers import InOrder, results
+
     order, opened = InOrder(), InOrder()
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order, opened=opened))
@@ -863,6 +892,8 @@ def _merged(checked: validate.Checked, m: merge.MergeCounts) -> Counts:
 
 def _report(load: Load, status: str, per_file: dict[str, Counts], ignored: dict[str, tuple[str, ...]],
             by_rule: dict[str, int]) -> RunReport:
+    from pgstage.throttle import throttled_seconds
+
     file_status = "loaded" if status == "succeeded" else "blocked" if status == "blocked" else "rejected"
     files = tuple(FileReport(name, file_status, counts, ignored.get(name, ())) for name, counts in per_file.items())
     totals = sum(per_file.values(), Counts())
@@ -878,7 +909,10 @@ def _pre_merge(c: validate.Checked) -> Counts:
 
 
 def _drop_tables(conn: psycopg.Connection[Any], tables: list[str]) -> None:
-    stage.drop(conn, *tables)
+    if tables:   # (a run that staged nothing has none, and needs no staging code)
+        from pgstage.pipeline import stage
+
+        stage.drop(conn, *tables)
 
 
 def _file_rows(files: tuple[FileReport, ...]) -> list[dict[str, Any]]:

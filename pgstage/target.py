@@ -18,7 +18,7 @@ from pgstage import declared_indexes
 from pgstage.db import execute
 from pgstage.errors import Location, TargetMismatch
 from pgstage.names import DELETED_AT, LOADED_AT, ROW_HASH, RUN_ID, UPDATED_AT
-from pgstage.pipeline.merge import append, scd2, surrogate
+from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -127,9 +127,13 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         if name in found and found[name] != kind_name:
             problems.append(f"audit column {name!r} is {found[name]}, expected {kind_name}")
     if spec.pipeline.strategy == "scd2":   # many versions per key: the key is unique among current rows only
+        from pgstage.pipeline.merge import scd2   # (a strategy's module only for its own targets)
+
         problems += [f"scd2 column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
                      for name, kind in scd2.columns(spec).items() if found.get(name) != kind]
     elif spec.pipeline.strategy == "append":
+        from pgstage.pipeline.merge import append
+
         problems += [f"append column {name!r} is " + (f"{found[name]}, expected {kind}" if name in found else "missing")
                      for name, kind in append.COLUMNS.items() if found.get(name) != kind]
     elif not problems and spec.pipeline.key and not _key_index(conn, spec):
@@ -172,6 +176,8 @@ def ensure(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTyp
     if sk is not None:   # the surrogate is the primary key; the business key stays unique
         columns.insert(0, sk)
     history = spec.pipeline.strategy == "scd2"
+    from pgstage.pipeline.merge import append, scd2
+
     if history:
         columns += scd2.ddl(spec)
         execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS btree_gist"), label="target: btree_gist")

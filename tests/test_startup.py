@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,17 @@ NOT_FOR_A_SKIPPED_RUN = (*HEAVY, "pgstage.backfill", "pgstage.reprocess", "pgsta
                          "pgstage.repair", "pgstage.cli.backfill", "pgstage.cli.demo", "pgstage.cli.ops",
                          "pgstage.cli.rejects", "pgstage.cli.db", "pgstage.cli._bar", "rich.progress",
                          "urllib.request", "http.client")
+
+# Nor the pipeline's steps past the ledger (issue #18): it resolves the files and their fingerprints, checks the
+# types, the target and the references, finds every file in the ledger and stops. No staging or extract reader, no
+# validation, no merge strategy (not even for its own target's check, for keyed strategies), no pool, no throttle.
+PIPELINE = ("pgstage.pipeline.stage", "pgstage.pipeline.two_streams", "pgstage.pipeline.validate",
+            "pgstage.pipeline.known", "pgstage.pipeline.partition", "pgstage.pipeline._cast_first",
+            "pgstage.pipeline._quarantine", "pgstage.pipeline._screen", "pgstage.pipeline.merge.keyed",
+            "pgstage.pipeline.merge.append", "pgstage.pipeline.merge.scd2", "pgstage.pipeline.merge.replace_partition",
+            "pgstage.pipeline.extract.csv", "pgstage.pipeline.extract.jsonl", "pgstage.pipeline.extract.parquet",
+            "pgstage.pipeline.extract.postgres", "pgstage.ops.anomalies", "pgstage.ops.paused", "pgstage.throttle",
+            "pgstage.workers")
 
 
 def imported_after(code: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
@@ -119,17 +132,76 @@ def test_a_run_of_a_loaded_file_from_the_shell_imports_only_what_it_needs(
     spec = loader.spec(SPEC)
     assert loader.run(spec).counts.inserted == 2
     # The console script's own path: main() with the arguments a shell gives it, in a fresh interpreter.
-    probe = (f"import sys; sys.argv = ['pgstage', 'run', {str(spec)!r}, '--db', {loader.db_url!r}]\n"
-             "import pgstage.cli\ntry:\n    pgstage.cli.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-             f"print(sorted(m for m in {NOT_FOR_A_SKIPPED_RUN!r} if m in sys.modules), code)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(spec).parent)
-    assert proc.returncode == 0, proc.stderr
-    *printed, last = proc.stdout.strip().splitlines()
-    assert last == "[] 0"
+    printed = skipped_run(spec, loader.db_url, (*NOT_FOR_A_SKIPPED_RUN, *PIPELINE))
+    assert printed[-1] == "[] 0"
     assert "skipped into public.startup" in "\n".join(printed)
     assert "every file was loaded before" in "\n".join(printed)
     assert sql("SELECT status FROM pgstage.runs ORDER BY run_id") == [("succeeded",), ("skipped",)]
     assert sql("SELECT id, name FROM public.startup ORDER BY id") == [(1, "a"), (2, "b")]
+
+
+def skipped_run(spec: Path, db_url: str, modules: tuple[str, ...], env: dict[str, str] | None = None) -> list[str]:
+    """The console script's own path: main() with the arguments a shell gives it, in a fresh interpreter; its
+    output, then which of `modules` it imported and its exit status."""
+    probe = (f"import sys; sys.argv = ['pgstage', 'run', {str(spec)!r}, '--db', {db_url!r}]\n"
+             "import pgstage.cli\ntry:\n    pgstage.cli.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+             f"print(sorted(m for m in {modules!r} if m in sys.modules), code)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(spec).parent,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return [*proc.stdout.strip().splitlines(), *proc.stderr.strip().splitlines()]
+
+
+@pytest.mark.parametrize("strategy", ["scd2", "append"])
+def test_a_skipped_run_of_another_strategy_imports_its_own_module_only(
+        loader: Loader, sql: Callable[..., list[tuple[Any, ...]]], strategy: str) -> None:
+    """The target's check reads the strategy's columns: its module, and the keyed code it builds on, nothing else."""
+    loader.write("rows.csv", "id,name\n1,a\n2,b\n")
+    spec = loader.spec(SPEC.replace('key = ["id"]', f'key = ["id"]\nstrategy = "{strategy}"')
+                       if strategy == "scd2" else SPEC.replace('key = ["id"]', 'strategy = "append"'))
+    assert loader.run(spec).counts.inserted == 2
+    own = {f"pgstage.pipeline.merge.{strategy}", "pgstage.pipeline.merge.keyed"}
+    printed = skipped_run(spec, loader.db_url, PIPELINE)
+    assert printed[-1] == repr(sorted(own)) + " 0"
+    assert sql("SELECT status FROM pgstage.runs ORDER BY run_id") == [("succeeded",), ("skipped",)]
+
+
+def test_a_skipped_run_checks_the_ledger_in_one_statement(loader: Loader) -> None:
+    """The ledger is current after the first run: the next one asks once (`ledger: current?`) instead of creating
+    and upgrading it again (two dozen statements and a transaction)."""
+    loader.write("rows.csv", "id,name\n1,a\n")
+    spec = loader.spec(SPEC)
+    loader.run(spec)
+    printed = skipped_run(spec, loader.db_url, (), {"PGSTAGE_TRACE_SQL": "1"})
+    labels = [m.group(1) for line in printed if (m := re.match(r"-- (.+?): [0-9.]+s, .*, ended at ", line))]
+    assert [label for label in labels if label.startswith("ledger: ")] == [
+        "ledger: current?", "ledger: orphans", "ledger: finished duplicates", "ledger: resumable",
+        "ledger: fingerprint", "ledger: start", "ledger: batch counts", "ledger: finish"]
+
+
+def test_the_console_script_imports_with_the_collector_off_and_runs_the_command_with_it_on(loader: Loader) -> None:
+    """main() freezes what start-up imported and turns the collector back on, at its usual thresholds, before the
+    command runs: a long run or backfill collects its garbage. The library alone never touches the collector."""
+    loader.write("rows.csv", "id,name\n1,a\n")
+    spec = loader.spec(SPEC)
+    loader.run(spec)
+    probe = (f"import gc, sys; sys.argv = ['pgstage', 'run', {str(spec)!r}, '--db', {loader.db_url!r}]\n"
+             "before = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count())\n"
+             "import pgstage.cli, pgstage.run\n"
+             "library = (gc.isenabled(), gc.get_freeze_count())\n"
+             "seen = []\nmodule = sys.modules['pgstage.run']\nreal = module.run\n"
+             "def spy(*args, **kwargs):\n    seen.append((gc.isenabled(), gc.get_threshold()))\n"
+             "    return real(*args, **kwargs)\n"
+             "module.run = spy\n"
+             "try:\n    pgstage.cli.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+             "print(repr((before, library, seen, gc.isenabled(), gc.get_threshold(), gc.get_freeze_count() > 10000,"
+             " code)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(spec).parent,
+                         check=True).stdout
+    before, library, seen, enabled, threshold, frozen, code = eval(out.strip().splitlines()[-1])
+    assert before == (True, (700, 10, 10), 0) and library == (True, 0)   # importing the library changes nothing
+    assert seen == [(True, (700, 10, 10))]   # the run itself: collector on, usual thresholds
+    assert (enabled, threshold, frozen, code) == (True, (700, 10, 10), True, 0)
 
 
 def test_the_progress_bar_starts_at_the_first_file_and_not_before() -> None:

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
-from pgstage.pipeline.merge import MergeCounts, Records
-from pgstage.pipeline.stage import StagedBatch
 from pgstage.spec import Spec
+
+if TYPE_CHECKING:   # `chunkable` is asked by every run; the merge's code only by one that merges in chunks
+    from pgstage.pipeline.merge import MergeCounts, Records
+    from pgstage.pipeline.stage import StagedBatch
 
 # Strategies that write each key of a batch independently of the others: safe to commit in parts.
 CHUNKABLE = ("insert_only", "upsert", "upsert_if_newer")
@@ -47,10 +49,7 @@ def ranges(first: int, last: int, size: int) -> list[Records]:
 
 
 def add(a: MergeCounts, b: MergeCounts) -> MergeCounts:
-    return MergeCounts(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(MergeCounts)})
-
-
-NOTHING = MergeCounts(distinct=0, inserted=0, updated=0, unchanged=0, stale=0)
+    return type(a)(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(a)})
 
 
 def committed(conn: psycopg.Connection[Any], run_id: int, batch: StagedBatch) -> tuple[int | None, MergeCounts]:
@@ -60,7 +59,9 @@ def committed(conn: psycopg.Connection[Any], run_id: int, batch: StagedBatch) ->
         " AND batch_no = %s AND record_end BETWEEN %s AND %s ORDER BY record_end"),
         (run_id, batch.source.name, batch.source.sha256, batch.batch_no, batch.record_start, batch.record_end),
         label="chunks: committed").fetchall()
-    total = NOTHING
+    from pgstage.pipeline.merge import MergeCounts
+
+    total = MergeCounts(distinct=0, inserted=0, updated=0, unchanged=0, stale=0)
     for _, counts in rows:
         total = add(total, MergeCounts(**counts))
     return (int(rows[-1][0]) if rows else None), total

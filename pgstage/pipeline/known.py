@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import transform
-from pgstage.names import KNOWN, LEDGER_SCHEMA, ROW_HASH
-from pgstage.pipeline.stage import NO_AUTOVACUUM, StagedBatch
+from pgstage.names import KNOWN, LEDGER_SCHEMA, NO_AUTOVACUUM, ROW_HASH
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
+
+if TYPE_CHECKING:
+    from pgstage.pipeline.stage import StagedBatch
 
 SAMPLE_RECORDS = 1000
 MIN_SHARE = 0.25        # below this share of known records the hash join costs more than it saves

@@ -35,14 +35,9 @@ from pgstage.pipeline.extract import CsvReader, Header, JsonlReader, ParquetRead
 from pgstage.pipeline.extract.csv import ByteWindows
 from pgstage.pipeline.extract.jsonl import COPY_DELIMITER, COPY_QUOTE
 from pgstage.pipeline.extract.postgres import PostgresReader
-from pgstage.names import LEDGER_SCHEMA
+from pgstage.names import LEDGER_SCHEMA, NO_AUTOVACUUM
 from pgstage.spec import Spec, pg_encoding
 
-# For the run's own tables (staging, checked, known, beaten), which live minutes and are read
-# in full: autovacuum would vacuum and analyze each one after its COPY (a 1M-row table passes
-# every threshold), spending a core the load needs, and a DROP waits a second
-# (deadlock_timeout) for the worker to be cancelled. The merge analyzes what it needs itself.
-NO_AUTOVACUUM = " WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
 Reader = CsvReader | JsonlReader | ParquetReader | PostgresReader
 
 

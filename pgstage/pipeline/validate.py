@@ -22,13 +22,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.db import execute, execute_many, qualified
+from pgstage.db import execute, execute_many
 from pgstage.pipeline import known, partition, transform
 from pgstage.pipeline._cast_first import MAX_ATTEMPTS, CastLuck, CastPlan, candidates, culprit
-from pgstage.names import KNOWN, LEDGER_SCHEMA, ROW_HASH
-from pgstage.pipeline.stage import NO_AUTOVACUUM, StagedBatch
+from pgstage.names import KNOWN, LEDGER_SCHEMA, NO_AUTOVACUUM, ROW_HASH
+from pgstage.pipeline.stage import StagedBatch
 from pgstage.pipeline.transform import ColumnType
-from pgstage.errors import DATA_EXCEPTION, INTEGRITY_VIOLATION, DatabaseError, SpecError
+from pgstage.errors import DATA_EXCEPTION, INTEGRITY_VIOLATION, DatabaseError
 from pgstage.spec import ColumnSpec, Reference, Spec, parse_reference
 
 
@@ -302,26 +302,6 @@ def _unique_rule(spec: Spec, name: str, context: Context) -> Rule:
             col, window, col, col, target, col, keys, col, keys, target)
     return Rule(condition, _reason(name, "unique", sql.SQL("quote_literal({}) || {}").format(
         col, sql.Literal(" is not unique: another key has it in this load or in the target"))))
-
-
-def check_references(conn: psycopg.Connection[Any], spec: Spec) -> None:
-    """Every referenced table and column must exist before anything is staged (exit 2)."""
-    problems = []
-    refs = [(f"columns.{n}.references", parse_reference(c.references)) for n, c in spec.columns.items() if c.references]
-    refs += [(f"references.{n}", parse_reference(r.to)) for n, r in spec.references.items()]
-    for where, ref in refs:
-        found = execute(conn, sql.SQL(
-            "SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)"
-            " AND a.attnum > 0 AND NOT a.attisdropped"), (qualified(ref.schema_, ref.table),),
-            label="validate: references").fetchone()
-        existing = (found[0] if found else None) or []
-        if not existing:
-            problems.append(f"{where}: table {ref.schema_}.{ref.table} does not exist")
-        else:
-            problems += [f"{where}: {ref.schema_}.{ref.table} has no column {c!r}" for c in ref.columns if c not in existing]
-    if problems:
-        raise SpecError(f"{spec.path or 'spec'}: referenced tables do not match", problems=tuple(problems),
-                        hint="create the referenced table first, or fix the reference")
 
 
 def build_rejects(staged: StagedBatch, checked_table: str, run_id: int) -> sql.Composed:

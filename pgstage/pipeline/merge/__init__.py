@@ -8,30 +8,46 @@
 - `surrogate`: the surrogate key column (uuid or hash) any keyed strategy may add.
 
 `merge()` and `predict()` pick the strategy's module, so the run's phases do not branch on it.
+The strategies' modules and keyed's names are imported when first used (`__getattr__`): a run
+that merges nothing, such as one whose files were all loaded before, needs none of them.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgstage.pipeline.merge import append, replace_partition, scd2
-from pgstage.pipeline.merge.keyed import (MIN_WRITE_SHARE, WRITE_SAMPLE, MergeCounts, Records, batches_overlap, build_beaten,
-                                          build_has_duplicates, build_insert, build_merge, build_overlap,
-                                          build_prediction, build_resolve, build_upsert, build_write_sample,
-                                          find_beaten, has_duplicates, resolve_rejects as _resolve_keyed, soft_deletes,
-                                          target_columns, target_is_empty)
-from pgstage.pipeline.merge import keyed as _keyed
-from pgstage.pipeline.transform import ColumnType
-from pgstage.pipeline.validate import Checked
-from pgstage.spec import Spec
+if TYPE_CHECKING:
+    from pgstage.pipeline.merge import append, replace_partition, scd2
+    from pgstage.pipeline.merge.keyed import (MIN_WRITE_SHARE, WRITE_SAMPLE, MergeCounts, Records, batches_overlap,
+                                              build_beaten, build_has_duplicates, build_insert, build_merge,
+                                              build_overlap, build_prediction, build_resolve, build_upsert,
+                                              build_write_sample, find_beaten, has_duplicates, soft_deletes,
+                                              target_columns, target_is_empty)
+    from pgstage.pipeline.transform import ColumnType
+    from pgstage.pipeline.validate import Checked
+    from pgstage.spec import Spec
 
 __all__ = ["append", "MIN_WRITE_SHARE", "WRITE_SAMPLE", "MergeCounts", "Records", "batches_overlap", "build_beaten", "build_has_duplicates",
            "build_insert", "build_merge", "build_overlap", "build_prediction", "build_resolve", "build_upsert",
            "build_write_sample", "find_beaten", "has_duplicates", "merge", "predict", "replace_partition", "replaces_partition", "scd2",
            "resolve_rejects", "soft_deletes", "target_columns", "target_is_empty"]
+
+
+_MODULES = ("append", "replace_partition", "scd2")
+
+
+def __getattr__(name: str) -> Any:
+    """`merge.scd2` and the like: the strategy's module, imported now (it is then an attribute of the package);
+    `merge.MergeCounts` and keyed's other names in `__all__`: from keyed."""
+    if name in _MODULES:
+        return import_module(f"{__name__}.{name}")
+    if name in __all__:
+        return getattr(import_module(f"{__name__}.keyed"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def replaces_partition(spec: Spec) -> bool:
@@ -48,6 +64,8 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     append collects the batch, its file's earlier rows are replaced with the file's last batch.
     `records`, `dedup`: one chunk of a keyed strategy's batch (pipeline/chunks.py).
     """
+    from pgstage.pipeline.merge import append, keyed, replace_partition, scd2
+
     if spec.pipeline.strategy == "append":
         return append.merge(conn, spec, types, checked, run_id, replacing=replacing)
     if replaces_partition(spec):
@@ -55,13 +73,15 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     if spec.pipeline.strategy == "scd2":
         assert as_of is not None, "scd2 needs the run's as-of time"
         return scd2.merge(conn, spec, types, checked, run_id, beaten, as_of)
-    return _keyed.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts,
-                        records=records, dedup=dedup)
+    return keyed.merge(conn, spec, types, checked, run_id, beaten, into_empty=into_empty, upserts=upserts,
+                       records=records, dedup=dedup)
 
 
 def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
             beaten: str | None, target_exists: bool, as_of: datetime | None = None) -> MergeCounts:
     """What `merge` would count for the batch, computed read-only (the dry run)."""
+    from pgstage.pipeline.merge import append, keyed, replace_partition, scd2
+
     if spec.pipeline.strategy == "append":
         return append.predict(conn, spec, types, checked)
     if replaces_partition(spec):
@@ -69,12 +89,14 @@ def predict(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnTy
     if spec.pipeline.strategy == "scd2":
         assert as_of is not None, "scd2 needs the run's as-of time"
         return scd2.predict(conn, spec, types, checked, beaten, as_of, target_exists)
-    return _keyed.predict(conn, spec, types, checked, beaten, target_exists)
+    return keyed.predict(conn, spec, types, checked, beaten, target_exists)
 
 
 def resolve_rejects(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], run_id: int,
                     collation: str | None = None) -> int:
     """Mark earlier rejects resolved by this run's rows of their key; a keyless target resolves none."""
+    from pgstage.pipeline.merge import keyed
+
     if not spec.pipeline.key:
         return 0
-    return _resolve_keyed(conn, spec, types, run_id, collation)
+    return keyed.resolve_rejects(conn, spec, types, run_id, collation)

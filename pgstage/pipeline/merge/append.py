@@ -11,20 +11,29 @@ last batch deletes the old rows and inserts the new ones together.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
+from pgstage.names import LEDGER_SCHEMA
 from pgstage.pipeline.merge.keyed import MergeCounts, _deduplicated, _written_columns
-from pgstage.pipeline.merge.replace_partition import collector
-from pgstage.pipeline.stage import LEDGER_SCHEMA
 from pgstage.pipeline.transform import ColumnType
-from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
 
+if TYPE_CHECKING:
+    from pgstage.pipeline.validate import Checked
+
 COLUMNS = {"_source_file": "text", "_record": "bigint"}
+
+
+def collector(run_id: int) -> str:
+    """replace_partition's collector table, which a replaced file's batches share. Imported when a run collects:
+    the target's check reads `COLUMNS` on every run, a skipped one too, which needs no partition code."""
+    from pgstage.pipeline.merge import replace_partition
+
+    return replace_partition.collector(run_id)
 
 
 def ddl(spec: Spec) -> list[sql.Composable]:

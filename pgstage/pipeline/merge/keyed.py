@@ -9,7 +9,7 @@ unchanged / stale), so unchanged rows cost no write, no lock and no WAL — unli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -19,10 +19,11 @@ from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseErr
 from pgstage.pipeline import known, transform
 from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
-from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, ROW_HASH, SOURCE_DELETED_AT
-from pgstage.pipeline.stage import NO_AUTOVACUUM
-from pgstage.pipeline.validate import Checked
+from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, NO_AUTOVACUUM, ROW_HASH, SOURCE_DELETED_AT
 from pgstage.spec import Spec
+
+if TYPE_CHECKING:   # the strategies read checked batches; importing validation (and staging) is the run's business
+    from pgstage.pipeline.validate import Checked
 
 
 # A merge chunk's first and last record numbers (file-wide, as `_rec`), both included.

@@ -24,20 +24,21 @@ Composite keys are compared column by column, never as concatenated text.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import DatabaseError, TransientDatabaseError
-from pgstage.names import SEEN_PREFIX
+from pgstage.names import LEDGER_SCHEMA, SEEN_PREFIX
 from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.merge.keyed import MergeCounts, _deduplicated, _written_columns
-from pgstage.pipeline.stage import LEDGER_SCHEMA
 from pgstage.pipeline.transform import ColumnType
-from pgstage.pipeline.validate import Checked
 from pgstage.spec import Spec
+
+if TYPE_CHECKING:
+    from pgstage.pipeline.validate import Checked
 
 TIMESTAMPTZ = "timestamp with time zone"
 SCD_COLUMNS = {"_valid_from": TIMESTAMPTZ, "_valid_to": TIMESTAMPTZ, "_is_current": "boolean", "_scd_id": "uuid"}
