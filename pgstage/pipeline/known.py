@@ -28,7 +28,8 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.pipeline import transform
-from pgstage.names import KNOWN, LEDGER_SCHEMA, NO_AUTOVACUUM, ROW_HASH
+from pgstage.pipeline.merge.keyed import key_probe
+from pgstage.names import LEDGER_SCHEMA, NO_AUTOVACUUM
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import Spec
 
@@ -96,22 +97,6 @@ def _matches(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, seed
     return sql.SQL("(SELECT s._rec, {h} AS _h, {typed} FROM {source} s) s {join} {target} t ON {on}").format(
         h=row_hash(spec, staged, "s", seed_value), typed=sql.SQL(", ").join(typed), source=source,
         join=sql.SQL(join), target=sql.Identifier(*spec.target), on=on)
-
-
-def key_probe(spec: Spec, values: list[sql.Composable], *also: sql.Composable) -> sql.Composed:
-    """The target row whose key is `values` (one per key column) and that meets `also`: one index probe.
-
-    For the samples that decide a batch's path (`build_sample`, and the merge's writes sample):
-    a thousand keys at most, which the key's unique index answers in about a millisecond
-    whatever the target's size. Written as a plain join, the planner hashes the whole target
-    instead while it guesses a scan of it cheaper than a thousand probes (up to ~150,000 rows:
-    a backfill's first month), and the sample reads every row: 120 ms at 75,000 rows against
-    1 ms. As a LATERAL subquery with LIMIT, which PostgreSQL cannot flatten into a join, each
-    sampled record is one probe.
-    """
-    on = sql.SQL(" AND ").join([*(sql.SQL("t.{} = {}").format(sql.Identifier(k), v)
-                                  for k, v in zip(spec.pipeline.key, values, strict=True)), *also])
-    return sql.SQL("SELECT * FROM {} t WHERE {} LIMIT 1").format(sql.Identifier(*spec.target), on)
 
 
 def build_sample(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, seed_value: int,
