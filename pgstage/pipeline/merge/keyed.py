@@ -450,7 +450,8 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
 
     `into_empty`: the target was empty when the run's merges began, and no two batches of the
     run merge the same key (cross-batch losers are `beaten`), so every valid row is an insert:
-    one INSERT … SELECT, deduplicated only when the batch repeats a key. A first load, or a
+    one INSERT … SELECT, deduplicated only when the batch repeats a key (with `upserts`, learnt
+    from the unique index refusing the rows: `_insert_optimistically`). A first load, or a
     backfill's first day, pays no classification join. `records`: merge only one chunk of the
     batch (see `_deduplicated`; run.py's `_merge_chunks` runs them), with `dedup` (whether the
     batch repeats a key) found once for all its chunks by `has_duplicates`. Otherwise the classifying statement of
@@ -458,6 +459,9 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     and a sample saying nearly every existing row changes, the single pass of `build_upsert`.
     """
     label = f"merge {checked.staged.source.name}"
+    if (dedup is None and into_empty and upserts and records is None and not checked.known
+            and soft_deletes(spec) is None):
+        return _insert_optimistically(conn, spec, types, checked, run_id, beaten, label)
     if dedup is None:
         dedup = has_duplicates(conn, spec, checked)
     if checked.known and checked.known == checked.valid and not dedup and beaten is None and records is None:
@@ -502,6 +506,35 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
         raise TransientDatabaseError(f"a concurrent load changed rows of {checked.staged.source.name} while it merged",
                                      hint="retried automatically")
     return result
+
+
+def _insert_optimistically(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+                           run_id: int, beaten: str | None, label: str) -> MergeCounts:
+    """Into an empty target whose unique index on exactly the key judges repeated keys: insert first, count after.
+
+    A batch rarely repeats a key, and counting its distinct keys first reads it once more
+    (0.22 s a million rows, between validation and merge). So its rows go in as they are,
+    inside a savepoint; only if the index refuses one are they rolled back, the keys counted
+    and the rows written again, one per key (the last record wins, as ever). Other batches of
+    the run hold none of these keys (cross-batch losers are `beaten`), so a key the index
+    still refuses was written by a concurrent load: retried, as on the other paths.
+    """
+    try:
+        try:
+            with conn.transaction():   # a savepoint
+                written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=False),
+                                  label=label).rowcount
+        except DatabaseError as exc:
+            if exc.sqlstate != UNIQUE_VIOLATION or not has_duplicates(conn, spec, checked):
+                raise
+            written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=True),
+                              label=f"{label} (one row per key)").rowcount
+    except DatabaseError as exc:
+        if exc.sqlstate == UNIQUE_VIOLATION:
+            raise TransientDatabaseError(f"a concurrent load wrote keys of {checked.staged.source.name}: {exc.message}",
+                                         hint="retried automatically") from exc
+        raise
+    return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
 
 
 def _key_from_raw(spec: Spec, types: dict[str, ColumnType], name: str, collation: str | None) -> sql.Composable:
