@@ -207,3 +207,32 @@ def test_a_first_load_killed_then_rerun_equals_the_oracle(tmp_path: Path, db_url
             assert getattr(report.counts, key) == counts[0][key], (reach, key)
         assert sql("SELECT count(*), count(DISTINCT (run_id, file, record)) FROM pgstage.rejects") == [
             (report.counts.rejected, report.counts.rejected)]
+
+
+@pytest.mark.parametrize("second_two", ["2,x,bad", "2,9,newer"])
+def test_batches_share_keys_by_the_ranges_of_their_valid_rows(loader: Loader, sql: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               second_two: str) -> None:
+    """Validation's one scan of a checked table counts its rejects and finds its valid rows' key range.
+
+    Batch 1 repeats key 2 of batch 0. Rejected (a version that is no integer), the record is no
+    key of the batch: the ranges 1–4 and 5–7 are disjoint and no cross-batch dedup runs. Valid,
+    it makes them overlap, and the newer version wins across the batches.
+    """
+    sought: list[int] = []
+    real = merge.find_beaten
+    monkeypatch.setattr(merge, "find_beaten", lambda *a, **k: sought.append(1) or real(*a, **k))
+    loader.spec(SPEC.replace("batch_rows = 4", "batch_rows = 4\nmax_reject_ratio = 0.5"))
+    loader.write("items.csv", "id,v,note\n1,1,a\n2,1,b\n3,1,c\n4,1,d\n5,1,e\n" + second_two + "\n6,1,f\n7,1,g\n")
+    report = loader.run()
+    assert_identity(report)
+    notes = sql("SELECT id, v, note FROM app.items ORDER BY id")
+    if second_two.endswith("bad"):
+        assert sought == []
+        assert (report.counts.rejected, report.counts.duplicate, report.counts.inserted) == (1, 0, 7)
+        assert sql("SELECT record, reasons->0->>'rule' FROM pgstage.rejects") == [(6, "type")]
+        assert notes[1] == (2, 1, "b")
+    else:
+        assert sought == [1]
+        assert (report.counts.rejected, report.counts.duplicate, report.counts.inserted) == (0, 1, 7)
+        assert notes[1] == (2, 9, "newer")
+    assert [r[0] for r in notes] == [1, 2, 3, 4, 5, 6, 7]

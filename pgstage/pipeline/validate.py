@@ -47,6 +47,9 @@ class Checked:
     rejected_by_rules: int
     known: int = 0            # records known unchanged (see pipeline/known.py), in the table as key + version
     hashed: bool = False      # the table has `_row_hash`, which the merge writes
+    # The least and greatest value (as text) of the key's first varying column among the rows
+    # kept, found by the scan that looks for rejects (see `range_key`); None when not sought.
+    key_range: tuple[str | None, str | None] | None = None
 
     @property
     def valid(self) -> int:
@@ -359,6 +362,32 @@ def build_rejects(staged: StagedBatch, checked_table: str, run_id: int) -> sql.C
         sql.Literal(staged.batch_no))
 
 
+# Type categories whose values min() and max() order (numbers, strings, dates and times).
+_ORDERED = ("N", "S", "D")
+
+
+def range_key(spec: Spec, types: dict[str, ColumnType]) -> str | None:
+    """The key column whose range tells batches apart (the first varying one, if min/max order it), or None."""
+    varying = [k for k in spec.pipeline.key if spec.columns[k].const is None]
+    if not varying or types[varying[0]].category not in _ORDERED:
+        return None
+    return varying[0]
+
+
+def build_tally(checked_table: str, key: str | None) -> sql.Composed:
+    """How many rows of a checked table failed a rule, and the key range of the others: one scan.
+
+    A clean batch then needs no `build_rejects` (whose DELETE scans the table to find nothing),
+    and the merge learns whether batches share keys from the ranges, without reading the
+    checked tables again on the run's one session while the other cores wait.
+    """
+    table = sql.Identifier(LEDGER_SCHEMA, checked_table)
+    if key is None:
+        return sql.SQL("SELECT count(*) FILTER (WHERE _reasons IS NOT NULL), NULL::text, NULL::text FROM {}").format(table)
+    return sql.SQL("SELECT count(*) FILTER (WHERE _reasons IS NOT NULL), (min({k}) FILTER (WHERE _reasons IS NULL))::text,"
+                   " (max({k}) FILTER (WHERE _reasons IS NULL))::text FROM {}").format(table, k=sql.Identifier(key))
+
+
 def fewer_workers_while_staging(conn: psycopg.Connection[Any]) -> None:
     """Half the parallel workers (at least one, if any) for the rest of this transaction.
 
@@ -415,7 +444,12 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     if plan is None:
         execute(conn, build_check(spec, types, staged, table, context, known_table=known_table,
                                   all_known=all_known), label=f"validate {staged.source.name}")
-    rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount
+    key = range_key(spec, types)
+    tally = execute(conn, build_tally(table, key), label="validate: tally").fetchone()
+    assert tally is not None
+    rejected = 0
+    if tally[0]:
+        rejected = execute(conn, build_rejects(staged, table, run_id), label="validate: rejects").rowcount
     if known_table is not None:
         execute(conn, sql.SQL("DROP TABLE {}").format(sql.Identifier(LEDGER_SCHEMA, known_table)),
                 label="validate: drop known")
@@ -426,4 +460,5 @@ def check(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             " jsonb_build_array(jsonb_build_object('column', NULL, 'rule', 'parse', 'message', %s::text)))"),
             [(run_id, staged.source.name, staged.batch_no, q.record, q.raw, q.reason) for q in staged.quarantined],
             label="validate: unreadable records")
-    return Checked(staged, table, rejected, known=known_rows, hashed=seed_value is not None)
+    return Checked(staged, table, rejected, known=known_rows, hashed=seed_value is not None,
+                   key_range=None if key is None else (tally[1], tally[2]))

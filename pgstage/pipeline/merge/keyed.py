@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
-from pgstage.pipeline import transform
+from pgstage.pipeline import transform, validate
 from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, ROW_HASH, SOURCE_DELETED_AT
@@ -160,26 +160,33 @@ def find_beaten(conn: psycopg.Connection[Any], spec: Spec, checked: list[Checked
     execute(conn, build_beaten(spec, checked, table), label="merge: cross-batch duplicates")
 
 
-# Type categories whose values min() and max() order (numbers, strings, dates and times).
-_ORDERED = ("N", "S", "D")
-
-
-def build_overlap(spec: Spec, types: dict[str, ColumnType], checked: list[Checked]) -> sql.Composed | None:
+def build_overlap(spec: Spec, types: dict[str, ColumnType],
+                  checked: list[Checked]) -> tuple[sql.Composed, list[str | None]] | None:
     """Whether two batches' ranges of the first varying key column overlap; None when it cannot tell.
 
     Batches whose ranges are disjoint share no key, so the run needs no cross-batch dedup.
     Exports usually list their rows in key or time order, so this holds for most large files,
     and its cost (min and max per batch) is a small part of the window sort it replaces.
+    The ranges were found by validation (`Checked.key_range`): they are compared here, as
+    parameters cast back to the key's type, so PostgreSQL orders them as it orders the key.
+    If a batch lacks them (none sought), every range is read from the checked tables, in a
+    statement without parameters (a key column's name may hold a `%`).
     """
-    varying = [k for k in spec.pipeline.key if spec.columns[k].const is None]
-    if not varying or types[varying[0]].category not in _ORDERED:
+    name = validate.range_key(spec, types)
+    if name is None:
         return None
-    key = sql.Identifier(varying[0])
-    ranges = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {} AS b, min({k}) AS lo, max({k}) AS hi FROM {}").format(sql.Literal(i), c.ident, k=key)
-        for i, c in enumerate(checked))
+    params: list[str | None] = []
+    ranges: list[sql.Composable] = []
+    for i, c in enumerate(checked):
+        if any(c.key_range is None for c in checked):
+            ranges.append(sql.SQL("SELECT {} AS b, min({k}) AS lo, max({k}) AS hi FROM {}").format(
+                sql.Literal(i), c.ident, k=sql.Identifier(name)))
+        else:
+            assert c.key_range is not None
+            ranges.append(sql.SQL("SELECT {} AS b, %s::{t} AS lo, %s::{t} AS hi").format(sql.Literal(i), t=types[name].cast))
+            params += c.key_range
     return sql.SQL("WITH r AS ({}) SELECT EXISTS (SELECT 1 FROM r a JOIN r z ON a.b < z.b"
-                   " AND a.lo <= z.hi AND z.lo <= a.hi)").format(ranges)
+                   " AND a.lo <= z.hi AND z.lo <= a.hi)").format(sql.SQL(" UNION ALL ").join(ranges)), params
 
 
 def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType],
@@ -190,7 +197,7 @@ def batches_overlap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, 
     query = build_overlap(spec, types, checked)
     if query is None:
         return True
-    row = execute(conn, query, label="merge: batches overlap?").fetchone()
+    row = execute(conn, query[0], query[1] or None, label="merge: batches overlap?").fetchone()
     return bool(row is None or row[0])
 
 
