@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +254,29 @@ def checksum(url: str) -> list[Any]:
     return [int(v) if v is not None else None for v in row or ()]
 
 
+def wal_counters(url: str) -> dict[str, int]:
+    """The server's WAL and checkpoint counters (cluster-wide; a step's own are the difference around it).
+
+    At 2M rows this file's load writes about as much WAL as starts a checkpoint with initdb's
+    `max_wal_size` (1 GB): started before the index rebuild, it makes the rebuild's first read of
+    every heap page a full-page image (data checksums are on), see docs/performance.md (h18w).
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT w.wal_bytes::bigint, w.wal_fpi, c.num_requested + c.num_timed"
+                           " FROM pg_stat_wal w, pg_stat_checkpointer c").fetchone()
+    assert row is not None
+    return {"wal_bytes": int(row[0]), "wal_fpi": int(row[1]), "checkpoints": int(row[2])}
+
+
+def timed(url: str, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one timed step and keep the WAL it wrote, its full-page images and the checkpoints it started."""
+    before = wal_counters(url)
+    result = step()
+    after = wal_counters(url)
+    result["wal"] = {k: after[k] - before[k] for k in after}
+    return result
+
+
 def _create_target(url: str, total_type: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for statement in create_target(total_type):
@@ -287,7 +311,8 @@ def run_repeat(bench: Bench, selected: set[str], rep: int) -> None:
             for name, data in ((f"orders9_initial{suffix}", clean), (f"orders9_incremental{suffix}", delta)):
                 spec = _spec(bench, data.path)
                 settle(url)
-                result = shell_run(spec, url) if shell else bench.child({"kind": "pgstage", "spec": str(spec), "db": url})
+                result = timed(url, (lambda: shell_run(spec, url)) if shell else
+                               (lambda: bench.child({"kind": "pgstage", "spec": str(spec), "db": url})))
                 bench.record(name, rep, result, data.rows)
                 check_identity(name, result)
                 check_expected(bench, name, result, "succeeded", data.expect)
@@ -305,9 +330,9 @@ def _baseline(bench: Bench, url: str, kind: str, suffix: str, rep: int, data: Da
 
     settle(url)
     if shell:
-        result = _shell_baseline(bench, url, kind, data.path)
+        result = timed(url, lambda: _shell_baseline(bench, url, kind, data.path))
     else:
-        result = bench.child({"kind": kind, "db": url, "file": str(data.path)})
+        result = timed(url, lambda: bench.child({"kind": kind, "db": url, "file": str(data.path)}))
     name = name or f"{kind}{suffix}"
     bench.record(name, rep, result, data.rows)
     if not shell and result["counts"]["read"] != data.rows:

@@ -101,6 +101,12 @@ def _last_window(window: bytes) -> bytes:
     return body + (b"\r\n" if first > 0 and window[first - 1:first] == b"\r" else b"\n")
 
 
+def _only_line_breaks(window: bytes) -> bool:
+    """Whether a window holds no byte but CR and LF: asked of every window, so a window that starts
+    with anything else is answered without stripping (copying) its 4 MB."""
+    return not window or (window[0] in b"\r\n" and not window.strip(b"\r\n"))
+
+
 class ByteWindows(Closing):
     """A file's decompressed bytes, cut into windows that end on a record boundary.
 
@@ -208,7 +214,7 @@ class ByteWindows(Closing):
             window = self._take(cut)
             if self._eof and not self._pending:
                 window = _last_window(window)
-            if window.strip(b"\r\n"):
+            if not _only_line_breaks(window):
                 return Window(offset, self._offset, window if window.endswith(b"\n") else window + b"\n")
 
 
