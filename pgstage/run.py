@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time as day_time, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -58,6 +58,7 @@ from pgstage.ops.alerts import seconds as alert_seconds
 from pgstage.ops.paused import long_pause_alert
 from pgstage.pipeline import chunks, known, ledger, merge, partition, stage, transform, two_streams, validate
 from pgstage.pipeline.extract import SourceFile, postgres, resolve_files
+from pgstage.pipeline.merge.early_delete import EarlyDelete, eligible as early_delete_eligible
 from pgstage.report import Counts, FileReport, RunReport, key_warnings
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.throttle import Limits, Throttle, throttled_seconds
@@ -152,6 +153,7 @@ class Load:
     skipped: tuple[FileReport, ...]
     validation: validate.Context
     throttle: Throttle                  # asked before each COPY window, validation and merge chunk
+    early: EarlyDelete | None = None    # replace_partition: the swap's DELETE, begun while the last batch validates
 
     @property
     def spec(self) -> Spec:
@@ -205,6 +207,7 @@ class MergePlan:
     batches: int = 0            # how many batches merge (replace_partition swaps with the last)
     as_of: datetime | None = None   # scd2: the run's as-of time (see `_as_of`)
     replaced: frozenset[str] = frozenset()   # append: files whose earlier rows this run replaces
+    early: EarlyDelete | None = None   # replace_partition: the swap's transaction, its DELETE begun (see `_start_early`)
 
 
 def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
@@ -308,12 +311,14 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
             turn.started()
         if not todo and not ledger.batch_counts(conn, run_id):
             return _skip(conn, ctx, run_id, skipped)
+        early: EarlyDelete | None = None
         try:
             with (nullcontext(workers) if workers is not None
                   else Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}")) as pool:
                 facts = resolved.with_target(conn, ctx.spec, facts)   # a lone run reads it now, under the lock
-                load = Load(ctx, conn, pool, run_id, facts, sources, todo, skipped,
-                            _validation_context(ctx, facts), _throttle(ctx, run_id))
+                validation, throttle = _validation_context(ctx, facts), _throttle(ctx, run_id)
+                early = _early_delete(ctx, facts, validation, throttle, run_id, pipelined=turn is not None)
+                load = Load(ctx, conn, pool, run_id, facts, sources, todo, skipped, validation, throttle, early)
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -333,6 +338,8 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
                 ledger.fail_run(conn, run_id, str(exc) if isinstance(exc, PgstageError) else repr(exc))
             raise
         finally:
+            if early is not None:   # rolled back unless its swap committed: a refused or failed run deleted nothing
+                early.close()
             if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 _drop_tables(conn, ledger.orphan_tables(conn, run_id))
 
@@ -404,6 +411,24 @@ def _window(ctx: RunContext, types: dict[str, transform.ColumnType]) -> partitio
     return partition.window(ctx.spec, types, ctx.partition)
 
 
+def _early_delete(ctx: RunContext, facts: resolved.Resolved, validation: validate.Context, throttle: Throttle,
+                  run_id: int, *, pipelined: bool) -> EarlyDelete | None:
+    """A replace_partition run's early DELETE (merge/early_delete.py), not started yet; None where it may not run."""
+    w = validation.partition
+    if w is None or not early_delete_eligible(ctx.spec, w, dry_run=ctx.dry_run, target_complete=facts.target_complete(ctx.spec),
+                                              throttled=throttle.limits.active, pipelined=pipelined):
+        return None
+    return EarlyDelete(ctx.url, ctx.spec, w, partial(logs.emit, run_id=run_id, pipeline=ctx.spec.pipeline.name,
+                                                     partition=ctx.partition))
+
+
+def _start_early(load: Load, staged_rows: int) -> None:
+    """Every batch is staged: begin the swap's DELETE while the pool validates, unless the merge plan
+    will drop the target's indexes for this load (DDL that would wait on the DELETE's lock)."""
+    if load.early is not None and staged_rows and not indexes.should_rebuild(load.conn, load.spec, staged_rows):
+        load.early.start()
+
+
 def _stage_and_validate(load: Load) -> Validated:
     """Phase 1: stage every remaining batch here while the pool validates the ones already staged.
 
@@ -412,6 +437,7 @@ def _stage_and_validate(load: Load) -> Validated:
     conn, spec = load.conn, load.spec
     validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
     ignored: dict[str, tuple[str, ...]] = {}
+    staged_rows = 0
     for source in load.todo:
         file_no = load.sources.index(source)   # stable across attempts, unlike the position in todo
         _, _, ignored[source.name] = stage.header_of(spec, source)
@@ -429,11 +455,14 @@ def _stage_and_validate(load: Load) -> Validated:
                                          table_prefix=staged_prefix(load.run_id, file_no), start=start,
                                          batch_rows=spec.load.batch_rows, since=since, parallel=_spread(spec),
                                          pause=partial(_pause_copy, load, source.name), event=partial(_event, load))
-        batches = _staged(load, staging)
-        validating.append((source, [load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span))
-                                    for batch, span in batches]))
+        futures = []
+        for batch, span in _staged(load, staging):
+            staged_rows += batch.read
+            futures.append(load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span)))
+        validating.append((source, futures))
     assert load.validation.staged is not None
     load.validation.staged.set()
+    _start_early(load, staged_rows)
     pending: list[tuple[validate.Checked, bool]] = []
     for source, futures in validating:
         file_checked = results(futures)
@@ -599,6 +628,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
         # (one catalog query), has nothing to ensure; otherwise, as every run: check, create, complete.
         unchanged = load.facts.target_complete(spec) and resolved.current(conn, spec, load.facts)
         if not unchanged:
+            if load.early is not None and not _complete(load):   # an ALTER would wait on the early DELETE's lock
+                load.early.abandon("the target lacks columns the run adds")
             target.ensure(conn, spec, load.types)
         if merge.replaces_partition(spec) and validated.pending:   # where its batches collect their rows
             merge.replace_partition.ensure_collector(conn, spec, validated.batches[0], load.run_id)
@@ -612,6 +643,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
     native = spec.pipeline.partition is not None and spec.pipeline.partition.native
     if not native and indexes.should_rebuild(conn, spec, incoming):
+        if load.early is not None:
+            load.early.abandon("indexes are dropped for this load")
         indexes.drop_for_load(conn, spec, load.run_id)
     # A key repeated across batches: only the run's winning row is merged. The losers are kept
     # in a logged table until the run succeeds, so a resumed run decides exactly as before.
@@ -623,8 +656,14 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
     seen = (ledger.seen_watermark(conn, [c.staged for c in validated.batches], SOURCE_CHANGED_AT)
             if load.run.cdc else None)
     upserts = load.facts.upserts if unchanged else target.upsert_arbiter(conn, spec)
+    early = load.early if load.early is not None and load.early.started else None
     return MergePlan(beaten, merge.target_is_empty(conn, spec), upserts, seen,
-                     len(validated.pending), _as_of(load), replaced)
+                     len(validated.pending), _as_of(load), replaced, early)
+
+
+def _complete(load: Load) -> bool:
+    """The target has every column `target.ensure` adds, as the catalog says now: ensuring it alters nothing."""
+    return replace(load.facts, found=target.existing_columns(load.conn, load.spec)).target_complete(load.spec)
 
 
 def _as_of(load: Load) -> datetime | None:
@@ -686,18 +725,20 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
             dedup = merge.has_duplicates(session, spec, checked)    # once, not once a chunk
             records, earlier = _merge_chunks(session, load, plan, checked, dedup)
         load.throttle.wait(session, where)
-        with session.transaction():
+        w = load.validation.partition
+        swaps = w is not None and turn == plan.batches - 1
+        pooled = session
+        # The swap may go on in the transaction whose DELETE ran while this batch validated, on its own session.
+        with _batch_transaction(pooled, plan.early if swaps else None) as (session, deleted):
             opened.committed(turn)   # (its turn to open: this batch pauses no more)
             began = time.time()
-            w = load.validation.partition
-            swaps = w is not None and turn == plan.batches - 1
             if swaps:
                 # Every earlier batch has committed its rows to the collector: swap them and this
                 # batch's own rows (written once, straight into the target) in with this checkpoint.
                 assert w is not None
                 order.wait(turn)
                 m = merge.replace_partition.swap(session, spec, load.types, w, checked, load.run_id, plan.beaten,
-                                                 unique_key=plan.upserts)
+                                                 unique_key=plan.upserts, deleted=deleted)
                 faults.hit("merge.swap")
             else:
                 m = merge.merge(session, spec, load.types, checked, load.run_id, plan.beaten,
@@ -724,6 +765,16 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
                                             load.run_id)
             elif last_of_file:
                 ledger.record_file(session, spec.pipeline.name, checked.staged.source, load.run_id)
+            scratch = [checked.staged.table, checked.table] if _merge_reads_staged(spec) else [checked.table]
+            dropped = checked.staged.read <= DROP_WITH_MERGE_RECORDS
+            if dropped:
+                # A small batch's tables go in its merge's transaction: one commit (a WAL flush, which
+                # a DROP forces) instead of two. Crash-safe as before: should this transaction not
+                # commit, the DROP rolls back with the merge and the checkpoint, and a resumed run
+                # discards the unmerged batch's tables as it always has; once it commits, nothing
+                # reads them again. A large table's files take long to remove at commit, which the
+                # next batch's commit (in order, after this one) should not wait for: dropped below.
+                _drop_tables(session, scratch)
             order.wait(turn)
             faults.hit("merge.commit")
         faults.hit("merge.after")
@@ -736,7 +787,27 @@ def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePla
         raise
     order.committed(turn)
     # its staging table: dropped by `_merge_batches` while the merges ran, unless a merge reads it
-    _drop_tables(session, [checked.staged.table, checked.table] if _merge_reads_staged(spec) else [checked.table])
+    if not dropped:
+        _drop_tables(pooled, scratch)
+
+
+# A batch of at most this many records drops its checked table inside its merge's transaction.
+DROP_WITH_MERGE_RECORDS = 50_000
+
+
+@contextmanager
+def _batch_transaction(session: psycopg.Connection[Any], early: EarlyDelete | None
+                       ) -> Iterator[tuple[psycopg.Connection[Any], int | None]]:
+    """A batch's merge transaction, on its pool session; for a replace_partition swap whose DELETE ran
+    early (merge/early_delete.py), that still-open transaction on its own session, with how many rows
+    it deleted. Either commits when the block ends well and rolls back otherwise."""
+    taken = early.take() if early is not None else None
+    if early is None or taken is None:
+        with session.transaction():
+            yield session, None
+        return
+    with early.transaction() as conn:
+        yield conn, early.deleted
 
 
 def _merge_reads_staged(spec: Spec) -> bool:

@@ -314,3 +314,24 @@ def test_kill_between_and_inside_merge_chunks_then_rerun(tmp_path: Path, db_url:
         assert sql("SELECT batch_no, count(*) FROM pgstage.chunks WHERE run_id = %s GROUP BY 1 ORDER BY 1",
                    (report.run_id,)) == [(b, 4) for b in range(6)]
     assert killed == CHUNK_ITERATIONS
+
+
+@pytest.mark.parametrize(("point", "merged"), [("merge.commit", {0, 1}), ("merge.after", {0, 1, 2})])
+def test_a_small_batch_drops_its_checked_table_in_its_merge_transaction(tmp_path: Path, db_url: str, sql: Any,
+                                                                        point: str, merged: set[int]) -> None:
+    """Killed inside the third batch's merge transaction, or right after its commit: a merged batch's
+    checked table is gone with its commit, an unmerged one's is still there (the DROP rolled back with
+    the merge), and the re-run ends exactly where an uninterrupted run would."""
+    folder, base, delta = _prepare(tmp_path, db_url, retries=0)
+    assert child_run(folder, db_url, f"{point}:3") == -signal.SIGKILL
+    run_id = sql("SELECT max(run_id) FROM pgstage.runs")[0][0]
+    assert {r[0] for r in sql("SELECT batch_no FROM pgstage.batches WHERE run_id = %s AND status = 'merged'",
+                              (run_id,))} == merged
+    left = {int(r[0].rsplit("_", 1)[1]) for r in sql("SELECT tablename FROM pg_tables WHERE schemaname = 'pgstage'"
+                                                     " AND tablename LIKE %s", (f"\\_chk\\_{run_id}\\_%",))}
+    assert not left & merged
+    if point == "merge.commit":
+        assert 2 in left
+    report = pgstage.run(folder / "spec.toml", db=db_url)
+    assert_identity(report)
+    check_final(sql, base, delta, report)

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from pgstage import db
 from pgstage.names import checked_table, duplicates_table, staged_prefix
-from pgstage.pipeline import merge, partition, stage, transform, validate
+from pgstage.pipeline import known, merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import Header, SourceFile
 from pgstage.spec import Spec, parse_spec
 
@@ -177,6 +177,7 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "validate_check": lambda: validate.build_check(spec, types, one.staged, one.table, context),
         "validate_check_first_load": lambda: validate.build_check(spec, types, one.staged, one.table, validate.Context()),
         "validate_rejects": lambda: validate.build_rejects(one.staged, one.table, RUN_ID),
+        "validate_known_sample": lambda: known.build_sample(spec, types, one.staged, 42, "pg_c_utf8"),
         "merge_classify": lambda: merge.build_merge(spec, types, one, RUN_ID),
         "merge_classify_beaten": lambda: merge.build_merge(spec, types, one, RUN_ID, beaten),
         "merge_insert": lambda: merge.build_insert(spec, types, one, RUN_ID, dedup=True),
@@ -184,6 +185,8 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "merge_upsert": lambda: merge.build_upsert(spec, types, one, RUN_ID),
         "merge_write_sample": lambda: merge.build_write_sample(spec, types, one),
         "merge_write_sample_chunk": lambda: merge.build_write_sample(spec, types, one, (1, 500)),
+        "merge_holds_a_key": lambda: merge.keyed.build_holds_a_key(spec, types, one),
+        "merge_holds_a_key_chunk": lambda: merge.keyed.build_holds_a_key(spec, types, one, (1, 500)),
         "merge_has_duplicates": lambda: merge.build_has_duplicates(spec, one),
         "merge_beaten": lambda: merge.build_beaten(spec, [one, two], beaten),
         "merge_overlap": lambda: _query(merge.build_overlap(spec, types, [one, two])),

@@ -93,12 +93,14 @@ def child_run(spec: Path, db_url: str, day: str, fault: str) -> int:
 
 # (point, how often the 4-batch replacing run reaches it)
 POINTS = [("validate.after", 4), ("merge.commit", 4), ("merge.after", 4), ("merge.swap", 1)]
+# delete + insert only: killed with the day's rows deleted early, uncommitted, while the last batch validates
+EARLY = [("merge.early_delete", 1)]
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["delete_insert", "native"])
 def test_kill_anywhere_never_half_replaces(tmp_path: Path, db_url: str, sql, native: bool) -> None:
     rng = random.Random(15 + native)
-    plan = [(point, n) for point, reach in POINTS for n in range(1, reach + 1)]
+    plan = [(point, n) for point, reach in POINTS + ([] if native else EARLY) for n in range(1, reach + 1)]
     killed = 0
     for i, (point, n) in enumerate(plan):
         sql("DROP SCHEMA IF EXISTS app CASCADE; DROP SCHEMA IF EXISTS pgstage CASCADE")
@@ -117,6 +119,8 @@ def test_kill_anywhere_never_half_replaces(tmp_path: Path, db_url: str, sql, nat
         code = child_run(spec, db_url, "2024-01-15", f"{point}:{n}")
         assert code in (0, -signal.SIGKILL), code
         killed += code == -signal.SIGKILL
+        if point == "merge.early_delete":   # reached: the single batch-file run deletes early
+            assert code == -signal.SIGKILL
         after_kill = table(sql)
         # Never half replaced: the old partition whole, or (the swap committed) the new one whole.
         assert after_kill in (before, {**other_rows, **new_rows}), (point, n)

@@ -74,14 +74,20 @@ def row_hash(spec: Spec, staged: StagedBatch, alias: str, seed_value: int) -> sq
     return sql.SQL("hash_record_extended(ROW({}), {})").format(sql.SQL(", ").join(fields), sql.Literal(seed_value))
 
 
+def _typed_keys(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch,
+                collation: str | None) -> list[sql.Composable]:
+    """A staged record's key values typed as the target's, as `_k0`, `_k1`, …"""
+    return [sql.SQL("{} AS {}").format(
+        transform.typed(staged.column(spec.columns[k].from_ or "") if spec.columns[k].from_ else sql.SQL("NULL"),
+                        spec.columns[k], types[k], spec.source.null, collation), sql.Identifier(f"_k{i}"))
+        for i, k in enumerate(spec.pipeline.key)]
+
+
 def _matches(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, seed_value: int,
              collation: str | None, source: sql.Composable, join: str) -> sql.Composed:
     """Staged records (from `source`) joined to the target rows they would reproduce."""
     keys = spec.pipeline.key
-    typed = [sql.SQL("{} AS {}").format(
-        transform.typed(staged.column(spec.columns[k].from_ or "") if spec.columns[k].from_ else sql.SQL("NULL"),
-                        spec.columns[k], types[k], spec.source.null, collation), sql.Identifier(f"_k{i}"))
-        for i, k in enumerate(keys)]
+    typed = _typed_keys(spec, types, staged, collation)
     on = sql.SQL(" AND ").join([*(sql.SQL("t.{} = s.{}").format(sql.Identifier(k), sql.Identifier(f"_k{i}"))
                                   for i, k in enumerate(keys)),
                                 sql.SQL("t._row_hash = s._h")])
@@ -90,13 +96,33 @@ def _matches(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, seed
         join=sql.SQL(join), target=sql.Identifier(*spec.target), on=on)
 
 
+def key_probe(spec: Spec, values: list[sql.Composable], *also: sql.Composable) -> sql.Composed:
+    """The target row whose key is `values` (one per key column) and that meets `also`: one index probe.
+
+    For the samples that decide a batch's path (`build_sample`, and the merge's writes sample):
+    a thousand keys at most, which the key's unique index answers in about a millisecond
+    whatever the target's size. Written as a plain join, the planner hashes the whole target
+    instead while it guesses a scan of it cheaper than a thousand probes (up to ~150,000 rows:
+    a backfill's first month), and the sample reads every row: 120 ms at 75,000 rows against
+    1 ms. As a LATERAL subquery with LIMIT, which PostgreSQL cannot flatten into a join, each
+    sampled record is one probe.
+    """
+    on = sql.SQL(" AND ").join([*(sql.SQL("t.{} = {}").format(sql.Identifier(k), v)
+                                  for k, v in zip(spec.pipeline.key, values, strict=True)), *also])
+    return sql.SQL("SELECT * FROM {} t WHERE {} LIMIT 1").format(sql.Identifier(*spec.target), on)
+
+
 def build_sample(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, seed_value: int,
                  collation: str | None) -> sql.Composed:
     """(known, sampled) over the batch's first records in storage order: does the shortcut pay?"""
-    first = sql.SQL("(SELECT * FROM {} LIMIT {})").format(staged.ident, sql.Literal(SAMPLE_RECORDS))
-    key = sql.Identifier(spec.pipeline.key[0])
-    return sql.SQL("SELECT count(t.{}), count(*) FROM {}").format(
-        key, _matches(spec, types, staged, seed_value, collation, first, "LEFT JOIN"))
+    keys = spec.pipeline.key
+    typed = _typed_keys(spec, types, staged, collation)
+    probe = key_probe(spec, [sql.SQL("s.{}").format(sql.Identifier(f"_k{i}")) for i in range(len(keys))],
+                      sql.SQL("t._row_hash = s._h"))
+    return sql.SQL("SELECT count(t.{key}), count(*) FROM (SELECT {h} AS _h, {typed} FROM {staged} s LIMIT {n}) s"
+                   " LEFT JOIN LATERAL ({probe}) t ON true").format(
+        key=sql.Identifier(keys[0]), h=row_hash(spec, staged, "s", seed_value), typed=sql.SQL(", ").join(typed),
+        staged=staged.ident, n=sql.Literal(SAMPLE_RECORDS), probe=probe)
 
 
 def build_known(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, table: str, seed_value: int,

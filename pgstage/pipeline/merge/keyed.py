@@ -16,7 +16,7 @@ from psycopg import sql
 
 from pgstage.db import execute
 from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
-from pgstage.pipeline import transform, validate
+from pgstage.pipeline import known, transform, validate
 from pgstage.pipeline.merge import surrogate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.names import DELETED_AT, KNOWN, LEDGER_SCHEMA, ROW_HASH, SOURCE_DELETED_AT
@@ -334,8 +334,9 @@ def build_insert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run
     """The merge of a batch into a target that holds none of its keys: a plain INSERT … SELECT.
 
     No classification join and no CTE to materialize; without duplicate keys, no DISTINCT ON
-    sort either. `merge` takes this path only when the target is empty: should a concurrent load
-    insert some of the keys meanwhile, the primary key refuses the batch and it is retried.
+    sort either. `merge` takes this path only when the target is empty, or holds none of the
+    batch's keys and has a unique index on the key (`build_holds_a_key`): should a concurrent
+    load insert some of the keys meanwhile, the unique index refuses the batch and it is retried.
     """
     names = _written_columns(spec, checked)
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
@@ -365,9 +366,32 @@ def build_write_sample(spec: Spec, types: dict[str, ColumnType], checked: Checke
         _deduplicated(spec, types, checked, None, dedup=False, records=records), sql.Identifier(KNOWN),
         sql.Literal(WRITE_SAMPLE))
     return sql.SQL("SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND {writes}) FROM ({sample}) s"
-                   " LEFT JOIN {target} t ON {join}").format(
-        k=keys[0], writes=_overwrites(spec), sample=sample, target=sql.Identifier(*spec.target),
-        join=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(k) for k in keys))
+                   " LEFT JOIN LATERAL ({probe}) t ON true").format(
+        k=keys[0], writes=_overwrites(spec), sample=sample, probe=_probe(spec))
+
+
+def _probe(spec: Spec) -> sql.Composed:
+    """The target row with the key of the batch's row `s`: one probe of the key index (`known.key_probe`)."""
+    return known.key_probe(spec, [sql.SQL("s.{}").format(sql.Identifier(k)) for k in spec.pipeline.key])
+
+
+def build_holds_a_key(spec: Spec, types: dict[str, ColumnType], checked: Checked,
+                      records: Records | None = None) -> sql.Composed:
+    """Whether the target holds the key of any of the batch's valid rows (of `records`' chunk).
+
+    One probe of the key index per row until the first key found (see `known.key_probe`): a
+    batch of updates answers at its first existing key, a batch of new keys (a backfill's next
+    day) probes every row, a few milliseconds for 5,000 rows, to be merged by a plain INSERT.
+    Every row counts, duplicates and the run's cross-batch losers too: a superset is safe.
+    """
+    rows = _deduplicated(spec, types, checked, None, dedup=False, records=records)
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM ({}) s, LATERAL ({}) t)").format(rows, _probe(spec))
+
+
+def holds_a_key(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
+                records: Records | None = None) -> bool:
+    found = execute(conn, build_holds_a_key(spec, types, checked, records), label="merge: keys in target?").fetchone()
+    return bool(found and found[0])
 
 
 def build_upsert(spec: Spec, types: dict[str, ColumnType], checked: Checked, run_id: int,
@@ -461,9 +485,10 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     from the unique index refusing the rows: `_insert_optimistically`). A first load, or a
     backfill's first day, pays no classification join. `records`: merge only one chunk of the
     batch (see `_deduplicated`; run.py's `_merge_chunks` runs them), with `dedup` (whether the
-    batch repeats a key) found once for all its chunks by `has_duplicates`. Otherwise the classifying statement of
-    `build_merge`, or, with `upserts` (the target has an immediate unique index on the key)
-    and a sample saying nearly every existing row changes, the single pass of `build_upsert`.
+    batch repeats a key) found once for all its chunks by `has_duplicates`. With `upserts` (the
+    target has an immediate unique index on the key): the same INSERT when the target holds
+    none of the batch's keys, else, with a sample saying nearly every existing row changes, the
+    single pass of `build_upsert`. Otherwise the classifying statement of `build_merge`.
     """
     label = f"merge {checked.staged.source.name}"
     if (dedup is None and into_empty and upserts and records is None and not checked.known
@@ -481,6 +506,15 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
             return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
         query = None
         if upserts and soft_deletes(spec) is None:
+            # A batch of keys the target does not hold (a backfill's next day) is one plain INSERT:
+            # no conflict checks to speculate on, no CTE to count in, ~35% less time than the
+            # upsert for 5,000 new rows. Not with known records (their keys are in the target). The
+            # key's unique index guards the gap between the probe and the INSERT: a key another
+            # load commits meanwhile fails the INSERT, and the retried batch sees it (below).
+            if not checked.known and not holds_a_key(conn, spec, types, checked, records):
+                written = execute(conn, build_insert(spec, types, checked, run_id, beaten, dedup=dedup,
+                                                     records=records), label=label).rowcount
+                return MergeCounts(distinct=written, inserted=written, updated=0, unchanged=0, stale=0)
             found = execute(conn, build_write_sample(spec, types, checked, records), label="merge: writes sample").fetchone()
             existing, writes = found if found else (0, 0)
             if writes >= MIN_WRITE_SHARE * existing:

@@ -141,13 +141,16 @@ def _count(conn: psycopg.Connection[Any], query: sql.Composed, label: str) -> in
 
 
 def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], w: partition.Window,
-         checked: Checked, run_id: int, beaten: str | None, *, unique_key: bool = False) -> MergeCounts:
+         checked: Checked, run_id: int, beaten: str | None, *, unique_key: bool = False,
+         deleted: int | None = None) -> MergeCounts:
     """The run's last batch: replace the window's target rows with the collected rows and its own, in the
     caller's transaction.
 
     Returns the last batch's counts, with how many rows were removed as `deleted`. The batch's
     rows go straight into the target (or the new partition), never through the collector.
     `unique_key`: the target has a unique index on exactly the key (`target.upsert_arbiter`).
+    `deleted`: the window's rows were already deleted in this transaction, so many
+    (delete + insert path, merge/early_delete.py).
     """
     cols = _written_columns(spec, checked)
     part = spec.pipeline.partition
@@ -169,7 +172,8 @@ def swap(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType]
                 if statement is fill:
                     written = cursor.rowcount
         else:
-            deleted = execute(conn, build_delete(spec, w), label="merge: delete partition").rowcount
+            if deleted is None:
+                deleted = execute(conn, build_delete(spec, w), label="merge: delete partition").rowcount
             execute(conn, build_insert(spec, cols, run_id), label="merge: insert partition")
             if optimistic:
                 written = _insert_rows(conn, spec, types, checked, run_id, beaten, label)

@@ -5,4 +5,6 @@ FROM (SELECT c._rec, c."id", c."v", c."total", c."email", c."day", c."status", c
 FROM "pgstage"."_chk_7_0_0" c
 WHERE c._rec BETWEEN 1 AND 500) b) b
 WHERE NOT b."_known" LIMIT 1000) s
-LEFT JOIN "shop"."orders" t ON t."id" = s."id"
+LEFT JOIN LATERAL (SELECT *
+FROM "shop"."orders" t
+WHERE t."id" = s."id" LIMIT 1) t ON true

@@ -4,4 +4,6 @@ FROM (SELECT "id", "v", "total", "email", "day", "status", "_row_hash", "_known"
 FROM (SELECT c._rec, c."id", c."v", c."total", c."email", c."day", c."status", c."_row_hash", c."_known"
 FROM "pgstage"."_chk_7_0_0" c) b) b
 WHERE NOT b."_known" LIMIT 1000) s
-LEFT JOIN "shop"."orders" t ON t."id" = s."id"
+LEFT JOIN LATERAL (SELECT *
+FROM "shop"."orders" t
+WHERE t."id" = s."id" LIMIT 1) t ON true

@@ -1,0 +1,6 @@
+SELECT EXISTS (SELECT 1
+FROM (SELECT "id", "v", "total", "email", "day", "status", "_row_hash", "_known", md5(length((to_json("b"."id") #>> '{}')) || ':' || (to_json("b"."id") #>> '{}') || length((to_json("b"."day") #>> '{}')) || ':' || (to_json("b"."day") #>> '{}'))::uuid AS "order_uid"
+FROM (SELECT c._rec, c."id", c."v", c."total", c."email", c."day", c."status", c."_row_hash", c."_known"
+FROM "pgstage"."_chk_7_0_0" c) b) s, LATERAL (SELECT *
+FROM "shop"."orders" t
+WHERE t."id" = s."id" AND t."day" = s."day" LIMIT 1) t)
