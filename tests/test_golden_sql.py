@@ -14,6 +14,7 @@ import re
 import textwrap
 from datetime import datetime, timezone
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -188,10 +189,18 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "merge_holds_a_key_chunk": lambda: merge.keyed.build_holds_a_key(spec, types, one, (1, 500)),
         "merge_has_duplicates": lambda: merge.build_has_duplicates(spec, one),
         "merge_beaten": lambda: merge.build_beaten(spec, [one, two], beaten),
-        "merge_overlap": lambda: merge.build_overlap(spec, types, [one, two]),
+        "merge_overlap": lambda: _query(merge.build_overlap(spec, types, [one, two])),
+        "merge_overlap_ranges": lambda: _query(merge.build_overlap(spec, types, [replace(c, key_range=("1", "9")) for c in (one, two)])),
+        "validate_tally": lambda: validate.build_tally(one.table, validate.range_key(spec, types)),
         "merge_prediction": lambda: merge.build_prediction(spec, types, one, None, True),
         "merge_resolve": lambda: merge.build_resolve(spec, types, RUN_ID, "pg_c_utf8"),
     }
+
+
+def _query(built: tuple[sql.Composed, list[str | None]] | None) -> sql.Composable:
+    """A builder's query without its parameters (rendered as the %s placeholders it holds)."""
+    assert built is not None
+    return built[0]
 
 
 @pytest.fixture(scope="module")
