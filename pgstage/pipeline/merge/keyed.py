@@ -173,7 +173,7 @@ def build_overlap(spec: Spec, types: dict[str, ColumnType],
     If a batch lacks them (none sought), every range is read from the checked tables, in a
     statement without parameters (a key column's name may hold a `%`).
     """
-    from pgstage.pipeline.validate import range_key   # (only a load compares batches: a skipped run imports no validation)
+    from pgstage.pipeline.validate import range_key   # (a skipped run imports no validation)
 
     name = range_key(spec, types)
     if name is None:
