@@ -19,7 +19,7 @@ python -m benchmarks.production --combine a.json b.json c.json          # pooled
    them inside the load (the time spent in `Throttle.pressures`, whose queries are the whole
    of the checks' own work): a deterministic count and a small, directly measured time,
    reported as a share of the load's seconds. What this share leaves out, the ratio sees: with
-   any throttle setting, batches merge one at a time (run.py `one_merge_at_a_time`).
+   any throttle setting, batches merge one at a time (pgstage/run/state.py `one_merge_at_a_time`).
 2. `probe`: an incremental load of --rows rows (every other key of a clean --rows-row table
    newer, then as many new keys: half updates, half inserts, `live_lines`) onto that table,
    while a separate process (`benchmarks/_probe.py`) runs paced primary-key lookups, updates of

@@ -2,7 +2,7 @@
 
 Every event names its `run_id`, `pipeline` and `partition`. Logs go to stderr, so a `--json`
 document on stdout stays one clean document. The progress bar (pgstage/cli/progress.py)
-listens to the same events, so run.py has one hook per event, not one per consumer.
+listens to the same events, so the run has one hook per event, not one per consumer.
 
 Secrets never reach a line: URL passwords are masked by pattern, and every secret a run
 knows (alert URLs, a source's URL) is registered with `secret()` and replaced wherever it

@@ -96,7 +96,7 @@ class ReconcileResult:
 def reconcile(spec: Spec | str | Path, *, partition: str | date | None = None, db: str | None = None,
               base_dir: Path | None = None, run_id: int | None = None) -> ReconcileResult:
     """Compare source and target; store the result with `run_id` (else the partition's latest successful run)."""
-    from pgstage.run import parse_partition   # run.py imports ops; a top-level import would be circular
+    from pgstage.run import parse_partition   # pgstage.run imports ops: a top-level import would be circular
 
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     day = parse_partition(partition)

@@ -503,7 +503,7 @@ def merge(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType
     one INSERT … SELECT, deduplicated only when the batch repeats a key (with `upserts`, learnt
     from the unique index refusing the rows: `_insert_optimistically`). A first load, or a
     backfill's first day, pays no classification join. `records`: merge only one chunk of the
-    batch (see `_deduplicated`; run.py's `_merge_chunks` runs them), with `dedup` (whether the
+    batch (see `_deduplicated`; run/merge_batches.py's `_merge_chunks` runs them), with `dedup` (whether the
     batch repeats a key) found once for all its chunks by `has_duplicates`. With `upserts` (the
     target has an immediate unique index on the key): the same INSERT when the target holds
     none of the batch's keys, else, with a sample saying nearly every existing row changes, the
