@@ -23,27 +23,11 @@ import pgstage
 from pgstage.pipeline import merge
 from tests import test_crash as crash
 from tests.conftest import Loader, assert_identity
+from tests.test_merge_paths import SPEC as PATHS_SPEC
 from tests.test_property import oracle, write_csv
 
-SPEC = """
-[pipeline]
-name = "first"
-target = "app.items"
-key = ["id"]
-strategy = "upsert_if_newer"
-version = "v"
-
-[source]
-path = "items.csv"
-
-[load]
-batch_rows = 4
-
-[columns]
-id   = { from = "id", type = "bigint" }
-v    = { from = "v", type = "integer" }
-note = { from = "note", type = "text" }
-"""
+# test_merge_paths' items, cut into batches of four records
+SPEC = PATHS_SPEC.replace('name = "paths"', 'name = "first"').replace("[columns]", "[load]\nbatch_rows = 4\n\n[columns]")
 
 Row = tuple[int, int, str]
 

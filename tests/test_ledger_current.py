@@ -12,6 +12,7 @@ import pytest
 from pgstage import db
 from pgstage.pipeline import ledger
 from pgstage.pipeline._functions import INSTALL
+from tests.test_smoke import oldest_ledger
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 
@@ -68,12 +69,7 @@ def test_a_new_ledger_is_created_and_stamped_then_checked_in_one_query(conn: psy
 def test_an_earlier_ledger_without_a_stamp_is_upgraded_then_current(conn: psycopg.Connection[Any], sql: Sql,
                                                                     labels: list[str]) -> None:
     """A ledger made before the stamp existed (here: the oldest shape, two tables with a foreign key)."""
-    sql("CREATE SCHEMA pgstage")
-    sql("CREATE TABLE pgstage.runs (run_id bigserial PRIMARY KEY, pipeline text NOT NULL, partition text,"
-        " target text NOT NULL, spec_path text, status text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),"
-        " finished_at timestamptz, counts jsonb, rejects_by_rule jsonb, files jsonb, message text, host text, pid integer)")
-    sql("CREATE TABLE pgstage.rejects (run_id bigint NOT NULL REFERENCES pgstage.runs, file text NOT NULL,"
-        " record bigint NOT NULL, raw jsonb NOT NULL, reasons jsonb NOT NULL)")
+    oldest_ledger(sql)
     sql("INSERT INTO pgstage.runs (pipeline, target, status) VALUES ('old', 'public.t', 'succeeded')")
     assert not ledger.current(conn)
     ledger.ensure(conn)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 import psycopg
 
@@ -88,15 +90,20 @@ def test_second_run_is_skipped_and_forced_run_changes_nothing(loader: Loader, sq
     assert sql("SELECT * FROM sales.orders ORDER BY source_order_id") == before
 
 
-def test_a_ledger_of_an_earlier_version_is_upgraded_once(loader: Loader, sql) -> None:
-    """Older ledgers lack columns and had a foreign key from rejects to runs: both are fixed, and a
-    ledger already current is left alone (no ALTER TABLE, whose exclusive lock would queue)."""
+def oldest_ledger(sql: Callable[..., Any]) -> None:
+    """The ledger's oldest shape: two tables, and a foreign key from rejects to runs."""
     sql("CREATE SCHEMA pgstage")
     sql("CREATE TABLE pgstage.runs (run_id bigserial PRIMARY KEY, pipeline text NOT NULL, partition text,"
         " target text NOT NULL, spec_path text, status text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),"
         " finished_at timestamptz, counts jsonb, rejects_by_rule jsonb, files jsonb, message text, host text, pid integer)")
     sql("CREATE TABLE pgstage.rejects (run_id bigint NOT NULL REFERENCES pgstage.runs, file text NOT NULL,"
         " record bigint NOT NULL, raw jsonb NOT NULL, reasons jsonb NOT NULL)")
+
+
+def test_a_ledger_of_an_earlier_version_is_upgraded_once(loader: Loader, sql) -> None:
+    """Older ledgers lack columns and had a foreign key from rejects to runs: both are fixed, and a
+    ledger already current is left alone (no ALTER TABLE, whose exclusive lock would queue)."""
+    oldest_ledger(sql)
     loader.spec(SPEC)
     loader.write("orders.csv", CSV)
     report = loader.run()
