@@ -9,8 +9,8 @@ same session (`take`). Readers still see the old day until the commit and the ne
 The transaction is rolled back (`close`) if anything refuses or fails the run before the swap
 commits: the reject threshold, a blocking volume anomaly, a failed validation, an error, a retry.
 A kill -9 drops the session and the server rolls it back. The caller starts it only where no DDL
-of the run can wait on its lock (see `eligible` and run/merge_batches.py's `_plan_merge`), and gives it up
-(`abandon`) if the run's plan changes its mind. Anything that goes wrong on this session itself
+of the run can wait on its lock (see `eligible` and `_plan_merge` in run/merge_batches.py), and
+gives it up (`abandon`) if the run's plan changes its mind. Anything that goes wrong on this session itself
 (a lock timeout, the idle-in-transaction timeout while a long validation runs) only gives the
 DELETE back to the swap, which runs it as before: the early start is an optimisation, never a
 new way to fail.
