@@ -1,0 +1,158 @@
+"""The special-word rule's shared cheap test: one regex call for all special-word columns of a row.
+
+`validate.build_check` tests the joined text of every column with a special-word rule once
+(`transform.may_be_special_any`) before each column's own tests. That must change nothing: the
+same rows land (with the same `_row_hash`), the same records are rejected with the same reasons
+as with each column tested alone, and the special reasons are exactly those a bare SQL oracle
+gives (valid input for the type that matches the rule's pattern).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from psycopg import sql as pgsql
+
+import pgstage
+from pgstage.pipeline import transform, validate
+from tests.conftest import assert_identity
+
+SPEC = """
+[pipeline]
+name = "{name}"
+target = "public.{name}"
+key = ["id"]
+
+[source]
+path = "{name}.csv"
+
+[columns]
+id = {{ from = "id", type = "bigint" }}
+created = {{ from = "created", type = "timestamptz" }}
+updated = {{ from = "updated", type = "timestamp" }}
+day = {{ from = "day", type = "date" }}
+at = {{ from = "at", type = "time" }}
+amount = {{ from = "amount", type = "numeric" }}
+free = {{ from = "free", type = "date", allow_special = true }}
+note = {{ from = "note", type = "text" }}
+
+[load]
+max_reject_ratio = 1.0
+"""
+FIELDS = ["id", "created", "updated", "day", "at", "amount", "free", "note"]
+# The columns with a special-word rule, their types and patterns (`free` allows them, `note` is text).
+RULED = {"created": ("timestamp with time zone", transform.SPECIAL_DATETIME),
+         "updated": ("timestamp without time zone", transform.SPECIAL_DATETIME),
+         "day": ("date", transform.SPECIAL_DATETIME), "at": ("time without time zone", transform.SPECIAL_DATETIME),
+         "amount": ("numeric", transform.SPECIAL_NUMBER)}
+
+# Pieces that join into hostile values: special words in every case and inside other words, Julian days,
+# ISO 8601's T and Z, zones, quotes, whitespace, non-ASCII letters, and the shapes of real dates and numbers.
+PIECES = ["2024-01-15", "1999-12-31", " ", "10:22:01", "04:05:06.789", "+00", "-05:30", "T", "Z", "t", "z",
+          "now", "NOW", "Now", "today", "TODAY", "yesterday", "Tomorrow", "infinity", "-infinity", "Infinity",
+          "epoch", "EPOCH", "allballs", "AllBalls", "julian", "J2451187", "j", "J", "J .", "NaN", "nan", "inf",
+          "-Inf", "1.5", "42", "'", '"', "Ω", "é", "ǅ", "\t", "Jan", "jun", "xnowx", "snow", "PST", "UTC",
+          "-", ":", ",", "/", ".", ""]
+hostile = (st.lists(st.sampled_from(PIECES), max_size=4).map("".join)
+           | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00\r\n"), max_size=8))
+# `free` takes special words as data: only those whose value does not depend on the day of the run.
+free_values = st.sampled_from(["epoch", "infinity", "-infinity", "J2451187", "2024-01-15", "EPOCH", "", "nope"])
+# Most values clean, as in real files, so that one hostile value is often a row's only one.
+CLEAN = {"created": ["2024-01-15 10:22:01+00", "2024-01-15T10:22:01Z", ""], "updated": ["2024-01-15 10:22:01", ""],
+         "day": ["2024-01-15", "15/01/2024"], "at": ["10:22:01"], "amount": ["1.5", "1,234.50", "-3"]}
+records = st.lists(st.fixed_dictionaries({**{c: st.sampled_from(CLEAN[c]) | st.sampled_from(CLEAN[c]) | hostile
+                                             for c in RULED}, "free": free_values, "note": hostile}),
+                   min_size=1, max_size=25)
+_examples = itertools.count()
+
+
+def _csv(rows: list[dict[str, str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(FIELDS)
+    writer.writerows([str(i), *(r[f] for f in FIELDS[1:])] for i, r in enumerate(rows, 1))
+    return out.getvalue()
+
+
+def _load(tmp_path: Path, db_url: str, sql: Any, name: str, text: str) -> tuple[Any, ...]:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / f"{name}.csv").write_text(text, encoding="utf-8", newline="")
+    (folder / "spec.toml").write_text(SPEC.format(name=name), encoding="utf-8")
+    report = pgstage.run(folder / "spec.toml", db=db_url)
+    assert_identity(report)
+    landed = sql(f"SELECT id, created::text, updated::text, day::text, at::text, amount::text, free::text, note,"
+                 f" _row_hash FROM public.{name} ORDER BY id") if report.counts.inserted else []
+    rejects = sql("SELECT j.record, j.raw, j.reasons FROM pgstage.rejects j JOIN pgstage.runs r USING (run_id)"
+                  " WHERE r.pipeline = %s ORDER BY j.record", (name,))
+    return report.counts.read, report.counts.rejected, report.counts.inserted, landed, rejects
+
+
+def _oracle(sql: Any, rows: list[dict[str, str]]) -> list[tuple[int, str]]:
+    """(record, column) of every special reason, by bare SQL: valid input for the type that matches the pattern."""
+    expected = []
+    for column, (type_name, pattern) in RULED.items():
+        values = [r[column] for r in rows]
+        found = sql("SELECT i::int FROM unnest(%s::text[]) WITH ORDINALITY u(v, i)"
+                    " WHERE v <> '' AND pg_input_is_valid(v, %s) AND v ~* %s", (values, type_name, pattern))
+        expected += [(i, column) for (i,) in found]
+    return sorted(expected)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=records)
+@example(rows=[{"created": "2024-01-15T10:22:01Z", "updated": "2024-01-15 10:22:01", "day": "2024-01-15",
+                "at": "10:22:01", "amount": "1.5", "free": "epoch", "note": "now"},
+               {"created": "2024-01-15 NOW", "updated": "J2451187", "day": "epoch", "at": "allballs",
+                "amount": " NaN ", "free": "infinity", "note": "Ω"},
+               {"created": "-infinity", "updated": "2024-01-15 allballs", "day": "j .", "at": "04:05:06 PST",
+                "amount": "-Inf", "free": "J2451187", "note": ""},
+               {"created": "2024-01-15 10:22:01+00", "updated": "tomorrow 10:00", "day": "Jan 15 2024",
+                "at": "10:22:01", "amount": "42", "free": "", "note": "'\"\t"},
+               {"created": "2024-01-15 10:22:01+00", "updated": "2024-01-15 10:22:01", "day": "J2451187",
+                "at": "10:22:01", "amount": "1.5", "free": "", "note": "today"}])
+def test_the_shared_test_rejects_and_lands_exactly_what_each_column_alone_does(
+        tmp_path: Path, db_url: str, sql: Any, monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, str]]) -> None:
+    n = next(_examples)
+    text = _csv(rows)
+    shared = _load(tmp_path, db_url, sql, f"sw{n}shared", text)
+    with monkeypatch.context() as patch:
+        patch.setattr(validate, "SHARED_SPECIAL_TEST_MIN", 1_000)   # the previous form: each column tested alone
+        alone = _load(tmp_path, db_url, sql, f"sw{n}alone", text)
+    assert shared == alone
+    special = sorted((record, reason["column"]) for record, _, reasons in shared[4]
+                     for reason in reasons if reason["rule"] == "special")
+    assert special == _oracle(sql, rows)
+    for record, _, reasons in shared[4]:
+        for reason in reasons:
+            if reason["rule"] == "special":
+                assert reason["message"] == (_quote_literal(rows[record - 1][reason["column"]])
+                                             + " is a special input value, not data (allow_special = true accepts it)")
+
+
+def _quote_literal(value: str) -> str:
+    """PostgreSQL's quote_literal: quotes doubled, and with a backslash, an E string with backslashes doubled."""
+    quoted = "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return ("E" + quoted) if "\\" in value else quoted
+
+
+def test_the_shared_test_is_one_regex_call_over_the_joined_texts(sql: Any) -> None:
+    """Rendered: NULLs add nothing, and the joined text passes exactly when one of the values does."""
+    test = transform.may_be_special_any([pgsql.Identifier("a"), pgsql.Identifier("b")])
+    assert test.as_string() == ("""(coalesce("a", '') || coalesce("b", '')) ~ '[^-0-9 :.,+/TZtz]'""")
+    pairs = [("2024-01-15 10:22:01+00", "2024-01-15T10:22:01Z"), ("2024-01-15", None), (None, None),
+             ("2024-01-15", "now"), ("Today", None), (None, "J2451187"), ("1,234.50", "-3"), ("", "Ω")]
+    query = pgsql.SQL("SELECT {}, {} OR {} FROM (VALUES {}) v(a, b)").format(
+        test, transform.may_be_special(pgsql.Identifier("a")), transform.may_be_special(pgsql.Identifier("b")),
+        pgsql.SQL(", ").join(pgsql.SQL("({}::text, {}::text)").format(pgsql.Literal(a), pgsql.Literal(b))
+                             for a, b in pairs))
+    found = sql(query.as_string())
+    assert found == [(False, False), (False, None), (False, None), (True, True), (True, True), (True, True),
+                     (False, False), (True, True)]
