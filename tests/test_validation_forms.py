@@ -1,10 +1,13 @@
-"""The special-word rule's shared cheap test: one regex call for all special-word columns of a row.
+"""Cheaper forms of the validation pass's expressions give exactly the answers of the forms they replace.
 
-`validate.build_check` tests the joined text of every column with a special-word rule once
-(`transform.may_be_special_any`) before each column's own tests. That must change nothing: the
-same rows land (with the same `_row_hash`), the same records are rejected with the same reasons
-as with each column tested alone, and the special reasons are exactly those a bare SQL oracle
-gives (valid input for the type that matches the rule's pattern).
+The special-word rule's shared cheap test: `validate.build_check` tests the joined text of every
+column with a special-word rule once (`transform.may_be_special_any`) before each column's own
+tests. The same rows land (with the same `_row_hash`), the same records are rejected with the
+same reasons as with each column tested alone, and the special reasons are exactly those a bare
+SQL oracle gives (valid input for the type that matches the rule's pattern).
+
+The trim: `transform.trimmed` calls `btrim` only for a staged value with a space at either end;
+its result equals `btrim`'s for any text, and a loaded file's trimmed values equal Python's.
 """
 
 from __future__ import annotations
@@ -156,3 +159,77 @@ def test_the_shared_test_is_one_regex_call_over_the_joined_texts(sql: Any) -> No
     found = sql(query.as_string())
     assert found == [(False, False), (False, None), (False, None), (True, True), (True, True), (True, True),
                      (False, False), (True, True)]
+
+
+# Text with spaces where trimming decides, and the characters near them that `btrim` keeps: tabs,
+# no-break and ideographic spaces, quotes, non-ASCII letters.
+spaced = st.text(st.sampled_from([" ", " ", "\t", "\u00a0", "\u3000", "a", "Ω", "é", "'", '"', ",", "%", "_", "\\"]),
+                 max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(spaced | st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")),
+                       min_size=1, max_size=40))
+def test_trimmed_is_btrim(sql: Any, values: list[str]) -> None:
+    query = pgsql.SQL("SELECT v, {}, btrim(v) FROM unnest(%s::text[]) u(v)").format(transform.trimmed(pgsql.Identifier("v")))
+    assert sql(query.as_string(), (values,)) == [(v, v.strip(" "), v.strip(" ")) for v in values]
+
+
+def test_trimmed_keeps_btrim_for_an_expression() -> None:
+    """A JSON field would be extracted three times by the CASE: it is trimmed by `btrim` alone."""
+    assert transform.trimmed(pgsql.SQL("(doc->>'a')")).as_string() == "btrim((doc->>'a'))"
+    assert transform.trimmed(pgsql.Identifier("f2")).as_string() == (
+        """CASE WHEN "f2" LIKE E' \\x25' OR "f2" LIKE E'\\x25 ' THEN btrim("f2") ELSE "f2" END""")
+
+
+TRIM_SPEC = """
+[pipeline]
+name = "{name}"
+target = "public.{name}"
+key = ["id"]
+
+[source]
+path = "{name}.csv"
+
+[columns]
+id = {{ from = "id", type = "bigint" }}
+name = {{ from = "name", type = "text", normalize = ["trim"] }}
+code = {{ from = "code", type = "varchar(3)", normalize = ["trim"], required = true }}
+
+[load]
+max_reject_ratio = 1.0
+"""
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(spaced, spaced), min_size=1, max_size=25))
+@example(rows=[(" a", "b "), ("a ", " c "), ("  ", "  x"), ("\u00a0a ", "ab\t "), ("", " abcd "), ("'%' ", "_ ")])
+def test_a_loaded_file_is_trimmed_as_python_strips_spaces(tmp_path: Path, db_url: str, sql: Any,
+                                                          rows: list[tuple[str, str]]) -> None:
+    name = f"trim{next(_examples)}"
+    folder = tmp_path / name
+    folder.mkdir()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "name", "code"])
+    writer.writerows([i, a, b] for i, (a, b) in enumerate(rows, 1))
+    (folder / f"{name}.csv").write_text(out.getvalue(), encoding="utf-8", newline="")
+    (folder / "spec.toml").write_text(TRIM_SPEC.format(name=name), encoding="utf-8")
+    report = pgstage.run(folder / "spec.toml", db=db_url)
+    assert_identity(report)
+    # The oracle: Python strips U+0020 only, as btrim does; the empty string is NULL; a code is required,
+    # and at most three characters.
+    expected, rejected = [], []
+    for i, (a, b) in enumerate(rows, 1):
+        code = b.strip(" ") or None
+        if code is None:
+            rejected.append((i, "required", "missing value"))
+        elif len(code) > 3:
+            rejected.append((i, "type", "value too long for type character varying(3)"))
+        else:
+            expected.append((i, a.strip(" ") or None, code))
+    landed = sql(f"SELECT id, name, code FROM public.{name} ORDER BY id") if report.counts.inserted else []
+    assert landed == expected
+    assert sql("SELECT j.record, j.reasons->0->>'rule', j.reasons->0->>'message' FROM pgstage.rejects j"
+               " JOIN pgstage.runs r USING (run_id) WHERE r.pipeline = %s ORDER BY j.record", (name,)) == rejected
+    assert (report.counts.read, report.counts.rejected, report.counts.inserted) == (len(rows), len(rejected), len(expected))
