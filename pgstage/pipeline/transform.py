@@ -99,11 +99,26 @@ def _check_rule_types(spec: Spec, types: dict[str, ColumnType]) -> None:
 
 def clean(raw: sql.Composable, column: ColumnSpec, nulls: tuple[str, ...]) -> sql.Composable:
     """Trim if asked; the empty string and the source's null strings become NULL."""
-    expr: sql.Composable = sql.SQL("btrim({})").format(raw) if "trim" in column.normalize else raw
+    expr: sql.Composable = trimmed(raw) if "trim" in column.normalize else raw
     expr = sql.SQL("NULLIF({}, '')").format(expr)
     for null in nulls:
         expr = sql.SQL("NULLIF({}, {})").format(expr, sql.Literal(null))
     return expr
+
+
+def trimmed(raw: sql.Composable) -> sql.Composable:
+    """`btrim(raw)`, called only for text with a space at either end when raw is a staged column.
+
+    In a multibyte database `btrim` measures every character of the value and of its set before
+    it trims (two trimmed columns: 0.15–0.2 µs a row), while most values have nothing to trim.
+    LIKE tests the first and the last character without that (in UTF-8 it compares bytes, and a
+    space byte is always a space). raw is named three times, so an expression (a JSON field) is
+    trimmed as before. The patterns are spelled `E' \\x25'` and `E'\\x25 '` (`' %'`, `'% '`): a
+    percent sign in the text would be a placeholder to psycopg where a caller passes parameters.
+    """
+    if not isinstance(raw, sql.Identifier):
+        return sql.SQL("btrim({})").format(raw)
+    return sql.SQL("CASE WHEN {0} LIKE E' \\x25' OR {0} LIKE E'\\x25 ' THEN btrim({0}) ELSE {0} END").format(raw)
 
 
 def case_collation(conn: psycopg.Connection[Any]) -> str | None:
@@ -264,6 +279,18 @@ def may_be_special(n: sql.Composable) -> sql.Composable:
     character no date or number of these shapes has.
     """
     return sql.SQL("{} ~ {}").format(n, sql.Literal(_NOT_SPECIAL))
+
+
+def may_be_special_any(ns: list[sql.Composable]) -> sql.Composable:
+    """`may_be_special` of several values in one test: true when any of them passes it.
+
+    Concatenating adds no character, so the joined text holds one outside `_NOT_SPECIAL`'s set
+    exactly when one of the values does (a NULL adds nothing, as it passes nothing). A regex
+    call is mostly its fixed cost: two timestamp columns tested apart cost 0.75 µs a row, joined
+    0.45. Each column's own test still runs behind this one, for the rows it passes.
+    """
+    joined = sql.SQL(" || ").join(sql.SQL("coalesce({}, '')").format(n) for n in ns)
+    return sql.SQL("({}) ~ {}").format(joined, sql.Literal(_NOT_SPECIAL))
 
 
 def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:

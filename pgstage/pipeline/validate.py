@@ -78,8 +78,18 @@ class Rule:
     reason: sql.Composable
 
 
-def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> list[Rule]:
-    """The column's rules, over the columns _n_ (normalized text), _ok_ (valid input) and the typed value."""
+# l5's flag that some column with a special-word rule may hold one (see `transform.may_be_special_any`),
+# computed from this many such columns on: for one, its own test is the same call.
+SPECIAL_CHARS = sql.Identifier("_special_chars")
+SHARED_SPECIAL_TEST_MIN = 2
+
+
+def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, shared_test: bool = False) -> list[Rule]:
+    """The column's rules, over the columns _n_ (normalized text), _ok_ (valid input) and the typed value.
+
+    `shared_test`: l5 has `SPECIAL_CHARS`, one test of every special-word column's text, and
+    the special-word rule looks at its own column only where that test passed.
+    """
     n, ok, v = sql.Identifier(f"_n_{name}"), sql.Identifier(f"_ok_{name}"), sql.Identifier(name)
     rules: list[Rule] = []
 
@@ -93,8 +103,9 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool) -> l
     if special:
         # Every special word has letters other than ISO 8601's T and Z, and most values have none:
         # the cheap test first.
-        rule(sql.SQL("{0} AND CASE WHEN {1} THEN {2} ~* {3} ELSE false END").format(
-            ok, transform.may_be_special(n), n, sql.Literal(special)), "special",
+        rule(sql.SQL("{0} AND {4}CASE WHEN {1} THEN {2} ~* {3} ELSE false END").format(
+            ok, transform.may_be_special(n), n, sql.Literal(special),
+            sql.SQL("{} AND ").format(SPECIAL_CHARS) if shared_test else sql.SQL("")), "special",
              sql.SQL("quote_literal({}) || ' is a special input value, not data (allow_special = true accepts it)'").format(n))
     if column.min is not None:
         rule(sql.SQL("{} < {}").format(v, sql.Literal(column.min)), "min",
@@ -215,8 +226,16 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
         else:
             value = ids[name]["v"]
         l5_items.append(sql.SQL("{} AS {}").format(value, sql.Identifier(name)))
+    # Two or more columns with a special-word rule: one regex call tests all their texts for a
+    # character no date or number of the usual shapes has (the rules' cheap test, once a row).
+    special = [n for n, c in columns.items() if transform.special_pattern(c, types[n])]
+    shared_test = len(special) >= SHARED_SPECIAL_TEST_MIN
+    if shared_test:
+        l5_items.append(sql.SQL("{} AS {}").format(
+            transform.may_be_special_any([ids[n]["n"] for n in special]), SPECIAL_CHARS))
     l5 = level(l5_items, l4, "l5")
-    rules: list[Rule] = [rule for n, c in columns.items() for rule in _rules(n, c, types[n], c.required or n in keys)]
+    rules: list[Rule] = [rule for n, c in columns.items()
+                         for rule in _rules(n, c, types[n], c.required or n in keys, shared_test and n in special)]
     rules += table_rules(spec, types, context)
     failed = [sql.Identifier(f"_failed_{i}") for i in range(len(rules))]
     names = [sql.Identifier(n) for n in spec.columns]
