@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -116,14 +117,16 @@ class Bench:
         if self.trace:
             env["PGSTAGE_TRACE_SQL"] = "1"
         load = os.getloadavg()[0]        # the machine is shared: keep how busy it was with each number
+        cpu = children_cpu()
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "benchmarks._child", json.dumps(job)], cwd=ROOT, env=env,
                               capture_output=True, text=True)
         wall = time.perf_counter() - started
+        cpu = children_cpu() - cpu
         if proc.returncode != 0:
             raise BenchmarkFailure(f"{job['kind']} load failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-        result.update(wall_s=wall, load_1m=load)
+        result.update(wall_s=wall, load_1m=load, cpu_s=cpu)
         if self.trace:
             result["trace"] = proc.stderr
         return result
@@ -144,9 +147,19 @@ class Bench:
     def record(self, name: str, rep: int, result: dict[str, Any], rows: int) -> dict[str, Any]:
         result.update(repeat=rep, rows=rows)
         self.raw.setdefault(name, []).append(result)
-        print(f"  [{rep + 1}] {name:<22} {result['seconds']:8.2f} s  {result['maxrss_kb'] / 1024:6.0f} MB  "
+        cpu = f"  client CPU {result['cpu_s']:5.2f} s" if "cpu_s" in result else ""
+        if "wal" in result:   # a checkpoint that starts before a load's last heap pages are read doubles its WAL
+            cpu += f"  full-page images {result['wal']['wal_fpi']:,}"
+        print(f"  [{rep + 1}] {name:<22} {result['seconds']:8.2f} s  {result['maxrss_kb'] / 1024:6.0f} MB{cpu}  "
               f"{json.dumps(result['counts'])}", file=sys.stderr, flush=True)
         return result
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's children that have ended: around one child, its own (the
+    whole process, start-up and exit included; a loader's client work competes with the server for the cores)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def settle(url: str) -> None:

@@ -1,5 +1,5 @@
 """`python -m pgstage.cli`: the same as the `pgstage` console script."""
 
-from pgstage.cli import main
+from pgstage.cli import console
 
-main()
+console()

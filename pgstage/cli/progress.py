@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pgstage.ops import logs
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
-    from pgstage.cli._bar import _Bar
+    from pgstage.cli._bar import _Bar, _PaintedProgress
 
 # The events that give a bar something to draw; until one comes, nothing is drawn or imported.
 _FIRST_DRAWN = frozenset({"file started", "run paused"})
@@ -47,7 +45,7 @@ class _DeferredBar:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.progress: Progress | None = None
+        self.progress: _PaintedProgress | None = None
         self.bar: _Bar | None = None
 
     def __call__(self, event: str, fields: dict[str, Any]) -> None:
