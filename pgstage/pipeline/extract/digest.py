@@ -63,7 +63,7 @@ class Digest:
         try:
             return cls(path, stamp_of(path.stat()))
         except OSError as exc:
-            raise SourceError(f"{path}: cannot read: {exc.strerror}", location=Location(file=str(path))) from None
+            raise SourceError(f"cannot read it: {exc.strerror}", location=Location(file=str(path))) from None
 
     def __repr__(self) -> str:   # never waits: SourceFile's repr shows it
         return f"Digest({self._value!r})" if self._value is not None else f"Digest({self.path}, {self._state})"
@@ -101,7 +101,7 @@ class Digest:
         except PgstageError as exc:
             error = exc
         except BaseException as exc:   # never leave waiters hanging, whatever happened
-            error = SourceError(f"{self.path}: cannot hash: {exc!r}", location=Location(file=str(self.path)))
+            error = SourceError(f"cannot hash it: {exc!r}", location=Location(file=str(self.path)))
         with self._cond:
             stopped = value is None and error is None
             self._state = _PENDING if stopped else _DONE
@@ -123,10 +123,11 @@ class Digest:
                     digest.update(view[:n])   # hashlib releases the GIL for updates this large
                 after = stamp_of(os.fstat(handle.fileno()))
         except OSError as exc:
-            raise SourceError(f"{name}: cannot read: {exc.strerror}", location=Location(file=name)) from None
+            raise SourceError(f"cannot read it: {exc.strerror}", location=Location(file=name)) from None
         if self.stamp is not None and not before == after == self.stamp:
-            raise SourceError(f"{name} changed while the run read it (its size, time or inode differ from"
-                              " when the run started): nothing of it was merged", location=Location(file=name),
+            raise SourceError("the file changed while the run read it (its size, modification time or inode"
+                              " differ from when the run started): nothing of it was merged",
+                              location=Location(file=name),
                               hint="run again once the file is complete (write it elsewhere and rename it into place)")
         return digest.hexdigest()
 
