@@ -100,8 +100,13 @@ class Digest:
             value = self._hash(stop)
         except PgstageError as exc:
             error = exc
-        except BaseException as exc:   # never leave waiters hanging, whatever happened
+        except Exception as exc:
             error = SourceError(f"cannot hash it: {exc!r}", location=Location(file=str(self.path)))
+        except BaseException:   # (KeyboardInterrupt in a caller's thread) hand it back, never leave waiters hanging
+            with self._cond:
+                self._state = _PENDING
+                self._cond.notify_all()
+            raise
         with self._cond:
             stopped = value is None and error is None
             self._state = _PENDING if stopped else _DONE
