@@ -60,7 +60,9 @@ def _baseline(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     job = json.loads(argv[1])
     result = {"pgstage": _pgstage, "backfill": _backfill}.get(job["kind"], _baseline)(job)
-    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["maxrss_kb"] = usage.ru_maxrss  # KiB on Linux
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime   # the client's CPU, every thread, imports included
     print(json.dumps(result))
 
 

@@ -169,7 +169,7 @@ def copy(cursor: psycopg.Cursor[Any], statement: sql.Composed, *, label: str) ->
     """
     if TRACE:
         _trace(f"-- {label}\n{statement.as_string(cursor.connection)};\n-- {label}: started"
-               f" [{threading.current_thread().name}]")
+               f" at {time.perf_counter() - _EPOCH:.3f}s [{threading.current_thread().name}]")
     return cursor.copy(statement)
 
 

@@ -30,6 +30,7 @@ from pgstage.names import RUN_ID, UPDATED_AT, checked_table, staged_prefix
 from pgstage.pipeline import ledger, stage, transform, validate
 from pgstage.pipeline.extract import SourceFile
 from pgstage.pipeline.extract.csv import Header
+from pgstage.pipeline.extract.digest import Digest
 from pgstage.report import Counts, FileReport, RunReport
 from pgstage.safety import apply_session_settings, pipeline_lock
 from pgstage.spec import Spec, load_spec
@@ -39,7 +40,7 @@ PARTITION = "reprocess"     # the ledger's partition of a reprocess run: no load
 
 def source_of(spec: Spec) -> SourceFile:
     """What a reprocess run reads, named for the ledger and the rejects."""
-    return SourceFile(Path(f"{PARTITION}:{spec.pipeline.target}"), 0, "")
+    return SourceFile(Path(f"{PARTITION}:{spec.pipeline.target}"), 0, Digest.known(""))
 
 
 def build_stage(spec: Spec, table: str, first: int, end: int, record_start: int, run_id: int,

@@ -26,6 +26,7 @@ from pgstage import db
 from pgstage.names import checked_table, duplicates_table, staged_prefix
 from pgstage.pipeline import known, merge, partition, stage, transform, validate
 from pgstage.pipeline.extract import Header, SourceFile
+from pgstage.pipeline.extract.digest import Digest
 from pgstage.spec import Spec, parse_spec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -124,7 +125,7 @@ def spec_of(case: str) -> Spec:
 def batch(spec: Spec, file_no: int, batch_no: int) -> validate.Checked:
     fields = ("Id", "Version", "Total", "E-Mail", "Day", "Status", "Unused")
     field_of, ignored = stage.match_header(spec, Header(fields), "orders.csv")
-    staged = stage.StagedBatch(SourceFile(Path(f"orders{file_no}.csv"), 100, "0" * 64), file_no, batch_no,
+    staged = stage.StagedBatch(SourceFile(Path(f"orders{file_no}.csv"), 100, Digest.known("0" * 64)), file_no, batch_no,
                                f"{staged_prefix(RUN_ID, file_no)}_{batch_no}", Header(fields), field_of,
                                0, 100, 1, read=10, ignored_fields=ignored)
     return validate.Checked(staged, checked_table(RUN_ID, file_no, batch_no), 0, hashed=True)

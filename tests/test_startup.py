@@ -175,8 +175,8 @@ def test_a_skipped_run_checks_the_ledger_in_one_statement(loader: Loader) -> Non
     printed = skipped_run(spec, loader.db_url, (), {"PGSTAGE_TRACE_SQL": "1"})
     labels = [m.group(1) for line in printed if (m := re.match(r"-- (.+?): [0-9.]+s, .*, ended at ", line))]
     assert [label for label in labels if label.startswith("ledger: ")] == [
-        "ledger: current?", "ledger: orphans", "ledger: finished duplicates", "ledger: resumable",
-        "ledger: fingerprint", "ledger: start", "ledger: batch counts", "ledger: finish"]
+        "ledger: current?", "ledger: orphans", "ledger: finished duplicates", "ledger: fingerprint",
+        "ledger: resumable", "ledger: start", "ledger: batch counts", "ledger: finish"]
 
 
 def test_the_console_script_imports_with_the_collector_off_and_runs_the_command_with_it_on(loader: Loader) -> None:

@@ -267,18 +267,21 @@ def discard_unmerged(conn: psycopg.Connection[Any], run_id: int) -> None:
 
 
 def start_point(conn: psycopg.Connection[Any], run_id: int, source: SourceFile) -> StartPoint:
-    """Where to resume a file: after its last merged batch of the same bytes, else at its start."""
+    """Where to resume a file: after its last merged batch of the same bytes, else at its start.
+
+    The file's digest is asked for only when the run merged some of it before: a file the run
+    has not merged yet may be staged while its digest is still being computed (extract/digest.py).
+    """
     from pgstage.pipeline.stage import StartPoint
 
     row = execute(conn, sql.SQL(
-        "SELECT max(batch_no), max(byte_end) FILTER (WHERE sha256 = %(sha)s),"
-        " max(record_end) FILTER (WHERE sha256 = %(sha)s), bool_and(sha256 = %(sha)s)"
-        " FROM pgstage.batches WHERE run_id = %(run)s AND file = %(file)s AND status = 'merged'"),
-        {"run": run_id, "file": source.name, "sha": source.sha256}, label="ledger: start point").fetchone()
+        "SELECT max(batch_no), max(byte_end), max(record_end), min(sha256), max(sha256)"
+        " FROM pgstage.batches WHERE run_id = %s AND file = %s AND status = 'merged'"),
+        (run_id, source.name), label="ledger: start point").fetchone()
     if row is None or row[0] is None:
         return StartPoint()
-    last_batch, byte_end, record_end, same_bytes = row
-    if not same_bytes:  # the file changed since the interrupted attempt: load the new bytes whole
+    last_batch, byte_end, record_end, least, greatest = row
+    if not least == greatest == source.sha256:  # the file changed since the interrupted attempt: load the new bytes whole
         return StartPoint(batch_no=last_batch + 1, changed=True)
     return StartPoint(byte_offset=int(byte_end), record=int(record_end) + 1, batch_no=int(last_batch) + 1)
 
@@ -363,10 +366,18 @@ def fail_own_run(conn: psycopg.Connection[Any], pipeline: str, partition: str | 
 
 
 def loaded_before(conn: psycopg.Connection[Any], pipeline: str, source: SourceFile) -> int | None:
-    """The run that already loaded exactly these bytes under this path, if any."""
-    row = execute(conn, sql.SQL("SELECT run_id FROM pgstage.files WHERE pipeline = %s AND path = %s AND sha256 = %s"),
-                  (pipeline, source.name, source.sha256), label="ledger: fingerprint").fetchone()
-    return int(row[0]) if row else None
+    """The run that already loaded exactly these bytes under this path, if any.
+
+    The file's digest is asked for only when the ledger holds its path: a path never loaded is
+    never skipped, so its file may be staged while its digest is still being computed
+    (extract/digest.py).
+    """
+    rows = execute(conn, sql.SQL("SELECT sha256, run_id FROM pgstage.files WHERE pipeline = %s AND path = %s"),
+                   (pipeline, source.name), label="ledger: fingerprint").fetchall()
+    if not rows:
+        return None
+    sha256 = source.sha256
+    return next((int(run_id) for digest, run_id in rows if digest == sha256), None)
 
 
 def record_file(conn: psycopg.Connection[Any], pipeline: str, source: SourceFile, run_id: int) -> None:

@@ -52,6 +52,7 @@ from pgstage.errors import (AnomalyBlocked, ConnectionFailed, PgstageError, Reje
 from pgstage.ops import outcome
 from pgstage.pipeline import ledger, merge
 from pgstage.pipeline.extract import resolve_files
+from pgstage.pipeline.extract.digest import Ahead
 from pgstage.report import RunReport
 from pgstage.run.merge_batches import _finish, _merge_batches, _plan_merge
 from pgstage.run.stage_validate import (_early_delete, _enforce_reject_limit, _judge_volume, _predict, _prepare, _recover,
@@ -93,7 +94,10 @@ def run(spec: Spec | str | Path, *, partition: str | date | None = None, db: str
     """
     ctx = _context(spec, partition, db, base_dir, force, dry_run, as_of, ledger_ready)
     try:
-        report = _attempts(ctx, conn, workers, memo, turn)
+        # The files are hashed in a thread while the run connects and stages (extract/digest.py); each
+        # reader of a digest waits for it where it needs it, and the thread ends with the attempts.
+        with Ahead(f.digest for f in ctx.files):
+            report = _attempts(ctx, conn, workers, memo, turn)
     except BaseException as exc:
         outcome.failed(ctx.spec, ctx.url, ctx.partition, exc, time.perf_counter() - ctx.started,
                        time.time() - (time.perf_counter() - ctx.started))

@@ -55,13 +55,15 @@ def _recover(conn: psycopg.Connection[Any], ctx: RunContext
         indexes.rebuild(conn, spec)      # repair what a killed run may have left dropped
     _drop_tables(conn, ledger.orphan_tables(conn))
     _drop_tables(conn, ledger.finished_duplicate_tables(conn))
+    # Before a run is reopened or started: a file whose path the ledger holds waits here for its digest
+    # (pipeline/extract/digest.py), and a file that changed under the run fails it with no run left `running`.
+    sources = ctx.sources()
+    todo = tuple(f for f in sources if ctx.force or ledger.loaded_before(conn, spec.pipeline.name, f) is None)
     run_id = None if ctx.dry_run else ledger.resumable_run(conn, spec.pipeline.name, ctx.partition)
     if run_id is not None:
         ledger.reopen_run(conn, run_id)
         ledger.discard_unmerged(conn, run_id)
         _drop_tables(conn, ledger.orphan_tables(conn, run_id))
-    sources = ctx.sources()
-    todo = tuple(f for f in sources if ctx.force or ledger.loaded_before(conn, spec.pipeline.name, f) is None)
     skipped = tuple(FileReport(f.name, "skipped") for f in sources if f not in todo)
     resumed = run_id is not None
     if run_id is None:

@@ -1,17 +1,18 @@
-"""Which files a run reads ({date} from the partition, globs and zip members in a stable order), and their fingerprints."""
+"""Which files a run reads ({date} from the partition, globs and zip members in a stable order), and their fingerprints.
+
+A plain file's SHA-256 is computed when first needed, or ahead of time in a thread (digest.py).
+"""
 
 from __future__ import annotations
 
 import glob
-import hashlib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from pgstage.errors import SourceError, UsageError
 from pgstage.pipeline.extract.compression import member_fingerprint, sniff, zip_members
-
-_HASH_CHUNK = 1 << 20
+from pgstage.pipeline.extract.digest import Digest
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,17 @@ class SourceFile:
 
     path: Path
     size: int
-    sha256: str
+    digest: Digest
     member: str | None = None
 
     @property
     def name(self) -> str:
         return f"{self.path}!{self.member}" if self.member is not None else str(self.path)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the stored bytes: computed here, or waited for if a thread is computing it."""
+        return self.digest.value()
 
 
 def resolve_files(pattern: str, base_dir: Path, partition: date | None, *,
@@ -59,19 +65,14 @@ def resolve_files(pattern: str, base_dir: Path, partition: date | None, *,
         if sniff(path) == "zip":
             for info in zip_members(path):
                 size, sha256 = member_fingerprint(path, info)
-                files.append(SourceFile(path=path, size=size, sha256=sha256, member=info.filename))
+                files.append(SourceFile(path=path, size=size, digest=Digest.known(sha256), member=info.filename))
         else:
             files.append(fingerprint(path))
     return files
 
 
 def fingerprint(path: Path) -> SourceFile:
-    """Hash the stored bytes: a file changed under the same name is a new file."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    return SourceFile(path=path, size=path.stat().st_size, sha256=digest.hexdigest())
+    """The file with its digest still to compute: a file changed under the same name is a new file."""
+    digest = Digest.of(path)
+    assert digest.stamp is not None
+    return SourceFile(path=path, size=digest.stamp[2], digest=digest)

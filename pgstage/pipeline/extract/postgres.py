@@ -30,6 +30,7 @@ from pgstage.db import execute, mask, wrap
 from pgstage.errors import DatabaseError, Location, SourceError, SpecError
 from pgstage.names import SOURCE_CHANGED_AT, SOURCE_DELETED_AT
 from pgstage.pipeline.extract.csv import ByteWindows, Header
+from pgstage.pipeline.extract.digest import Digest
 from pgstage.pipeline.extract.files import SourceFile
 from pgstage.spec import SourceSection
 
@@ -43,7 +44,7 @@ def pseudo_name(source: SourceSection) -> str:
 
 def pseudo_file(source: SourceSection) -> SourceFile:
     """The run's one "file": the table, with a token that differs on every attempt (never skipped)."""
-    return SourceFile(path=Path(pseudo_name(source)), size=0, sha256=f"extract:{uuid.uuid4().hex}")
+    return SourceFile(path=Path(pseudo_name(source)), size=0, digest=Digest.known(f"extract:{uuid.uuid4().hex}"))
 
 
 def change_time(source: SourceSection) -> sql.Composable:
