@@ -22,6 +22,7 @@ import pytest
 import pgstage
 from pgstage.pipeline import merge
 from pgstage.pipeline.merge import keyed as _keyed  # noqa: F401  (merge.keyed is imported lazily; patched below)
+from tests.conftest import Loader
 
 START = date(2024, 5, 1)
 DAYS = 8
@@ -132,3 +133,87 @@ def test_a_backfill_of_days_with_repeated_keys_equals_the_oracle(tmp_path: Path,
     # Days 0–5 go in as they are; days 1, 3 and 5 are refused by the key's index, counted and
     # written one row per key; days 6 and 7 hold day 0's keys: counted, then classified or upserted.
     assert calls == {"insert dedup=False": 6, "has_duplicates": 5, "insert dedup=True": 3}
+
+
+PATHS = SPEC.replace('name = "days"', 'name = "above"').replace('path = "data/items_{date}.csv"', 'path = "items.csv"')
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
+    """What each `keys above target?` answered (None: not asked), and a False for each per-row probe."""
+    seen: list[bool | None] = []
+    real_above, real_probe = merge.keyed.build_above_target, merge.keyed.build_holds_a_key
+
+    def above(*a: Any, **k: Any) -> Any:
+        built = real_above(*a, **k)
+        if built is None:
+            seen.append(None)
+        return built
+
+    def probe(*a: Any, **k: Any) -> Any:
+        seen.append(False)
+        return real_probe(*a, **k)
+
+    monkeypatch.setattr(merge.keyed, "build_above_target", above)
+    monkeypatch.setattr(merge.keyed, "build_holds_a_key", probe)
+    return seen
+
+
+def _csv(rows: list[Row]) -> str:
+    return "id,v,note\n" + "".join(f"{i},{v},{n}\n" for i, v, n in rows)
+
+
+def test_a_day_above_the_targets_keys_is_inserted_without_a_probe(loader: Loader, sql: Any, probes: list[bool | None]) -> None:
+    """Keys above the target's greatest: one max() of the key index tells, no probe a row. Keys below it,
+    absent or present, are probed as before; the table equals the oracle's after every day."""
+    loader.spec(PATHS)
+    data: list[list[Row]] = [
+        [(i, 1, f"a{i}") for i in range(1, 201)],                                  # into the empty target
+        [(i, 1, f"b{i}") for i in range(1001, 1301)] + [(1001, 2, "b1001 again")],  # above 200: no probe
+        [(i, 1, f"c{i}") for i in range(500, 511)],                                # below 1300, absent: probed
+        [(i, 1, f"d{i}") for i in range(2000, 2011)] + [(5, 3, "update")],         # key 5 is there: probed, found
+    ]
+    want: list[list[bool | None]] = [[], [], [False], [False]]
+    for day, rows in enumerate(data):
+        probes.clear()
+        loader.write("items.csv", _csv(rows))
+        report = loader.run()
+        assert report.status == "succeeded"
+        table, counts = oracle(data[:day + 1])
+        assert {k: getattr(report.counts, k) for k in counts[-1]} == counts[-1], day
+        assert {i: (v, n) for i, v, n in sql("SELECT id, v, note FROM app.items")} == table, day
+        assert probes == want[day], day
+
+
+def test_without_a_btree_index_leading_with_the_key_the_day_is_probed(loader: Loader, sql: Any,
+                                                                      probes: list[bool | None]) -> None:
+    """A unique index on (note, id) serves ON CONFLICT (id, note) but cannot give max(id) cheaply: probed."""
+    spec = PATHS.replace('key = ["id"]', 'key = ["id", "note"]').replace('strategy = "upsert_if_newer"\nversion = "v"',
+                                                                          'strategy = "upsert"')
+    sql("CREATE SCHEMA app")
+    sql("CREATE TABLE app.items (id bigint NOT NULL, v integer, note text NOT NULL, _loaded_at timestamptz NOT NULL"
+        " DEFAULT now(), _updated_at timestamptz NOT NULL DEFAULT now(), _run_id bigint, _row_hash bigint,"
+        " CONSTRAINT items_key UNIQUE (note, id))")
+    loader.spec(spec)
+    loader.write("items.csv", _csv([(i, 1, "x") for i in range(1, 11)]))
+    loader.run()
+    probes.clear()
+    loader.write("items.csv", _csv([(i, 1, "x") for i in range(11, 21)]))
+    report = loader.run()
+    assert (report.counts.inserted, report.counts.updated) == (10, 0)
+    assert probes == [False]
+    assert sql("SELECT count(*), min(id), max(id) FROM app.items") == [(20, 1, 20)]
+
+
+def test_a_text_key_is_always_probed(loader: Loader, sql: Any, probes: list[bool | None]) -> None:
+    """A text key's least value and the target's greatest may sort by different collations: never compared."""
+    loader.spec(PATHS.replace('id   = { from = "id", type = "bigint", required = true }',
+                              'id   = { from = "id", type = "text", required = true }'))
+    loader.write("items.csv", _csv([(i, 1, "x") for i in range(10, 20)]))
+    loader.run()
+    probes.clear()
+    loader.write("items.csv", _csv([(i, 1, "y") for i in range(20, 30)]))
+    report = loader.run()
+    assert report.counts.inserted == 10
+    assert probes == [None, False]
+    assert sql("SELECT count(*) FROM app.items") == [(20,)]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from pgstage.db import execute
+from pgstage.db import execute, qualified
 from pgstage.errors import UNIQUE_VIOLATION, DatabaseError, TransientDatabaseError
 from pgstage.pipeline import transform
 from pgstage.pipeline.merge import surrogate
@@ -408,8 +408,41 @@ def build_holds_a_key(spec: Spec, types: dict[str, ColumnType], checked: Checked
     return sql.SQL("SELECT EXISTS (SELECT 1 FROM ({}) s, LATERAL ({}) t)").format(rows, _probe(spec))
 
 
+def build_above_target(spec: Spec, types: dict[str, ColumnType], checked: Checked) -> tuple[sql.Composed, list[str]] | None:
+    """Whether the batch's least valid key lies above the target's greatest: then the target holds none of its keys.
+
+    Exports number their orders in time, so a backfill's next day starts above every day before
+    it: one descent of the key's btree index (`max()`) answers what `build_holds_a_key` answers
+    with a probe a row. The least key is validation's (`Checked.key_range`, on the first varying
+    key column), compared as a parameter cast back to the key's type. True, or false/NULL
+    (can't tell: an empty target, no btree index leading with that column, whose `max()` would
+    read the whole target); the caller probes unless true. None when it cannot be asked: no
+    range, a text key (the batch's least value and the target's greatest may be ordered by
+    different collations), or a name holding a `%` (the statement takes parameters).
+    """
+    from pgstage.pipeline.validate import range_key   # (a skipped run imports no validation)
+
+    name = range_key(spec, types)
+    if (name is None or checked.key_range is None or checked.key_range[0] is None
+            or types[name].category not in ("N", "D") or any("%" in n for n in (name, *spec.target))):
+        return None
+    query = sql.SQL(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid"
+        " JOIN pg_am m ON m.oid = x.relam JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE i.indrelid = %s::regclass AND a.attname = %s AND m.amname = 'btree' AND i.indisvalid"
+        " AND i.indpred IS NULL) THEN (SELECT max(t.{k}) FROM {target} t) < %s::{kind} END").format(
+        k=sql.Identifier(name), target=sql.Identifier(*spec.target), kind=types[name].cast)
+    return query, [qualified(*spec.target), name, checked.key_range[0]]
+
+
 def holds_a_key(conn: psycopg.Connection[Any], spec: Spec, types: dict[str, ColumnType], checked: Checked,
                 records: Records | None = None) -> bool:
+    """Whether the target holds a key of the batch (of `records`' chunk): by its key range if it can tell, else probed."""
+    above = build_above_target(spec, types, checked)
+    if above is not None:
+        row = execute(conn, above[0], above[1], label="merge: keys above target?").fetchone()
+        if row is not None and row[0]:
+            return False
     found = execute(conn, build_holds_a_key(spec, types, checked, records), label="merge: keys in target?").fetchone()
     return bool(found and found[0])
 
