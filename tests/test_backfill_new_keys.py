@@ -120,7 +120,8 @@ def test_a_backfill_of_days_with_repeated_keys_equals_the_oracle(tmp_path: Path,
     table, counts = oracle(data)
     with psycopg.connect(db_url) as conn:
         assert {i: (v, note) for i, v, note in conn.execute("SELECT id, v, note FROM app.items")} == table
-        ledger = dict(conn.execute("SELECT partition, counts FROM pgstage.runs WHERE status = 'succeeded'").fetchall())
+        ledger: dict[str, dict[str, int]] = dict(conn.execute(
+            "SELECT partition, counts FROM pgstage.runs WHERE status = 'succeeded'").fetchall())
     assert len(ledger) == DAYS
     for d in range(DAYS):
         unit = ledger[(START + timedelta(days=d)).isoformat()]
