@@ -164,7 +164,8 @@ def _csv(rows: list[Row]) -> str:
     return "id,v,note\n" + "".join(f"{i},{v},{n}\n" for i, v, n in rows)
 
 
-def test_a_day_above_the_targets_keys_is_inserted_without_a_probe(loader: Loader, sql: Any, probes: list[bool | None]) -> None:
+def test_a_day_above_the_targets_keys_is_inserted_without_a_probe(loader: Loader, sql: Any,
+                                                                   probes: list[bool | None]) -> None:
     """Keys above the target's greatest: one max() of the key index tells, no probe a row. Keys below it,
     absent or present, are probed as before; the table equals the oracle's after every day."""
     loader.spec(PATHS)

@@ -408,7 +408,8 @@ def build_holds_a_key(spec: Spec, types: dict[str, ColumnType], checked: Checked
     return sql.SQL("SELECT EXISTS (SELECT 1 FROM ({}) s, LATERAL ({}) t)").format(rows, _probe(spec))
 
 
-def build_above_target(spec: Spec, types: dict[str, ColumnType], checked: Checked) -> tuple[sql.Composed, list[str]] | None:
+def build_above_target(spec: Spec, types: dict[str, ColumnType],
+                       checked: Checked) -> tuple[sql.Composed, list[str]] | None:
     """Whether the batch's least valid key lies above the target's greatest: then the target holds none of its keys.
 
     Exports number their orders in time, so a backfill's next day starts above every day before
