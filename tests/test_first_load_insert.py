@@ -21,6 +21,7 @@ import pytest
 
 import pgstage
 from pgstage.pipeline import merge
+from pgstage.pipeline.merge import keyed as _keyed  # noqa: F401  (merge.keyed is imported lazily; the fixtures patch it)
 from tests import test_crash as crash
 from tests.conftest import Loader, assert_identity
 from tests.test_merge_paths import SPEC as PATHS_SPEC
@@ -113,15 +114,23 @@ def test_keys_repeated_across_batches_are_decided_for_the_run(loader: Loader, sq
     assert calls["has_duplicates"] == 0 and calls["insert dedup=True"] == 0
 
 
-def test_a_target_that_is_not_empty_still_counts_first(loader: Loader, sql: Any, calls: Counter[str]) -> None:
+def test_a_target_that_is_not_empty_inserts_new_keys_first_too(loader: Loader, sql: Any, calls: Counter[str]) -> None:
+    """New keys into a loaded target (a backfill's next day) take the same way: insert, count only when refused."""
     _load(loader, sql, [(1, 1, "a")])
     calls.clear()
     loader.write("items.csv", _csv([(2, 1, "b"), (2, 2, "c")]))
     report = loader.run()
     assert_identity(report)
     assert (report.counts.inserted, report.counts.duplicate) == (1, 1)
-    assert calls["has_duplicates"] == 1
+    assert calls == {"insert dedup=False": 1, "has_duplicates": 1, "insert dedup=True": 1}
     assert sql("SELECT id, v, note FROM app.items ORDER BY id") == [(1, 1, "a"), (2, 2, "c")]
+    calls.clear()
+    loader.write("items.csv", _csv([(3, 1, "d"), (4, 1, "e")]))   # no key repeated: nothing counted
+    report = loader.run()
+    assert_identity(report)
+    assert (report.counts.inserted, report.counts.duplicate) == (2, 0)
+    assert calls == {"insert dedup=False": 1}
+    assert sql("SELECT id, v, note FROM app.items ORDER BY id") == [(1, 1, "a"), (2, 2, "c"), (3, 1, "d"), (4, 1, "e")]
 
 
 def test_with_a_deferrable_key_the_keys_are_counted_first(loader: Loader, sql: Any, calls: Counter[str]) -> None:

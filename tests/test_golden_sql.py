@@ -188,6 +188,7 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "merge_write_sample_chunk": lambda: merge.build_write_sample(spec, types, one, (1, 500)),
         "merge_holds_a_key": lambda: merge.keyed.build_holds_a_key(spec, types, one),
         "merge_holds_a_key_chunk": lambda: merge.keyed.build_holds_a_key(spec, types, one, (1, 500)),
+        "merge_above_target": lambda: _first(merge.keyed.build_above_target(spec, types, replace(one, key_range=("1", "9")))),
         "merge_has_duplicates": lambda: merge.build_has_duplicates(spec, one),
         "merge_beaten": lambda: merge.build_beaten(spec, [one, two], beaten),
         "merge_overlap": lambda: _query(merge.build_overlap(spec, types, [one, two])),
@@ -196,6 +197,11 @@ def builders(spec: Spec, types: dict[str, transform.ColumnType]) -> dict[str, Ca
         "merge_prediction": lambda: merge.build_prediction(spec, types, one, None, True),
         "merge_resolve": lambda: merge.build_resolve(spec, types, RUN_ID, "pg_c_utf8"),
     }
+
+
+def _first(built: tuple[sql.Composed, list[str]] | None) -> sql.Composable | None:
+    """A builder's query without its parameters, None where the builder has none to ask."""
+    return None if built is None else built[0]
 
 
 def _query(built: tuple[sql.Composed, list[str | None]] | None) -> sql.Composable:

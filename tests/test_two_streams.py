@@ -212,6 +212,31 @@ def test_the_split_lands_after_the_quoted_multiline_record(loader: Loader, small
     assert split.record > 10
 
 
+
+@pytest.mark.parametrize(("batch_rows", "counted"), [(40, False), (38, True), (36, True), (30, True)])
+def test_a_file_within_one_window_and_fewer_lines_than_a_batch_is_one_batch_uncounted(
+        loader: Loader, monkeypatch: pytest.MonkeyPatch, batch_rows: int, counted: bool) -> None:
+    """35 records on 37 lines (record 9 spans three), in one 4 MB window. With fewer line ends than a
+    batch has records (+1, for a last record without one) the file is one batch without the quote
+    rule's count; from 38 records a batch down, the records are counted, and at 30 there is a split."""
+    calls: list[int] = []
+    real = two_streams.records_in
+
+    def records_in(*a: Any) -> int:
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(two_streams, "records_in", records_in)
+    spec = write(loader, "in.csv", body(), batch_rows=batch_rows)
+    split = two_streams.find_split(pgstage.load_spec(spec), fingerprint(loader.root / "in.csv"), batch_rows, 2)
+    assert body().count("\n") == 37
+    if batch_rows > 35:
+        assert split == "one batch"
+    else:
+        assert isinstance(split, two_streams.Split) and (split.batch_rows, split.record) == (30, 31)
+    assert bool(calls) == counted
+
+
 # --- whole runs ---------------------------------------------------------------------------------------
 
 def test_two_streams_load_exactly_what_one_stream_loads(loader: Loader, sql: Any, small_windows: None,

@@ -102,7 +102,13 @@ def find_split(spec: Spec, source: SourceFile, batch_rows: int, parallel: int) -
         window = reader.next_window(max_lines=batch_rows)
         if window is None:
             return "one batch"
-        rows = stage.split_size(batch_rows, parallel, size - window.offset, window, window.data.count(b"\n"))
+        lines = window.data.count(b"\n")
+        rows = stage.split_size(batch_rows, parallel, size - window.offset, window, lines)
+        if window.end >= size and lines + 1 < rows:
+            # The whole file is in this window and it has fewer line ends than a batch has records (a
+            # record ends at one, the last may lack it): one batch, without counting records by the
+            # quote rule (2.5 ms for a 5,000-row backfill day, on the GIL that every job shares).
+            return "one batch"
         counted, last = records_in(window.data, quote, n_fields), window
         while counted < rows:
             found: Window | None = reader.next_window(max_lines=rows - counted)
