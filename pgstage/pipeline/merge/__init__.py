@@ -37,7 +37,7 @@ __all__ = ["append", "MIN_WRITE_SHARE", "WRITE_SAMPLE", "MergeCounts", "Records"
            "resolve_rejects", "soft_deletes", "target_columns", "target_is_empty"]
 
 
-_MODULES = ("append", "replace_partition", "scd2")
+_MODULES = ("append", "keyed", "replace_partition", "scd2")
 
 
 def __getattr__(name: str) -> Any:
