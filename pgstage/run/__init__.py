@@ -14,7 +14,8 @@ it, merge_batches.py phase 2):
     _predict            (dry run) phase 2 forecast read-only, then stop
     _plan_merge         target created, indexes dropped for a large load, cross-batch losers set aside
     _merge_batches      phase 2, per batch, one transaction each: merge + checkpoint (+ the file's
-                        fingerprint with its last batch)
+                        fingerprint with its last batch); the first batches' merges may have run
+                        during phase 1, uncommitted, and commit first (early_merge.py)
     _finish             indexes rebuilt, rejects resolved, run closed → report
 
 Around the attempts, `run()` hands the outcome to pgstage/ops/outcome.py (log, reconcile,
@@ -54,8 +55,9 @@ from pgstage.pipeline import ledger, merge
 from pgstage.pipeline.extract import resolve_files
 from pgstage.report import RunReport
 from pgstage.run.merge_batches import _finish, _merge_batches, _plan_merge
-from pgstage.run.stage_validate import (_early_delete, _early_merge, _enforce_reject_limit, _judge_volume, _predict, _prepare, _recover,
-                                        _skip, _stage_and_validate, _throttle, _validation_context)
+from pgstage.run.stage_validate import (_early_delete, _early_merge, _enforce_reject_limit, _judge_volume, _predict,
+                                        _prepare, _recover, _skip, _stage_and_validate, _throttle,
+                                        _validation_context)
 from pgstage.run.state import (AnomalyReport, Load, RejectLimitReport, RunContext, Turn, _drop_tables, parse_as_of,
                                parse_partition)
 from pgstage.safety import pipeline_lock
