@@ -8,6 +8,7 @@ session, kill -9) leaves the target as it was, the indexes back, and a re-run eq
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import textwrap
@@ -22,6 +23,7 @@ import pytest
 
 import pgstage
 from pgstage.ops import logs
+from pgstage.pipeline import ledger
 from tests import test_crash as crash
 from tests.conftest import Loader, assert_identity
 from tests.test_first_load_insert import SPEC, Row, _csv, _oracle
@@ -193,7 +195,9 @@ def test_where_nothing_merges_early(loader: Loader, sql: Any, how: str) -> None:
     assert sql("SELECT count(*) FROM app.items") == [(0 if how == "dry run" else 10,)]
 
 
-POINTS = ["merge.early:1", "merge.early:2", "merge.early_commit:1", "merge.early_after:1"]
+# inside the early transaction after its first and second batch; before its commit; after it (the commit's
+# points are the crash suite's, passed once a batch)
+POINTS = ["merge.early:1", "merge.early:2", "merge.commit:1", "merge.after:2"]
 
 
 def test_killed_during_early_merges_then_rerun_equals_the_oracle(tmp_path: Path, db_url: str, sql: Any) -> None:
@@ -233,3 +237,49 @@ def test_killed_during_early_merges_then_rerun_equals_the_oracle(tmp_path: Path,
         assert sql("SELECT count(*), count(DISTINCT (run_id, file, record)) FROM pgstage.rejects WHERE run_id = %s",
                    (report.run_id,)) == [(report.counts.rejected, report.counts.rejected)]
     assert killed >= 3
+
+
+def _volume_history(db_url: str) -> None:
+    """35 earlier runs of the pipeline of ~1,000 records each: a run of 10 is a volume anomaly."""
+    from datetime import date, timedelta
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        ledger.ensure(conn)
+        for i in range(35):
+            day, n = date(2026, 10, 1) + timedelta(days=i), 1000 + 10 * (i % 7)
+            counts = {"read": n, "rejected": 0, "valid": n, "duplicate": 0, "inserted": n, "updated": 0,
+                      "unchanged": 0, "stale": 0, "deleted": 0}
+            conn.execute("INSERT INTO pgstage.runs (pipeline, target, status, counts, started_at, finished_at)"
+                         " VALUES ('first', 'app.items', 'succeeded', %s, %s, %s)",
+                         (json.dumps(counts), day, day + timedelta(hours=1)))
+
+
+@pytest.mark.parametrize("how", ["anomaly", "failed check"])
+def test_a_run_blocked_or_failed_after_the_early_merges_leaves_the_target(loader: Loader, sql: Any, how: str) -> None:
+    sql(TARGET)
+    extra = ('\n[anomaly]\naction = "block"\n' if how == "anomaly"
+             else '\n[checks]\nbroken = "v / (id - 9) >= 0"\n')   # divides by zero at record 9, in the last batch
+    loader.spec(REBUILD + extra)
+    if how == "anomaly":
+        _volume_history(loader.db_url)
+    loader.write("items.csv", _csv(ten_rows()))
+    with events() as seen, held_after_early_merges(loader.db_url, last=2) as readings:
+        with pytest.raises(pgstage.PgstageError) as raised:
+            loader.run()
+    if how == "anomaly":
+        assert raised.value.exit_code == 5
+        assert raised.value.message.startswith("volume anomaly: 10 records read, expected ")
+        assert raised.value.message.endswith(": nothing was merged")
+        assert readings == [(0,)]
+    else:
+        assert raised.value.exit_code == 1
+        assert "division by zero" in str(raised.value)
+        assert readings == []   # the last validation failed: it was never held
+    assert [e for e, _ in early(seen)][-1] == "early merge rolled back"
+    assert ("batch merged early", 0) in early(seen)
+    assert sql("SELECT count(*) FROM app.items") == [(0,)]
+    assert sql("SELECT status FROM pgstage.runs ORDER BY run_id DESC LIMIT 1") == [
+        ("blocked" if how == "anomaly" else "failed",)]
+    assert sql("SELECT indexname FROM pg_indexes WHERE schemaname = 'app' ORDER BY 1") == [
+        ("items_note",), ("items_pkey",)]
+    assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
