@@ -13,6 +13,7 @@ import random
 import signal
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -283,3 +284,29 @@ def test_a_run_blocked_or_failed_after_the_early_merges_leaves_the_target(loader
     assert sql("SELECT indexname FROM pg_indexes WHERE schemaname = 'app' ORDER BY 1") == [
         ("items_note",), ("items_pkey",)]
     assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
+
+
+def test_the_index_drop_waits_for_no_validation(loader: Loader, sql: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation reads the target (the known-rows sample) and holds that lock until it commits: the drop of
+    the indexes goes between two validations, so a short lock_timeout never fails the run on its own sessions."""
+    from pgstage.pipeline import validate
+
+    real = validate.check
+
+    def slow_check(*a: Any, **k: Any) -> Any:
+        checked = real(*a, **k)
+        time.sleep(0.5)   # the validation's transaction stays open, its lock on the target held
+        return checked
+
+    monkeypatch.setattr(validate, "check", slow_check)
+    sql(TARGET)
+    loader.spec(REBUILD.replace("batch_rows = 4", 'batch_rows = 4\nlock_timeout = "100ms"'))
+    rows = ten_rows()
+    loader.write("items.csv", _csv(rows))
+    with events() as seen:
+        report = loader.run()
+    assert early(seen)[:2] == [("batch merged early", 0), ("batch merged early", 1)]
+    assert sql("SELECT id, v, note FROM app.items ORDER BY id") == _oracle(rows)
+    assert report.counts.inserted == 10
+    assert sql("SELECT indexname FROM pg_indexes WHERE schemaname = 'app' ORDER BY 1") == [
+        ("items_note",), ("items_pkey",)]

@@ -19,17 +19,18 @@ them. A failure on this session itself (a key a concurrent load wrote, a lost co
 its batches back to phase 2: the early start is an optimisation, never a new way to fail.
 
 The indexes a large load drops (pgstage/indexes.py) go before the first early merge, when every
-batch is staged (`begin`): a DROP INDEX would otherwise wait for this transaction, which waits
-for the run. A run refused after that gets them back at once (`_attempt` rebuilds them).
+batch is staged (`begin`), between two validations (`Turns`): a DROP INDEX would otherwise wait
+for this transaction, which waits for the run, or for a validation's read of the target. A run
+refused after that gets them back at once (`_attempt` rebuilds them).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -41,7 +42,7 @@ from pgstage.pipeline import chunks, ledger, merge
 from pgstage.run.state import _merged
 from pgstage.safety import apply_session_settings
 from pgstage.spec import Spec
-from pgstage.workers import InOrder
+from pgstage.workers import Aborted
 
 if TYPE_CHECKING:
     from pgstage.pipeline import transform, validate
@@ -65,12 +66,58 @@ def eligible(spec: Spec, *, dry_run: bool, cdc: bool, throttled: bool, pipelined
             and not chunks.chunkable(spec) and merge.soft_deletes(spec) is None)
 
 
+class Turns:
+    """The batches' validations one at a time, in batch order, and room between two of them for the index drop.
+
+    A validation may read the target (the known-rows sample) and holds that lock until it commits,
+    so a DROP INDEX issued beside it would wait for it, up to the load's `lock_timeout`. `between`
+    lets no new validation start, waits for the running one to end, and runs its block alone.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._running = self._held = self._failed = False
+
+    @contextmanager
+    def validation(self, turn: int) -> Iterator[None]:
+        with self._cond:
+            while (self._next < turn or self._held) and not self._failed:
+                self._cond.wait()
+            if self._failed:
+                raise Aborted(f"batch {turn} not validated: an earlier batch failed")
+            self._running = True
+        try:
+            yield
+        except BaseException:
+            with self._cond:
+                self._running, self._failed = False, True   # the batches after it stop waiting for their turn
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._running, self._next = False, turn + 1
+            self._cond.notify_all()
+
+    @contextmanager
+    def between(self) -> Iterator[None]:
+        with self._cond:
+            self._held = True
+            while self._running:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+
+
 class EarlyMerge:
     """One run's early merges: validations taken in turn, a session, its open transaction, the batches in it."""
 
     def __init__(self, url: str, spec: Spec, types: dict[str, transform.ColumnType], run_id: int, event: Event) -> None:
         self._url, self._spec, self._types, self._run_id, self._event = url, spec, types, run_id, event
-        self.validations = InOrder()   # one validation at a time, in batch order (run/stage_validate.py)
+        self.turns = Turns()   # one validation at a time, in batch order (run/stage_validate.py)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -98,7 +145,8 @@ class EarlyMerge:
         if len(batches) < 2:
             return   # a lone batch has nothing to merge while another validates
         if indexes.should_rebuild(conn, self._spec, staged_rows):
-            indexes.drop_for_load(conn, self._spec, self._run_id)
+            with self.turns.between():
+                indexes.drop_for_load(conn, self._spec, self._run_id)
             self.dropped = True
         self._thread = threading.Thread(target=self._merge, args=(batches[:-1],), name="pgstage early merge",
                                         daemon=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -35,9 +36,8 @@ if TYPE_CHECKING:   # imported by the phases that use them: a run whose files we
 
     from pgstage.pipeline import partition, stage, validate
     from pgstage.pipeline.merge.early_delete import EarlyDelete
-    from pgstage.run.early_merge import EarlyMerge
+    from pgstage.run.early_merge import EarlyMerge, Turns
     from pgstage.throttle import Throttle
-    from pgstage.workers import InOrder
 
 
 def _prepare(conn: psycopg.Connection[Any], ctx: RunContext, memo: resolved.Memo | None = None) -> resolved.Resolved:
@@ -159,7 +159,7 @@ def _stage_and_validate(load: Load) -> Validated:
     ignored: dict[str, tuple[str, ...]] = {}
     staged_rows = turn = 0
     # With early merges, the batches validate one at a time: the first is done (and merging) while the next validates.
-    in_turn = load.early_merge.validations if load.early_merge is not None else None
+    turns = load.early_merge.turns if load.early_merge is not None else None
     for source in load.todo:
         file_no = load.sources.index(source)   # stable across attempts, unlike the position in todo
         _, _, ignored[source.name] = stage.header_of(spec, source)
@@ -181,7 +181,7 @@ def _stage_and_validate(load: Load) -> Validated:
         for batch, span in _staged(load, staging):
             staged_rows += batch.read
             futures.append(load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span,
-                                                    in_turn=in_turn, turn=turn)))
+                                                    turns=turns, turn=turn)))
             turn += 1
         validating.append((source, futures))
     assert load.validation.staged is not None
@@ -230,17 +230,15 @@ def _throttle(ctx: RunContext, run_id: int) -> Throttle:
 
 
 def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch,
-                    staged: tuple[float, float] | None = None, in_turn: InOrder | None = None,
+                    staged: tuple[float, float] | None = None, turns: Turns | None = None,
                     turn: int = 0) -> validate.Checked:
     """One batch's validation and checkpoint, in one transaction (a pool job, on its own session).
 
-    `in_turn`: validations taken one at a time, in batch order (`turn`), for early merges."""
+    `turns`: for early merges, validations one at a time in batch order (`turn`)."""
     from pgstage.pipeline import validate
 
     started = time.perf_counter()
-    try:
-        if in_turn is not None:
-            in_turn.wait(turn)
+    with turns.validation(turn) if turns is not None else nullcontext():
         load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
         with session.transaction():
             began = time.time()
@@ -249,12 +247,6 @@ def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stag
                                      load.validation)
             timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
             ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated", timings)
-    except BaseException:
-        if in_turn is not None:
-            in_turn.failed()   # the batches after it stop waiting for their turn
-        raise
-    if in_turn is not None:
-        in_turn.committed(turn)
     faults.hit("validate.after")
     counts = _pre_merge(checked)
     _event(load, "batch validated", file=batch.source.name, batch=batch.batch_no, read=counts.read,
