@@ -145,9 +145,9 @@ class EarlyMerge:
         if len(batches) < 2:
             return   # a lone batch has nothing to merge while another validates
         if indexes.should_rebuild(conn, self._spec, staged_rows):
+            self.dropped = True   # (set first: `indexes.rebuild` puts back whatever the ledger says is missing)
             with self.turns.between():
                 indexes.drop_for_load(conn, self._spec, self._run_id)
-            self.dropped = True
         self._thread = threading.Thread(target=self._merge, args=(batches[:-1],), name="pgstage early merge",
                                         daemon=True)
         self._thread.start()
