@@ -7,9 +7,9 @@ that contend for the WAL and run no faster side by side than one after the other
 validation before them had kept both cores busy. Here the batches validate one at a time (each
 still a parallel query) and, as each but the last is validated, a session of its own merges it
 with its checkpoint, inside one open transaction, while the next one validates. When the run
-goes ahead (`commit`, called by phase 2 after the threshold, the volume verdict and the merge
-plan) that transaction commits first, so a crash still leaves a prefix of the batches merged,
-and the pool merges the rest as before.
+goes ahead (`stop`, then `commit`, called by phase 2 after the threshold, the volume verdict and
+the merge plan) the pool starts merging the other batches at once, and that transaction commits
+before any of them may, so a crash still leaves a prefix of the batches merged.
 
 Whatever stops the run first rolls the transaction back (`close`): the threshold, a blocking
 anomaly, a failed validation, batches that share a key (their losers are set aside by the plan,
@@ -119,6 +119,8 @@ class EarlyMerge:
         self._url, self._spec, self._types, self._run_id, self._event = url, spec, types, run_id, event
         self.turns = Turns()   # one validation at a time, in batch order (run/stage_validate.py)
         self._stop = threading.Event()
+        self._claims = threading.Lock()   # `stop` and the thread agree on how many batches it merges
+        self._claimed = 0
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._tx: AbstractContextManager[Any] | None = None
@@ -157,8 +159,10 @@ class EarlyMerge:
         try:
             for future, last_of_file in batches:
                 checked = future.result()   # a failed or cancelled validation stops the early merges
-                if self._stop.is_set():
-                    return
+                with self._claims:
+                    if self._stop.is_set():
+                        return
+                    self._claimed += 1   # this batch is merged here, whatever `stop` says from now on
                 conn = self._conn or self._open()
                 began = time.time()
                 m = merge.merge(conn, spec, self._types, checked, run_id, None, into_empty=self._into_empty,
@@ -185,9 +189,20 @@ class EarlyMerge:
         self._tx.__enter__()
         return conn
 
+    def stop(self) -> int:
+        """The run goes ahead: take no further batch. Returns how many of the first batches this session merges
+        (done, or under way), which phase 2 may leave to `commit`; 0 when it already failed, and then its
+        transaction is rolled back now, before phase 2 merges the same batches."""
+        with self._claims:
+            self._stop.set()
+            claimed = self._claimed if self._error is None else 0
+        if not claimed:
+            self.close()
+        return claimed
+
     def commit(self) -> list[validate.Checked]:
-        """The run goes ahead: commit the batches merged so far and return them in merge order; [] when the
-        early merges were given up (their batches then merge in phase 2, as every batch did before)."""
+        """After `stop`: wait for the merge under way, then commit the batches merged and return them in merge
+        order; [] when the early merges were given up (rolled back: their batches must merge in phase 2)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

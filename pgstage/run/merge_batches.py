@@ -105,18 +105,16 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     from pgstage.workers import InOrder, results
 
     order, opened = InOrder(), InOrder()
-    # The batches merged while the last one validated commit first (run/early_merge.py), unless the
-    # plan sets cross-batch losers aside, which they did not: then they are rolled back and merge here.
-    early: list[validate.Checked] = []
-    if load.early_merge is not None:
-        early = load.early_merge.commit() if plan.beaten is None else []
+    # The first batches may be merging already, uncommitted, on a session of their own (run/early_merge.py),
+    # unless the plan sets cross-batch losers aside, which they did not know: then they are rolled back.
+    ahead = 0
+    if load.early_merge is not None and plan.beaten is None:
+        ahead = load.early_merge.stop()
+    elif load.early_merge is not None:
         load.early_merge.close()
-    if early:
-        order.committed(len(early) - 1)
-        opened.committed(len(early) - 1)
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order, opened=opened))
-               for i, (checked, last) in enumerate(validated.pending) if i >= len(early)]
+               for i, (checked, last) in enumerate(validated.pending) if i >= ahead]
     # replace_partition: the run's last batch swaps the partition (merge/replace_partition.py)
     # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
     # takes a tenth of a second that the run no longer waits for between validation and merge.
@@ -125,14 +123,36 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     # Dropping a large table just after a large commit waits for the disk (half a second for a
     # million rows), which no batch waits for now.
     try:
+        if ahead:
+            _commit_early(load, plan, validated.pending[:ahead], order, opened)
         by_rule = ledger.rejects_by_rule(load.conn, load.run_id)
         if not _merge_reads_staged(load.spec):
             _drop_tables(load.conn, [checked.staged.table for checked, _ in validated.pending])
-        _drop_tables(load.conn, [checked.table for checked in early])   # merged and committed: read no more
+    except BaseException:
+        order.failed()   # the pool's merges wait for these batches' commits: they roll back
+        opened.failed()
+        raise
     finally:
         wait(merging)   # an error here must not leave the pool's merges running behind it
     results(merging)
     return by_rule
+
+
+def _commit_early(load: Load, plan: MergePlan, batches: tuple[tuple[validate.Checked, bool], ...], order: InOrder,
+                  opened: InOrder) -> None:
+    """Commit the batches merged early, in their turn before the pool's; should the early session have
+    failed, merge them here instead, on the main session, in batch order (the pool's merges wait for them)."""
+    assert load.early_merge is not None
+    committed = load.early_merge.commit()
+    if committed:
+        assert len(committed) == len(batches)
+        order.committed(len(batches) - 1)
+        opened.committed(len(batches) - 1)
+        _drop_tables(load.conn, [checked.table for checked in committed])   # read no more
+        return
+    for turn, (checked, last) in enumerate(batches):
+        _merge_batch(load.conn, load=load, plan=plan, checked=checked, last_of_file=last, turn=turn, order=order,
+                     opened=opened)
 
 
 def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePlan, checked: validate.Checked,
