@@ -14,7 +14,8 @@ it, merge_batches.py phase 2):
     _predict            (dry run) phase 2 forecast read-only, then stop
     _plan_merge         target created, indexes dropped for a large load, cross-batch losers set aside
     _merge_batches      phase 2, per batch, one transaction each: merge + checkpoint (+ the file's
-                        fingerprint with its last batch)
+                        fingerprint with its last batch); the first batches' merges may have run
+                        during phase 1, uncommitted, and commit first (early_merge.py)
     _finish             indexes rebuilt, rejects resolved, run closed → report
 
 Around the attempts, `run()` hands the outcome to pgstage/ops/outcome.py (log, reconcile,
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from pgstage import resolved
+from pgstage import indexes, resolved
 from pgstage.db import connect, resolve_url, wrap
 from pgstage.errors import (AnomalyBlocked, ConnectionFailed, PgstageError, RejectLimitExceeded, Transient,
                             TransientDatabaseError, UsageError)
@@ -55,8 +56,9 @@ from pgstage.pipeline.extract import resolve_files
 from pgstage.pipeline.extract.digest import Ahead
 from pgstage.report import RunReport
 from pgstage.run.merge_batches import _finish, _merge_batches, _plan_merge
-from pgstage.run.stage_validate import (_early_delete, _enforce_reject_limit, _judge_volume, _predict, _prepare, _recover,
-                                        _skip, _stage_and_validate, _throttle, _validation_context)
+from pgstage.run.stage_validate import (_early_delete, _early_merge, _enforce_reject_limit, _judge_volume, _predict,
+                                        _prepare, _recover, _skip, _stage_and_validate, _throttle,
+                                        _validation_context)
 from pgstage.run.state import (AnomalyReport, Load, RejectLimitReport, RunContext, Turn, _drop_tables, parse_as_of,
                                parse_partition)
 from pgstage.safety import pipeline_lock
@@ -64,6 +66,7 @@ from pgstage.spec import Spec, load_spec
 
 if TYPE_CHECKING:   # imported by the phases that use them: a run whose files were all loaded before needs none
     from pgstage.pipeline.merge.early_delete import EarlyDelete
+    from pgstage.run.early_merge import EarlyMerge
     from pgstage.workers import Workers
 
 __all__ = ["AnomalyReport", "RejectLimitReport", "RunContext", "Turn", "parse_as_of", "parse_partition", "run"]
@@ -176,13 +179,16 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
         from pgstage.workers import Workers   # (here: a run with nothing to load opens no pool)
 
         early: EarlyDelete | None = None
+        merging: EarlyMerge | None = None
         try:
             with (nullcontext(workers) if workers is not None
                   else Workers(ctx.url, ctx.spec.load, f"{ctx.spec.pipeline.name}:{ctx.partition or ''}")) as pool:
                 facts = resolved.with_target(conn, ctx.spec, facts)   # a lone run reads it now, under the lock
                 validation, throttle = _validation_context(ctx, facts), _throttle(ctx, run_id)
                 early = _early_delete(ctx, facts, validation, throttle, run_id, pipelined=turn is not None)
-                load = Load(ctx, conn, pool, run_id, facts, sources, todo, skipped, validation, throttle, early)
+                merging = _early_merge(conn, ctx, facts, throttle, run_id, pipelined=turn is not None)
+                load = Load(ctx, conn, pool, run_id, facts, sources, todo, skipped, validation, throttle, early,
+                            merging)
                 validated = _stage_and_validate(load)
                 _enforce_reject_limit(load, validated)
                 if ctx.dry_run:
@@ -204,5 +210,10 @@ def _attempt(conn: psycopg.Connection[Any], ctx: RunContext, workers: Workers | 
         finally:
             if early is not None:   # rolled back unless its swap committed: a refused or failed run deleted nothing
                 early.close()
+            if merging is not None:   # likewise for merges begun early; a refused run gets its indexes back now
+                merging.close()
+                if (merging.dropped and not conn.closed
+                        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+                    indexes.rebuild(conn, ctx.spec)
             if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 _drop_tables(conn, ledger.orphan_tables(conn, run_id))

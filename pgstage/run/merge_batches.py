@@ -53,7 +53,8 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
             merge.append.ensure_collector(conn, spec, validated.batches[0], load.run_id)
     incoming = sum(c.staged.read - c.staged_rejected for c in validated.batches)
     native = spec.pipeline.partition is not None and spec.pipeline.partition.native
-    if not native and indexes.should_rebuild(conn, spec, incoming):
+    begun = load.early_merge is not None and load.early_merge.started   # it decided on the indexes (and holds rows)
+    if not native and not begun and indexes.should_rebuild(conn, spec, incoming):
         if load.early is not None:
             load.early.abandon("indexes are dropped for this load")
         indexes.drop_for_load(conn, spec, load.run_id)
@@ -68,7 +69,10 @@ def _plan_merge(load: Load, validated: Validated) -> MergePlan:
             if load.run.cdc else None)
     upserts = load.facts.upserts if unchanged else target.upsert_arbiter(conn, spec)
     early = load.early if load.early is not None and load.early.started else None
-    return MergePlan(beaten, merge.target_is_empty(conn, spec), upserts, seen,
+    # An early merge's session found the target empty or not before its first write, which
+    # this session would otherwise scan past its uncommitted rows to learn.
+    empty = load.early_merge.found_empty if begun and load.early_merge else None
+    return MergePlan(beaten, merge.target_is_empty(conn, spec) if empty is None else empty, upserts, seen,
                      len(validated.pending), _as_of(load), replaced, early)
 
 
@@ -101,9 +105,16 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     from pgstage.workers import InOrder, results
 
     order, opened = InOrder(), InOrder()
+    # The first batches may be merging already, uncommitted, on a session of their own (run/early_merge.py),
+    # unless the plan sets cross-batch losers aside, which they did not know: then they are rolled back.
+    ahead = 0
+    if load.early_merge is not None and plan.beaten is None:
+        ahead = load.early_merge.stop()
+    elif load.early_merge is not None:
+        load.early_merge.close()
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order, opened=opened))
-               for i, (checked, last) in enumerate(validated.pending)]
+               for i, (checked, last) in enumerate(validated.pending) if i >= ahead]
     # replace_partition: the run's last batch swaps the partition (merge/replace_partition.py)
     # Counted while the pool merges (merges leave the rejects alone): on a dirty file the count
     # takes a tenth of a second that the run no longer waits for between validation and merge.
@@ -112,13 +123,36 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     # Dropping a large table just after a large commit waits for the disk (half a second for a
     # million rows), which no batch waits for now.
     try:
+        if ahead:
+            _commit_early(load, plan, validated.pending[:ahead], order, opened)
         by_rule = ledger.rejects_by_rule(load.conn, load.run_id)
         if not _merge_reads_staged(load.spec):
             _drop_tables(load.conn, [checked.staged.table for checked, _ in validated.pending])
+    except BaseException:
+        order.failed()   # the pool's merges wait for these batches' commits: they roll back
+        opened.failed()
+        raise
     finally:
         wait(merging)   # an error here must not leave the pool's merges running behind it
     results(merging)
     return by_rule
+
+
+def _commit_early(load: Load, plan: MergePlan, batches: tuple[tuple[validate.Checked, bool], ...], order: InOrder,
+                  opened: InOrder) -> None:
+    """Commit the batches merged early, in their turn before the pool's; should the early session have
+    failed, merge them here instead, on the main session, in batch order (the pool's merges wait for them)."""
+    assert load.early_merge is not None
+    committed = load.early_merge.commit()
+    if committed:
+        assert len(committed) == len(batches)
+        order.committed(len(batches) - 1)
+        opened.committed(len(batches) - 1)
+        _drop_tables(load.conn, [checked.table for checked in committed])   # read no more
+        return
+    for turn, (checked, last) in enumerate(batches):
+        _merge_batch(load.conn, load=load, plan=plan, checked=checked, last_of_file=last, turn=turn, order=order,
+                     opened=opened)
 
 
 def _merge_batch(session: psycopg.Connection[Any], *, load: Load, plan: MergePlan, checked: validate.Checked,

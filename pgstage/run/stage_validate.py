@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import psycopg
 
 from pgstage import faults, indexes, resolved
 from pgstage.errors import HeaderMismatch, Location
-from pgstage.names import ROW_HASH, checked_table, staged_prefix
+from pgstage.names import ROW_HASH, checked_table, duplicates_table, staged_prefix
 from pgstage.ops import logs
 from pgstage.pipeline import ledger, merge, transform
 from pgstage.pipeline.extract import SourceFile
@@ -35,6 +36,7 @@ if TYPE_CHECKING:   # imported by the phases that use them: a run whose files we
 
     from pgstage.pipeline import partition, stage, validate
     from pgstage.pipeline.merge.early_delete import EarlyDelete
+    from pgstage.run.early_merge import EarlyMerge, Turns
     from pgstage.throttle import Throttle
 
 
@@ -124,6 +126,21 @@ def _early_delete(ctx: RunContext, facts: resolved.Resolved, validation: validat
                                                      partition=ctx.partition))
 
 
+def _early_merge(conn: psycopg.Connection[Any], ctx: RunContext, facts: resolved.Resolved, throttle: Throttle,
+                 run_id: int, *, pipelined: bool) -> EarlyMerge | None:
+    """The run's early merges (run/early_merge.py), not begun yet; None where the first batches may not merge early."""
+    from pgstage.run import early_merge
+
+    if not early_merge.eligible(ctx.spec, dry_run=ctx.dry_run, cdc=ctx.cdc, throttled=throttle.limits.active,
+                                pipelined=pipelined, target_complete=facts.target_complete(ctx.spec)):
+        return None
+    if ledger.table_exists(conn, duplicates_table(run_id)):   # a resumed run that set cross-batch losers aside
+        return None
+    return early_merge.EarlyMerge(ctx.url, ctx.spec, facts.types, run_id,
+                                  partial(logs.emit, run_id=run_id, pipeline=ctx.spec.pipeline.name,
+                                          partition=ctx.partition))
+
+
 def _start_early(load: Load, staged_rows: int) -> None:
     """Every batch is staged: begin the swap's DELETE while the pool validates, unless the merge plan
     will drop the target's indexes for this load (DDL that would wait on the DELETE's lock)."""
@@ -142,7 +159,9 @@ def _stage_and_validate(load: Load) -> Validated:
     conn, spec = load.conn, load.spec
     validating: list[tuple[SourceFile, list[Future[validate.Checked]]]] = []
     ignored: dict[str, tuple[str, ...]] = {}
-    staged_rows = 0
+    staged_rows = turn = 0
+    # With early merges, the batches validate one at a time: the first is done (and merging) while the next validates.
+    turns = load.early_merge.turns if load.early_merge is not None else None
     for source in load.todo:
         file_no = load.sources.index(source)   # stable across attempts, unlike the position in todo
         _, _, ignored[source.name] = stage.header_of(spec, source)
@@ -163,11 +182,16 @@ def _stage_and_validate(load: Load) -> Validated:
         futures = []
         for batch, span in _staged(load, staging):
             staged_rows += batch.read
-            futures.append(load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span)))
+            futures.append(load.pool.submit(partial(_validate_batch, load=load, batch=batch, staged=span,
+                                                    turns=turns, turn=turn)))
+            turn += 1
         validating.append((source, futures))
     assert load.validation.staged is not None
     load.validation.staged.set()
     _start_early(load, staged_rows)
+    if load.early_merge is not None:
+        load.early_merge.begin(conn, [(f, i == len(fs) - 1) for _, fs in validating for i, f in enumerate(fs)],
+                               staged_rows)
     pending: list[tuple[validate.Checked, bool]] = []
     for source, futures in validating:
         file_checked = results(futures)
@@ -208,18 +232,23 @@ def _throttle(ctx: RunContext, run_id: int) -> Throttle:
 
 
 def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stage.StagedBatch,
-                    staged: tuple[float, float] | None = None) -> validate.Checked:
-    """One batch's validation and checkpoint, in one transaction (a pool job, on its own session)."""
+                    staged: tuple[float, float] | None = None, turns: Turns | None = None,
+                    turn: int = 0) -> validate.Checked:
+    """One batch's validation and checkpoint, in one transaction (a pool job, on its own session).
+
+    `turns`: for early merges, validations one at a time in batch order (`turn`)."""
     from pgstage.pipeline import validate
 
     started = time.perf_counter()
-    load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
-    with session.transaction():
-        began = time.time()
-        checked = validate.check(session, load.spec, load.types, batch,
-                                 checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id, load.validation)
-        timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
-        ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated", timings)
+    with turns.validation(turn) if turns is not None else nullcontext():
+        load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
+        with session.transaction():
+            began = time.time()
+            checked = validate.check(session, load.spec, load.types, batch,
+                                     checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id,
+                                     load.validation)
+            timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
+            ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated", timings)
     faults.hit("validate.after")
     counts = _pre_merge(checked)
     _event(load, "batch validated", file=batch.source.name, batch=batch.batch_no, read=counts.read,

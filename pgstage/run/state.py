@@ -25,6 +25,7 @@ from pgstage.spec import Spec
 if TYPE_CHECKING:   # imported by the phases that use them: a run whose files were all loaded before needs none
     from pgstage.pipeline import validate
     from pgstage.pipeline.merge.early_delete import EarlyDelete
+    from pgstage.run.early_merge import EarlyMerge
     from pgstage.throttle import Throttle
     from pgstage.workers import Workers
 
@@ -121,6 +122,7 @@ class Load:
     validation: validate.Context
     throttle: Throttle                  # asked before each COPY window, validation and merge chunk
     early: EarlyDelete | None = None    # replace_partition: the swap's DELETE, begun while the last batch validates
+    early_merge: EarlyMerge | None = None   # keyed strategies: the first batches merged while the last validates
 
     @property
     def spec(self) -> Spec:
