@@ -129,6 +129,23 @@ def relation_exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bo
     return bool(row and row[0])
 
 
+def roll_back_and_close(conn: psycopg.Connection[Any], tx: AbstractContextManager[Any] | None) -> bool:
+    """Roll back a transaction block held open across calls (entered by hand) and close its session.
+
+    True when it was rolled back here; False when there was none, or the session was gone, in
+    which case the server rolled it back.
+    """
+    try:
+        if tx is not None and not conn.broken:
+            tx.__exit__(psycopg.Rollback, psycopg.Rollback(), None)   # rolled back, and the block closed
+            return True
+        return False
+    except psycopg.Error:
+        return False
+    finally:
+        conn.close()
+
+
 def execute(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Sequence[Any] | dict[str, Any] | None = None,
             *, label: str) -> psycopg.Cursor[Any]:
     """Run one statement: the single door, so tracing, timing and error wrapping live in one place."""

@@ -21,8 +21,8 @@ import pytest
 
 import pgstage
 from pgstage.pipeline import merge
-from pgstage.pipeline.merge import keyed as _keyed  # noqa: F401  (merge.keyed is imported lazily; patched below)
 from tests.conftest import Loader
+from tests.test_first_load_insert import calls  # noqa: F401  (the fixture: which inserts and key counts a merge ran)
 
 START = date(2024, 5, 1)
 DAYS = 8
@@ -85,25 +85,6 @@ def oracle(data: list[list[Row]]) -> tuple[dict[int, tuple[int, str]], list[dict
                 c["stale"] += 1
         counts.append(c)
     return table, counts
-
-
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """How often a merge counted a batch's distinct keys, and which inserts it built (both jobs' threads)."""
-    taken: Counter[str] = Counter()
-    real_dups, real_insert = merge.keyed.has_duplicates, merge.keyed.build_insert
-
-    def has_duplicates(*a: Any, **k: Any) -> bool:
-        taken.update(["has_duplicates"])
-        return real_dups(*a, **k)
-
-    def build_insert(*a: Any, **k: Any) -> Any:
-        taken.update([f"insert dedup={k['dedup']}"])
-        return real_insert(*a, **k)
-
-    monkeypatch.setattr(merge.keyed, "has_duplicates", has_duplicates)
-    monkeypatch.setattr(merge.keyed, "build_insert", build_insert)
-    return taken
 
 
 def test_a_backfill_of_days_with_repeated_keys_equals_the_oracle(tmp_path: Path, db_url: str,

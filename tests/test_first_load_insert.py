@@ -21,7 +21,6 @@ import pytest
 
 import pgstage
 from pgstage.pipeline import merge
-from pgstage.pipeline.merge import keyed as _keyed  # noqa: F401  (merge.keyed is imported lazily; the fixtures patch it)
 from tests import test_crash as crash
 from tests.conftest import Loader, assert_identity
 from tests.test_merge_paths import SPEC as PATHS_SPEC

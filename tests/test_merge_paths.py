@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from pgstage.pipeline import merge
-from pgstage.pipeline.merge import keyed as _keyed  # noqa: F401  (merge.keyed is imported lazily; the fixtures patch it)
 from tests.conftest import Loader
 
 SPEC = """

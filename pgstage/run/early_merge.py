@@ -37,7 +37,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage import faults, indexes, target
-from pgstage.db import connect, execute
+from pgstage.db import connect, execute, roll_back_and_close
 from pgstage.pipeline import chunks, ledger, merge
 from pgstage.run.state import _merged
 from pgstage.safety import apply_session_settings
@@ -236,13 +236,5 @@ class EarlyMerge:
         if self._thread is not None:
             self._thread.join()
         conn, tx, self._conn, self._tx = self._conn, self._tx, None, None
-        if conn is None:
-            return
-        try:
-            if tx is not None and not conn.broken:
-                tx.__exit__(psycopg.Rollback, psycopg.Rollback(), None)
-                self._event("early merge rolled back", batches=len(self._done))
-        except psycopg.Error:
-            pass   # the session is gone: the server rolled it back
-        finally:
-            conn.close()
+        if conn is not None and roll_back_and_close(conn, tx):
+            self._event("early merge rolled back", batches=len(self._done))

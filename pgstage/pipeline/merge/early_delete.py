@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage import faults
-from pgstage.db import connect, execute
+from pgstage.db import connect, execute, roll_back_and_close
 from pgstage.pipeline import partition
 from pgstage.pipeline.merge.replace_partition import build_delete
 from pgstage.safety import apply_session_settings
@@ -132,13 +132,5 @@ class EarlyDelete:
         if self._thread is not None:
             self._thread.join()
         conn, tx, self._conn, self._tx = self._conn, self._tx, None, None
-        if conn is None:
-            return
-        try:
-            if tx is not None and not conn.broken:
-                tx.__exit__(psycopg.Rollback, psycopg.Rollback(), None)   # rolled back, and the block closed
-                self._event("early delete rolled back", deleted=self.deleted)
-        except psycopg.Error:
-            pass   # the session is gone: the server rolled it back
-        finally:
-            conn.close()
+        if conn is not None and roll_back_and_close(conn, tx):
+            self._event("early delete rolled back", deleted=self.deleted)
