@@ -27,6 +27,7 @@ from pgstage.ops import logs
 from pgstage.pipeline import ledger
 from tests import test_crash as crash
 from tests.conftest import Loader, assert_identity
+from tests.test_early_delete import events
 from tests.test_first_load_insert import SPEC, Row, _csv, _oracle
 from tests.test_property import oracle, write_csv
 
@@ -36,16 +37,6 @@ TARGET = ("CREATE SCHEMA app; CREATE TABLE app.items (id bigint PRIMARY KEY, v i
           " _loaded_at timestamptz NOT NULL DEFAULT now(), _updated_at timestamptz NOT NULL DEFAULT now(),"
           " _run_id bigint, _row_hash bigint); CREATE INDEX items_note ON app.items (note)")
 REBUILD = SPEC.replace("batch_rows = 4", 'batch_rows = 4\nindex_strategy = "rebuild"')
-
-
-@contextmanager
-def events() -> Iterator[Seen]:
-    seen: Seen = []
-    stop = logs.listen(lambda event, fields: seen.append((event, fields)))
-    try:
-        yield seen
-    finally:
-        stop()
 
 
 def early(seen: Seen) -> list[tuple[str, Any]]:
