@@ -117,16 +117,16 @@ class Bench:
         if self.trace:
             env["PGSTAGE_TRACE_SQL"] = "1"
         load = os.getloadavg()[0]        # the machine is shared: keep how busy it was with each number
-        cpu = children_cpu()
+        cpu, busy = children_cpu(), machine_busy()
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "benchmarks._child", json.dumps(job)], cwd=ROOT, env=env,
                               capture_output=True, text=True)
         wall = time.perf_counter() - started
-        cpu = children_cpu() - cpu
+        cpu, busy = children_cpu() - cpu, machine_busy() - busy
         if proc.returncode != 0:
             raise BenchmarkFailure(f"{job['kind']} load failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-        result.update(wall_s=wall, load_1m=load, cpu_s=cpu)
+        result.update(wall_s=wall, load_1m=load, cpu_s=cpu, machine_cpu_s=busy)
         if self.trace:
             result["trace"] = proc.stderr
         return result
@@ -148,6 +148,8 @@ class Bench:
         result.update(repeat=rep, rows=rows)
         self.raw.setdefault(name, []).append(result)
         cpu = f"  client CPU {result['cpu_s']:5.2f} s" if "cpu_s" in result else ""
+        if "machine_cpu_s" in result:
+            cpu += f"  machine CPU {result['machine_cpu_s']:5.2f} s"
         if "wal" in result:   # a checkpoint that starts before a load's last heap pages are read doubles its WAL
             cpu += f"  full-page images {result['wal']['wal_fpi']:,}"
         print(f"  [{rep + 1}] {name:<22} {result['seconds']:8.2f} s  {result['maxrss_kb'] / 1024:6.0f} MB{cpu}  "
@@ -160,6 +162,18 @@ def children_cpu() -> float:
     whole process, start-up and exit included; a loader's client work competes with the server for the cores)."""
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every core; idle, I/O wait and steal left out): around
+    one child, the server's and the client's CPU together, which on a quiet machine is what a load costs."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def settle(url: str) -> None:
