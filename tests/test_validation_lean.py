@@ -1,7 +1,8 @@
 """Leaner forms of the validation pass give exactly the rows, hashes and rejects of the forms they replace.
 
 - A text column (`validate.always_valid`) has no type rule: every text is valid input for it, so
-  the rule could never fail; nothing else changes for it.
+  the rule could never fail; nothing else changes for it. Nor has a column cast first with
+  nothing to guard (`transform.guarded`): its cast fails the attempt on any invalid value.
 - A whole min/max limit of an integer column is an integer literal (`validate.bound`): integers
   compare with it as they do with the same number as numeric.
 - `_row_hash` stays bit for bit `hash_record_extended(ROW(<the fields the spec reads>), seed)`
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from psycopg import sql as pgsql
 
 import pgstage
-from pgstage.pipeline import known, validate
+from pgstage.pipeline import known, transform, validate
 from pgstage.pipeline.transform import ColumnType
 from pgstage.spec import load_spec
 from tests.conftest import assert_identity
@@ -171,3 +172,21 @@ def test_rows_hashes_and_rejects_equal_the_oracles(tmp_path: Path, db_url: str, 
     fields = ", ".join(f"r.{c}" for c in read)
     assert sql(f"SELECT t.id, t._row_hash = hash_record_extended(ROW({fields}), %s) FROM public.{name} t"
                f" JOIN raw_{name} r ON r.id::bigint = t.id ORDER BY t.id", (seed,)) == [(row[0], True) for row in landed]
+
+
+def test_a_column_cast_first_with_nothing_to_guard_has_no_validity_column_and_no_type_rule(db_url: str) -> None:
+    """Rendered: `id` (bigint) cast first without refused values is judged by its cast alone; with one, by its guard."""
+    from pgstage.pipeline._cast_first import CastPlan
+    from tests.test_golden_sql import batch, spec_of
+
+    spec = spec_of("upsert")
+    one = batch(spec, 0, 0)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        types = transform.resolve_types(conn, spec)
+        plain, refusing = (validate.build_check(spec, types, one.staged, one.table, validate.Context(), cast_first=plan)
+                           .as_string(conn) for plan in (CastPlan(), CastPlan(refused={"id": ("x",)})))
+    assert '"_ok_id"' not in plain and "'rule', 'type', 'message', (pg_input_error_info(\"_n_id\"" not in plain
+    assert '("_n_id")::bigint AS "_v_id"' in plain
+    assert '"_ok_id"' in refusing and "'rule', 'type', 'message', (pg_input_error_info(\"_n_id\"" in refusing
+    for text_column in ("email", "status"):   # text: never judged, in any pass
+        assert f'"_ok_{text_column}"' not in plain and f'"_ok_{text_column}"' not in refusing

@@ -303,6 +303,11 @@ def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
     return validity(column, kind) in ("datetime", "input") and kind.category in ("D", "N", "B")
 
 
+def guarded(column: ColumnSpec, kind: ColumnType, refused: tuple[str, ...] = ()) -> bool:
+    """Whether `cast_guard` tests anything: else the cast alone judges the column's values."""
+    return validity(column, kind) == "datetime" or bool(refused)
+
+
 def cast_guard(n: sql.Composable, column: ColumnSpec, kind: ColumnType, refused: tuple[str, ...] = ()) -> sql.Composable:
     """What judges a column cast without `valid`, before the cast: cheap tests of known bad text.
 

@@ -115,11 +115,14 @@ def bound(limit: float, kind: ColumnType) -> sql.Composable:
     return sql.Literal(limit)
 
 
-def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, shared_test: bool = False) -> list[Rule]:
+def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, shared_test: bool = False,
+           judged: bool = True) -> list[Rule]:
     """The column's rules, over the columns _n_ (normalized text), _ok_ (valid input) and the typed value.
 
     `shared_test`: l5 has `SPECIAL_CHARS`, one test of every special-word column's text, and
     the special-word rule looks at its own column only where that test passed.
+    `judged`: the pass has an `_ok_` column for it; else every value the pass gets past is
+    valid input (see `build_check`'s `unjudged`), and there is no type rule.
     """
     n, ok, v = sql.Identifier(f"_n_{name}"), sql.Identifier(f"_ok_{name}"), sql.Identifier(name)
     rules: list[Rule] = []
@@ -127,7 +130,7 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, shar
     def rule(condition: sql.Composable, rule_name: str, message: sql.Composable) -> None:
         rules.append(Rule(condition, _reason(name, rule_name, message)))
 
-    if not always_valid(column, kind):
+    if judged:
         rule(sql.SQL("NOT {}").format(ok), "type", transform.type_message(n, column, kind))
     if required:
         rule(sql.SQL("{} IS NULL").format(n), "required", sql.Literal("missing value"))
@@ -135,8 +138,8 @@ def _rules(name: str, column: ColumnSpec, kind: ColumnType, required: bool, shar
     if special:
         # Every special word has letters other than ISO 8601's T and Z, and most values have none:
         # the cheap test first.
-        rule(sql.SQL("{0} AND {4}CASE WHEN {1} THEN {2} ~* {3} ELSE false END").format(
-            ok, transform.may_be_special(n), n, sql.Literal(special),
+        rule(sql.SQL("{0}{4}CASE WHEN {1} THEN {2} ~* {3} ELSE false END").format(
+            sql.SQL("{} AND ").format(ok) if judged else sql.SQL(""), transform.may_be_special(n), n, sql.Literal(special),
             sql.SQL("{} AND ").format(SPECIAL_CHARS) if shared_test else sql.SQL("")), "special",
              sql.SQL("quote_literal({}) || ' is a special input value, not data (allow_special = true accepts it)'").format(n))
     if column.min is not None:
@@ -226,9 +229,16 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     l2 = level([named(transform.normalize(ids[n]["t"], c, context.collation), n, "n") for n, c in columns.items()], l1, "l2")
     l3_items: list[sql.Composable] = []
     parses = {n: transform.parsed(ids[n]["n"], c) for n, c in columns.items()}
+    # Columns whose validity would be the constant true in this pass: text, and a column cast first
+    # with nothing to guard (its cast judges every value by failing the statement). They get no
+    # `_ok_` column and no type rule, which could never fail but would be evaluated and passed on.
+    unjudged = {n for n, c in columns.items()
+                if always_valid(c, types[n]) or (parses[n] is None and cast_first is not None
+                                                 and n not in cast_first.checked and transform.cast_raises(c, types[n])
+                                                 and not transform.guarded(c, types[n], cast_first.refused.get(n, ())))}
     for n, c in columns.items():
         p = parses[n]
-        if always_valid(c, types[n]):
+        if n in unjudged:
             l3_items.append(ids[n]["n"])
         elif p is None and cast_first is not None and n not in cast_first.checked and transform.cast_raises(c, types[n]):
             guard = transform.cast_guard(ids[n]["n"], c, types[n], cast_first.refused.get(n, ()))
@@ -240,8 +250,8 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     l3 = level(l3_items, l2, "l3")
     l4_items: list[sql.Composable] = []
     for n, c in columns.items():
-        if always_valid(c, types[n]):
-            l4_items += [ids[n]["n"], named(ids[n]["n"], n, "v")]
+        if n in unjudged:
+            l4_items += [ids[n]["n"], named(transform.cast(ids[n]["n"], None, c, types[n]), n, "v")]
         elif parses[n] is not None:
             # Judged here from the parsed value, cast in l5: `CASE WHEN <validity> THEN <cast>` in
             # one level would evaluate the validity twice (a money column's is ~0.5 µs a row).
@@ -252,7 +262,7 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
     l4 = level(l4_items, l3, "l4")
     # l5: the typed values under their target names (consts too), for checks and table rules.
     l5_items: list[sql.Composable] = [*(ids[n]["n"] for n in columns),
-                                      *(ids[n]["ok"] for n, c in columns.items() if not always_valid(c, types[n]))]
+                                      *(ids[n]["ok"] for n in columns if n not in unjudged)]
     for name, column in spec.columns.items():
         value: sql.Composable
         if column.from_ is None:
@@ -272,7 +282,8 @@ def build_check(spec: Spec, types: dict[str, ColumnType], staged: StagedBatch, t
             transform.may_be_special_any([ids[n]["n"] for n in special]), SPECIAL_CHARS))
     l5 = level(l5_items, l4, "l5")
     rules: list[Rule] = [rule for n, c in columns.items()
-                         for rule in _rules(n, c, types[n], c.required or n in keys, shared_test and n in special)]
+                         for rule in _rules(n, c, types[n], c.required or n in keys, shared_test and n in special,
+                                            judged=n not in unjudged)]
     rules += table_rules(spec, types, context)
     failed = [sql.Identifier(f"_failed_{i}") for i in range(len(rules))]
     names = [sql.Identifier(n) for n in spec.columns]
