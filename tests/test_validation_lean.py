@@ -3,6 +3,8 @@
 - A text column (`validate.always_valid`) has no type rule: every text is valid input for it, so
   the rule could never fail; nothing else changes for it. Nor has a column cast first with
   nothing to guard (`transform.guarded`): its cast fails the attempt on any invalid value.
+- A `character(n)` or `character varying(n)` value of at most n bytes is valid without the input
+  function (`transform.length_limit`): the same verdict as `pg_input_is_valid` for any text.
 - A whole min/max limit of an integer column is an integer literal (`validate.bound`): integers
   compare with it as they do with the same number as numeric.
 - `_row_hash` stays bit for bit `hash_record_extended(ROW(<the fields the spec reads>), seed)`
@@ -190,3 +192,30 @@ def test_a_column_cast_first_with_nothing_to_guard_has_no_validity_column_and_no
     assert '"_ok_id"' in refusing and "'rule', 'type', 'message', (pg_input_error_info(\"_n_id\"" in refusing
     for text_column in ("email", "status"):   # text: never judged, in any pass
         assert f'"_ok_{text_column}"' not in plain and f'"_ok_{text_column}"' not in refusing
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=7)
+                       | st.sampled_from(["", " ", "abc", "abc ", "abcd", "ab  ", "ééé", "éééé", "€€ ", "ab\t", "a b c"]),
+                       max_size=20),
+       length=st.integers(1, 4), type_word=st.sampled_from(["character", "character varying"]))
+@example(values=["ééé", "éééé", "abc  ", "abcd", "€ "], length=3, type_word="character")
+def test_a_length_limited_text_is_valid_exactly_when_its_input_function_says_so(
+        sql: Any, values: list[str], length: int, type_word: str) -> None:
+    """`octet_length(v) <= n` before `pg_input_is_valid` (multibyte text, trailing spaces, which the input trims)."""
+    kind = ColumnType(f"{type_word}({length})", "S")
+    assert transform.length_limit(kind) == length
+    column = load_spec_column(kind.name)
+    query = pgsql.SQL("SELECT v, {}, pg_input_is_valid(v, {}) FROM unnest(%s::text[]) v").format(
+        transform.valid(pgsql.Identifier("v"), None, column, kind), pgsql.Literal(kind.name))
+    for v, ours, postgres in sql(query.as_string(), (values,)):
+        assert ours == postgres, v
+
+
+def load_spec_column(type_name: str) -> Any:
+    """A spec column of the type, as the spec parser makes it."""
+    from pgstage.spec import parse_spec
+
+    spec = parse_spec(f'[pipeline]\nname = "p"\ntarget = "public.p"\nkey = ["c"]\n[source]\npath = "p.csv"\n'
+                      f'[columns]\nc = {{ from = "c", type = "{type_name}" }}\n')
+    return spec.columns["c"]
