@@ -249,7 +249,23 @@ def valid(n: sql.Composable, p: sql.Composable | None, column: ColumnSpec, kind:
     if path == "datetime":
         return sql.SQL("({0} IS NULL OR ({1} AND pg_input_is_valid({0}, {2})))").format(
             n, _may_be_datetime(n), sql.Literal(kind.name))
+    limit = length_limit(kind)
+    if limit is not None:
+        # Text of at most `limit` bytes has at most `limit` characters: valid without the input function
+        # (`pg_input_is_valid` 0.06 µs a value, `octet_length` 0.02, which reads the length from the header).
+        return sql.SQL("({0} IS NULL OR octet_length({0}) <= {2} OR pg_input_is_valid({0}, {1}))").format(
+            n, sql.Literal(kind.name), sql.Literal(limit))
     return sql.SQL("({0} IS NULL OR pg_input_is_valid({0}, {1}))").format(n, sql.Literal(kind.name))
+
+
+# A character type with a length, as PostgreSQL spells it: any text of at most that many characters is valid input.
+_LENGTH_LIMITED = re.compile(r"^(character|character varying)\((\d+)\)$")
+
+
+def length_limit(kind: ColumnType) -> int | None:
+    """The length of a `character(n)` or `character varying(n)` column, else None."""
+    found = _LENGTH_LIMITED.match(kind.name)
+    return int(found.group(2)) if found else None
 
 
 def _may_be_datetime(n: sql.Composable) -> sql.Composable:
@@ -301,6 +317,11 @@ def cast_raises(column: ColumnSpec, kind: ColumnType) -> bool:
     input function refuses (`varchar(3)`).
     """
     return validity(column, kind) in ("datetime", "input") and kind.category in ("D", "N", "B")
+
+
+def guarded(column: ColumnSpec, kind: ColumnType, refused: tuple[str, ...] = ()) -> bool:
+    """Whether `cast_guard` tests anything: else the cast alone judges the column's values."""
+    return validity(column, kind) == "datetime" or bool(refused)
 
 
 def cast_guard(n: sql.Composable, column: ColumnSpec, kind: ColumnType, refused: tuple[str, ...] = ()) -> sql.Composable:
