@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.backfill import queue
+from pgstage.backfill import held, queue
 from pgstage.backfill.forecast import Forecast, forecast
 from pgstage.backfill.late import send_late
 from pgstage.backfill.turns import Turns, UnitTurn, overlaps
@@ -71,6 +71,8 @@ class BackfillReport:
     records: int                    # read by this process's units
     failures: tuple[dict[str, Any], ...]
     warnings: tuple[str, ...]
+    indexes_dropped: tuple[str, ...] = ()   # by this process, when the backfill started (held.py)
+    indexes_rebuilt: tuple[str, ...] = ()   # by this process, when no unit was left
 
     @property
     def failed(self) -> bool:
@@ -83,7 +85,8 @@ class BackfillReport:
                 "units": dict(self.units), "rows": self.counts.as_dict(), "duration_s": round(self.duration_s, 3),
                 "unit_seconds": round(self.unit_seconds, 3), "records": self.records,
                 "records_per_s": round(self.records / self.duration_s) if self.duration_s > 0 else 0,
-                "failures": list(self.failures), "warnings": list(self.warnings)}
+                "failures": list(self.failures), "warnings": list(self.warnings),
+                "indexes": {"dropped": list(self.indexes_dropped), "rebuilt": list(self.indexes_rebuilt)}}
 
 
 def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = None, end: str | date | None = None,
@@ -115,6 +118,11 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         if retry_failed:
             queue.retry_failed(conn, job.backfill_id)
         before = queue.statuses(conn, job.backfill_id)
+        # While this session lives the backfill's dropped indexes are held: units and other runs leave them dropped.
+        held.hold(conn, job.backfill_id)
+        dropped = () if join is not None else held.drop_at_start(
+            conn, job.backfill_id, loaded, queue.pending_days(conn, job.backfill_id),
+            [Path(ref.base_dir) if ref.base_dir else None for ref in job.specs])
         tally = _Tally(job, before, jobs, deadline, clock, on_progress, url, loaded)
         threads = [threading.Thread(target=_work, args=(url, job.backfill_id, loaded, job.specs, tally),
                                     name=f"pgstage backfill {job.backfill_id} job {i + 1}") for i in range(jobs)]
@@ -131,12 +139,14 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         if tally.crash is not None:
             raise tally.crash
         units = queue.statuses(conn, job.backfill_id)
+        # No unit is left, failed ones included: every process gets here, and the first puts the indexes back.
+        rebuilt = () if units["pending"] else held.rebuild_at_end(conn, job.backfill_id, loaded)
         total = queue.counts(conn, job.backfill_id)
         total.check_merged()
         return BackfillReport(job.backfill_id, resumed, tuple(s.pipeline for s in job.specs), job.first_day,
                               job.last_day, jobs, units, total, clock() - tally.started,
                               queue.unit_seconds(conn, job.backfill_id), tally.records,
-                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings))
+                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings), dropped, rebuilt)
 
 
 def _create(conn: psycopg.Connection[Any], specs: Sequence[str | Path], start: str | date | None,
