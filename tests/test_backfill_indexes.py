@@ -95,7 +95,8 @@ def test_dropped_once_rebuilt_at_the_end_and_a_plain_run_meanwhile_leaves_them(t
             plain.append(pgstage.run(delta, partition=START, db=db_url))
             seen.append(set(index_defs(db_url)))
 
-    report = pgstage.backfill(specs(tmp_path), start=START, end=START + timedelta(days=4), db=db_url, jobs=2,
+    # One job: units of different specs that meet the same keys would count them by the order they merged in.
+    report = pgstage.backfill(specs(tmp_path), start=START, end=START + timedelta(days=4), db=db_url,
                               on_progress=during)
     assert report.units == {"pending": 0, "succeeded": 15, "skipped": 0, "failed": 0}
     assert report.indexes_dropped == DROPPED and report.indexes_rebuilt == DROPPED
@@ -214,6 +215,30 @@ def test_joined_processes_rebuild_them_once(tmp_path: Path, db_url: str) -> None
     assert index_defs(db_url) == before and held_rows(db_url) == []
     data[("alpha", DAY0)] = DAY0_ROWS
     assert target(db_url) == oracle(data)
+
+
+def test_a_target_the_first_unit_creates_has_its_declared_indexes_dropped_after_it(tmp_path: Path, db_url: str,
+                                                                                    other_db: str) -> None:  # noqa: F811
+    """A fresh database: the first unit creates the target with its `[indexes]`; the next days go without them."""
+    data = make_data(tmp_path, days=4)
+    set_strategy(tmp_path, "rebuild")
+    for name in ("alpha", "beta", "gamma"):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(path.read_text() + '\n[indexes]\norders_by_amount = { columns = ["amount", "v desc"] }\n')
+    seen: list[set[str]] = []
+    report = pgstage.backfill(specs(tmp_path), start=START, end=START + timedelta(days=3), db=db_url,
+                              on_progress=lambda _: seen.append(set(index_defs(db_url))))
+    assert report.units["succeeded"] == 12
+    assert report.indexes_dropped == ("orders_by_amount",) and report.indexes_rebuilt == ("orders_by_amount",)
+    assert seen == [set()] * 12   # dropped right after the unit that created it (before its progress is told)
+    for i in range(4):
+        for spec in specs(tmp_path):
+            pgstage.run(spec, partition=START + timedelta(days=i), db=other_db)
+    assert index_defs(db_url) == index_defs(other_db) == {"orders_by_amount": (
+        "CREATE INDEX orders_by_amount ON app.orders USING btree (amount, v DESC)", True)}
+    assert target(db_url) == target(other_db) == oracle(data)
+    assert ledger(db_url) == ledger(other_db)
+    assert held_rows(db_url) == []
 
 
 def test_expected_rows_from_the_files_sizes(tmp_path: Path) -> None:

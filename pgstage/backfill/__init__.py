@@ -120,10 +120,10 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         before = queue.statuses(conn, job.backfill_id)
         # While this session lives the backfill's dropped indexes are held: units and other runs leave them dropped.
         held.hold(conn, job.backfill_id)
-        dropped = () if join is not None else held.drop_at_start(
-            conn, job.backfill_id, loaded, queue.pending_days(conn, job.backfill_id),
-            [Path(ref.base_dir) if ref.base_dir else None for ref in job.specs])
-        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url, loaded)
+        kept = held.Held(job.backfill_id, loaded, [Path(ref.base_dir) if ref.base_dir else None for ref in job.specs],
+                         decide=join is None)
+        kept.start(conn, queue.pending_days(conn, job.backfill_id))
+        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url, loaded, kept)
         threads = [threading.Thread(target=_work, args=(url, job.backfill_id, loaded, job.specs, tally),
                                     name=f"pgstage backfill {job.backfill_id} job {i + 1}") for i in range(jobs)]
         for thread in threads:
@@ -140,13 +140,13 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
             raise tally.crash
         units = queue.statuses(conn, job.backfill_id)
         # No unit is left, failed ones included: every process gets here, and the first puts the indexes back.
-        rebuilt = () if units["pending"] else held.rebuild_at_end(conn, job.backfill_id, loaded)
+        rebuilt = () if units["pending"] else kept.end(conn)
         total = queue.counts(conn, job.backfill_id)
         total.check_merged()
         return BackfillReport(job.backfill_id, resumed, tuple(s.pipeline for s in job.specs), job.first_day,
                               job.last_day, jobs, units, total, clock() - tally.started,
                               queue.unit_seconds(conn, job.backfill_id), tally.records,
-                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings), dropped, rebuilt)
+                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings), tuple(kept.dropped), rebuilt)
 
 
 def _create(conn: psycopg.Connection[Any], specs: Sequence[str | Path], start: str | date | None,
@@ -182,9 +182,9 @@ class _Tally:
 
     def __init__(self, job: queue.Backfill, before: dict[str, int], jobs: int, deadline: datetime | None,
                  clock: Callable[[], float], on_progress: Callable[[Progress], None] | None, url: str,
-                 specs: tuple[Spec, ...] = ()) -> None:
+                 specs: tuple[Spec, ...] = (), kept: held.Held | None = None) -> None:
         self.job, self.jobs, self.deadline, self.clock, self.on_progress = job, jobs, deadline, clock, on_progress
-        self.url, self.specs = url, specs
+        self.url, self.specs, self.kept = url, specs, kept   # the backfill's indexes (held.py)
         self._alerted = False   # the `late` alert goes out once per backfill (pgstage/backfill/late.py)
         self.total = sum(before.values())
         self.done_before = self.total - before["pending"]
@@ -254,6 +254,8 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
             if unit is not None:   # its outcome is committed: the pipeline's next day may merge
                 tally.turns.ended(unit.spec_no, unit.day, committed=True)
                 holding = None
+                if tally.kept is not None:   # a target the backfill's first unit created: drop its indexes now?
+                    tally.kept.after_unit(session)
             units = queue.statuses(claimer, backfill_id)
             if unit is None:
                 if not units["pending"]:

@@ -17,6 +17,7 @@ target, `pgstage repair`, or the backfill run again rebuilds them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -26,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from pgstage import indexes
+from pgstage.backfill import queue
 from pgstage.db import execute, relation_exists
 from pgstage.errors import TransientDatabaseError
 from pgstage.ops import logs
@@ -96,44 +98,75 @@ def qualifies(conn: psycopg.Connection[Any], specs: Sequence[Spec], expected: in
     return indexes.should_rebuild(conn, specs[0], expected)
 
 
-def drop_at_start(conn: psycopg.Connection[Any], backfill_id: int, specs: Sequence[Spec],
-                  pending: dict[int, list[date]], base_dirs: Sequence[Path | None]) -> tuple[str, ...]:
-    """Drop the secondary indexes of every target that qualifies, once, for the whole backfill.
+class Held:
+    """This process's part in the backfill's indexes; shared by its jobs.
 
-    `pending`: each spec's (by number) days still to load. The caller holds the backfill (`hold`).
-    A target a running load has locked past `lock_timeout` keeps its indexes: the backfill goes on.
+    A target that does not exist yet when the backfill starts is created by its first unit, with
+    its declared indexes (`[indexes]`): the decision waits for that unit (`after_unit`), and is
+    then made once for the days still pending. Only the process that started (or re-ran) the
+    backfill decides; processes that `--join` it only hold and rebuild.
     """
-    numbered: dict[str, list[int]] = {}
+
+    def __init__(self, backfill_id: int, specs: Sequence[Spec], base_dirs: Sequence[Path | None], decide: bool) -> None:
+        self.backfill_id, self.specs, self.base_dirs, self.decide = backfill_id, tuple(specs), tuple(base_dirs), decide
+        self.dropped: list[str] = []
+        self.waiting: set[str] = set()   # targets missing at the start, decided after a unit created them
+        self._lock = threading.Lock()
+
+    def start(self, conn: psycopg.Connection[Any], pending: dict[int, list[date]]) -> None:
+        """Drop the secondary indexes of every existing target that qualifies, once, for the whole backfill.
+
+        `pending`: each spec's (by number) days still to load. The caller holds the backfill (`hold`).
+        """
+        if self.decide:
+            self._decide(conn, {spec.pipeline.target for spec in self.specs}, pending)
+
+    def after_unit(self, conn: psycopg.Connection[Any]) -> None:
+        """After a unit's outcome is committed, on its job's session: decide for targets that exist now."""
+        if not self.waiting or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return   # (nothing waits: no query at all)
+        with self._lock:
+            if self.waiting:
+                self._decide(conn, set(self.waiting), queue.pending_days(conn, self.backfill_id))
+
+    def _decide(self, conn: psycopg.Connection[Any], targets: set[str], pending: dict[int, list[date]]) -> None:
+        for target, numbers in _numbered(self.specs).items():
+            if target not in targets:
+                continue
+            group = [self.specs[no] for no in numbers]
+            if not relation_exists(conn, *group[0].target):
+                self.waiting.add(target)   # created by a unit, with its declared indexes: decided after it
+                continue
+            self.waiting.discard(target)
+            expected = sum(expected_rows(self.specs[no], pending.get(no, []), self.base_dirs[no]) for no in numbers)
+            apply_session_settings(conn, group[0].load)
+            if not qualifies(conn, group, expected):
+                continue
+            try:
+                names = indexes.drop_for_load(conn, group[0], None, backfill_id=self.backfill_id)
+            except TransientDatabaseError as exc:   # a lock not granted in time: these indexes stay, as with `keep`
+                logs.emit("backfill indexes kept", backfill_id=self.backfill_id, target=target, why=str(exc))
+                continue
+            if names:
+                logs.emit("backfill indexes dropped", backfill_id=self.backfill_id, target=target, indexes=names,
+                          expected_rows=expected)
+                self.dropped.extend(names)
+
+    def end(self, conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+        """No unit is left (every process sees it so): put back what the backfill dropped, once, whoever comes first."""
+        rebuilt: list[str] = []
+        for target, group in by_target(self.specs).items():
+            apply_session_settings(conn, group[0].load)
+            names = indexes.rebuild(conn, group[0], backfill_id=self.backfill_id)
+            if names:
+                logs.emit("backfill indexes rebuilt", backfill_id=self.backfill_id, target=target, indexes=names)
+                rebuilt.extend(names)
+        return tuple(rebuilt)
+
+
+def _numbered(specs: Sequence[Spec]) -> dict[str, list[int]]:
+    """Spec numbers by the target they write."""
+    out: dict[str, list[int]] = {}
     for no, spec in enumerate(specs):
-        numbered.setdefault(spec.pipeline.target, []).append(no)
-    dropped: list[str] = []
-    for target, numbers in numbered.items():
-        group = [specs[no] for no in numbers]
-        if not relation_exists(conn, *group[0].target):
-            continue   # created by the first unit, with its declared indexes: kept
-        expected = sum(expected_rows(specs[no], pending.get(no, []), base_dirs[no]) for no in numbers)
-        apply_session_settings(conn, group[0].load)
-        if not qualifies(conn, group, expected):
-            continue
-        try:
-            names = indexes.drop_for_load(conn, group[0], None, backfill_id=backfill_id)
-        except TransientDatabaseError as exc:   # a lock not granted in time: these indexes stay, as `keep`
-            logs.emit("backfill indexes kept", backfill_id=backfill_id, target=target, why=str(exc))
-            continue
-        if names:
-            logs.emit("backfill indexes dropped", backfill_id=backfill_id, target=target, indexes=names,
-                      expected_rows=expected)
-            dropped.extend(names)
-    return tuple(dropped)
-
-
-def rebuild_at_end(conn: psycopg.Connection[Any], backfill_id: int, specs: Sequence[Spec]) -> tuple[str, ...]:
-    """No unit is left (every process sees it so): put back what the backfill dropped, once, whoever comes first."""
-    rebuilt: list[str] = []
-    for target, group in by_target(specs).items():
-        apply_session_settings(conn, group[0].load)
-        names = indexes.rebuild(conn, group[0], backfill_id=backfill_id)
-        if names:
-            logs.emit("backfill indexes rebuilt", backfill_id=backfill_id, target=target, indexes=names)
-            rebuilt.extend(names)
-    return tuple(rebuilt)
+        out.setdefault(spec.pipeline.target, []).append(no)
+    return out
