@@ -58,7 +58,8 @@ def by_target(specs: Sequence[Spec]) -> dict[str, list[Spec]]:
 
 
 def expected_rows(spec: Spec, days: Sequence[date], base_dir: Path | None) -> int:
-    """An estimate of the records the days' files hold: their bytes over the bytes per record of one file's start.
+    """An estimate of the records the days' files hold: their bytes (less a header line each) over the
+    bytes per record of the first file's first MiB.
 
     Compressed files count at their compressed size (too few records: `auto` errs toward keeping
     the indexes); a file without a line end in its first MiB (Parquet) counts as none.
@@ -75,8 +76,11 @@ def expected_rows(spec: Spec, days: Sequence[date], base_dir: Path | None) -> in
         return 0
     with sample.open("rb") as f:
         head = f.read(SAMPLE_BYTES)
-    lines = head.count(b"\n")
-    return sum(sizes) * lines // len(head) if lines else 0
+    header = len(head.split(b"\n", 1)[0]) + 1 if spec.source.kind == "csv" and spec.source.header else 0
+    records = head.count(b"\n") - (1 if header else 0)
+    if records <= 0 or len(head) <= header:
+        return 0
+    return sum(max(0, size - header) for size in sizes) * records // (len(head) - header)
 
 
 def _empty(conn: psycopg.Connection[Any], spec: Spec) -> bool:
