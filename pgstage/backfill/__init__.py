@@ -146,7 +146,8 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         return BackfillReport(job.backfill_id, resumed, tuple(s.pipeline for s in job.specs), job.first_day,
                               job.last_day, jobs, units, total, clock() - tally.started,
                               queue.unit_seconds(conn, job.backfill_id), tally.records,
-                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings), tuple(kept.dropped), rebuilt)
+                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings),
+                              tuple(kept.dropped), rebuilt)
 
 
 def _create(conn: psycopg.Connection[Any], specs: Sequence[str | Path], start: str | date | None,
