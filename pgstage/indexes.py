@@ -118,10 +118,14 @@ def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int | None,
         if not plain_definition(definition, name, spec.target):
             continue   # an expression or a predicate: kept, see the module's docstring
         with conn.transaction():
-            execute(conn, sql.SQL(
+            remembered = execute(conn, sql.SQL(
                 "INSERT INTO pgstage.index_rebuilds (target, index_name, definition, run_id, backfill_id)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target, index_name) DO NOTHING"),
-                (spec.pipeline.target, name, definition, run_id, backfill_id), label="indexes: remember")
+                (spec.pipeline.target, name, definition, run_id, backfill_id), label="indexes: remember").rowcount
+            if not remembered:
+                # Another session dropped it since the list was read (its row waited for our INSERT to
+                # see it committed): that load owns the row and rebuilds it; a second DROP would fail.
+                continue
             execute(conn, sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)), label="indexes: drop")
         dropped.append(name)
     return dropped

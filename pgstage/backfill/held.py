@@ -29,7 +29,7 @@ from psycopg import sql
 from pgstage import indexes
 from pgstage.backfill import queue
 from pgstage.db import execute, relation_exists
-from pgstage.errors import TransientDatabaseError
+from pgstage.errors import PgstageError
 from pgstage.ops import logs
 from pgstage.pipeline.extract import resolve_files
 from pgstage.safety import apply_session_settings
@@ -148,7 +148,9 @@ class Held:
                 continue
             try:
                 names = indexes.drop_for_load(conn, group[0], None, backfill_id=self.backfill_id)
-            except TransientDatabaseError as exc:   # a lock not granted in time: these indexes stay, as with `keep`
+            except PgstageError as exc:   # a lock not granted in time, DROP not allowed: they stay, as with `keep`
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
                 logs.emit("backfill indexes kept", backfill_id=self.backfill_id, target=target, why=str(exc))
                 continue
             if names:
