@@ -25,6 +25,7 @@ import pytest
 import pgstage
 from pgstage import indexes
 from pgstage.backfill import Progress, held, queue
+from pgstage.ops import logs
 from pgstage.pipeline import ledger as pipeline_ledger
 from pgstage.report import Counts
 from pgstage.spec import load_spec
@@ -332,3 +333,27 @@ def test_an_index_dropped_by_another_session_meanwhile_is_left_to_it(tmp_path: P
         racing.join(timeout=30)
     assert done == [[]]
     assert held_rows(db_url) == [(name, None, 3) for name in DROPPED]
+
+
+def test_a_target_locked_past_lock_timeout_keeps_its_indexes_and_the_backfill_goes_on(tmp_path: Path,
+                                                                                       db_url: str) -> None:
+    data = make_data(tmp_path, days=2)
+    # auto: the backfill drops for an empty target, its 15-record days would not (a run under `rebuild`
+    # would wait for the same lock, and fail)
+    set_strategy(tmp_path, 'auto"\nlock_timeout = "300ms')
+    prepare(tmp_path, db_url, empty=True)
+    before = index_defs(db_url)
+    events: list[tuple[str, dict[str, Any]]] = []
+    stop = logs.listen(lambda event, fields: events.append((event, fields)))
+    try:
+        with psycopg.connect(db_url) as reader:   # a long query: ACCESS SHARE, which a merge's INSERT does not mind
+            reader.execute("SELECT count(*) FROM app.orders")
+            report = pgstage.backfill(specs(tmp_path), start=START, end=START + timedelta(days=1), db=db_url)
+            reader.rollback()
+    finally:
+        stop()
+    assert report.units["succeeded"] == 6 and report.indexes_dropped == () and report.indexes_rebuilt == ()
+    kept = [fields for event, fields in events if event == "backfill indexes kept"]
+    assert len(kept) == 1 and kept[0]["target"] == "app.orders" and "lock" in kept[0]["why"].lower()
+    assert index_defs(db_url) == before and held_rows(db_url) == []
+    assert target(db_url) == oracle(data)
