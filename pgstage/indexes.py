@@ -123,8 +123,8 @@ def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int | None,
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target, index_name) DO NOTHING"),
                 (spec.pipeline.target, name, definition, run_id, backfill_id), label="indexes: remember").rowcount
             if not remembered:
-                # Another session dropped it since the list was read (its row waited for our INSERT to
-                # see it committed): that load owns the row and rebuilds it; a second DROP would fail.
+                # Another session dropped it since the list was read (this INSERT waited for that one's
+                # row to commit): that load owns the row and rebuilds it; a second DROP would fail.
                 continue
             execute(conn, sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)), label="indexes: drop")
         dropped.append(name)
