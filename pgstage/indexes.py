@@ -7,6 +7,11 @@ to `pgstage.index_rebuilds` in the same transaction as its DROP, and removed in 
 transaction as its CREATE: whatever instant the process dies, the ledger names exactly the
 indexes to rebuild, and the next run on the target (or `pgstage repair`) rebuilds them.
 
+A backfill drops them once for all its days (pgstage/backfill/held.py): their rows carry its
+id, and while any process of that backfill is alive (it holds the backfill's advisory lock,
+shared) nobody else rebuilds them; its processes rebuild them when no unit is left. Once
+every process of it is gone, the next run or `pgstage repair` rebuilds them as above.
+
 Whoever can write `pgstage.index_rebuilds` must not get SQL run by the next load. So only
 indexes on plain columns are dropped (an expression or a predicate calls functions; such an
 index is kept and maintained by the merge), and a stored definition is run only if it still
@@ -84,30 +89,58 @@ def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int
     return incoming_rows >= AUTO_MIN_ROWS and incoming_rows >= AUTO_FRACTION * existing
 
 
-def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int) -> list[str]:
-    """Drop the secondary indexes, each after its definition is safely in the ledger."""
+def build_backfill_key(backfill_id: sql.Composable) -> sql.Composed:
+    """The advisory lock key of a live backfill: its processes hold it shared, a rebuild tries it exclusive."""
+    return sql.SQL("hashtextextended('pgstage:backfill-live:' || {}::text, 0)").format(backfill_id)
+
+
+def build_pending() -> sql.Composed:
+    """The target's indexes to rebuild, but those held by another backfill that is still alive.
+
+    Trying the backfill's lock exclusively fails while any of its processes holds it shared; the
+    try's lock ends with the statement (autocommit): the rebuild's own transaction tries again.
+    """
+    return sql.SQL(
+        "SELECT index_name, definition, backfill_id FROM pgstage.index_rebuilds WHERE target = %(target)s"
+        " AND (backfill_id IS NULL OR backfill_id = %(own)s OR pg_try_advisory_xact_lock({key}))"
+        " ORDER BY index_name").format(key=build_backfill_key(sql.Identifier("backfill_id")))
+
+
+def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int | None, *,
+                  backfill_id: int | None = None) -> list[str]:
+    """Drop the secondary indexes, each after its definition is safely in the ledger.
+
+    `backfill_id`: dropped for a whole backfill (no run yet), rebuilt when it ends.
+    """
     schema, _ = spec.target
     dropped = []
     for name, definition in secondary_indexes(conn, spec):
         if not plain_definition(definition, name, spec.target):
             continue   # an expression or a predicate: kept, see the module's docstring
         with conn.transaction():
-            execute(conn, sql.SQL(
-                "INSERT INTO pgstage.index_rebuilds (target, index_name, definition, run_id) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (target, index_name) DO NOTHING"),
-                (spec.pipeline.target, name, definition, run_id), label="indexes: remember")
+            remembered = execute(conn, sql.SQL(
+                "INSERT INTO pgstage.index_rebuilds (target, index_name, definition, run_id, backfill_id)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target, index_name) DO NOTHING"),
+                (spec.pipeline.target, name, definition, run_id, backfill_id), label="indexes: remember").rowcount
+            if not remembered:
+                # Another session dropped it since the list was read (this INSERT waited for that one's
+                # row to commit): that load owns the row and rebuilds it; a second DROP would fail.
+                continue
             execute(conn, sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)), label="indexes: drop")
         dropped.append(name)
     return dropped
 
 
-def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
-    """Recreate every index the ledger says is missing on the target; safe to call at any time."""
-    rows = execute(conn, sql.SQL("SELECT index_name, definition FROM pgstage.index_rebuilds WHERE target = %s"
-                                 " ORDER BY index_name"), (spec.pipeline.target,), label="indexes: pending").fetchall()
+def rebuild(conn: psycopg.Connection[Any], spec: Spec, *, backfill_id: int | None = None) -> list[str]:
+    """Recreate every index the ledger says is missing on the target; safe to call at any time, from any session.
+
+    Indexes a live backfill holds are left to it, unless `backfill_id` is that backfill (its end).
+    """
+    rows = execute(conn, build_pending(), {"target": spec.pipeline.target, "own": backfill_id},
+                   label="indexes: pending").fetchall()
     schema, _ = spec.target
     rebuilt = []
-    for name, definition in rows:
+    for name, definition, held_by in rows:
         if not plain_definition(definition, name, spec.target):
             raise UntrustedIndexDefinition(
                 f"pgstage.index_rebuilds holds a definition for index {name!r} of {spec.pipeline.target} that pgstage"
@@ -117,6 +150,14 @@ def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
                      f" delete the row: DELETE FROM pgstage.index_rebuilds WHERE target = '{spec.pipeline.target}'"
                      f" AND index_name = '{name}'")
         with conn.transaction():
+            if held_by is not None and held_by != backfill_id and not _dead(conn, held_by):
+                continue   # its backfill came back to life since the list was read
+            # Two sessions may rebuild at once (a backfill's processes ending together, a run beside it):
+            # the row, locked, says whether the other one did it meanwhile.
+            if execute(conn, sql.SQL("SELECT 1 FROM pgstage.index_rebuilds WHERE target = %s AND index_name = %s"
+                                     " FOR UPDATE"), (spec.pipeline.target, name),
+                       label="indexes: claim").fetchone() is None:
+                continue
             execute(conn, sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
                 sql.Literal(spec.load.maintenance_work_mem.replace(" ", ""))), label="indexes: memory")
             if not relation_exists(conn, schema, name):
@@ -127,3 +168,11 @@ def rebuild(conn: psycopg.Connection[Any], spec: Spec) -> list[str]:
                     (spec.pipeline.target, name), label="indexes: done")
         rebuilt.append(name)
     return rebuilt
+
+
+def _dead(conn: psycopg.Connection[Any], backfill_id: int) -> bool:
+    """Inside the rebuild's transaction: no process of that backfill holds its lock, and none can take it until
+    the transaction ends (so the index is not rebuilt under a backfill that has just come back)."""
+    row = execute(conn, sql.SQL("SELECT pg_try_advisory_xact_lock({})").format(build_backfill_key(sql.Placeholder())),
+                  (backfill_id,), label="indexes: backfill gone?").fetchone()
+    return bool(row and row[0])

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgstage.backfill import queue
+from pgstage.backfill import held, queue
 from pgstage.backfill.forecast import Forecast, forecast
 from pgstage.backfill.late import send_late
 from pgstage.backfill.turns import Turns, UnitTurn, overlaps
@@ -71,6 +71,8 @@ class BackfillReport:
     records: int                    # read by this process's units
     failures: tuple[dict[str, Any], ...]
     warnings: tuple[str, ...]
+    indexes_dropped: tuple[str, ...] = ()   # by this process, when the backfill started (held.py)
+    indexes_rebuilt: tuple[str, ...] = ()   # by this process, when no unit was left
 
     @property
     def failed(self) -> bool:
@@ -83,7 +85,8 @@ class BackfillReport:
                 "units": dict(self.units), "rows": self.counts.as_dict(), "duration_s": round(self.duration_s, 3),
                 "unit_seconds": round(self.unit_seconds, 3), "records": self.records,
                 "records_per_s": round(self.records / self.duration_s) if self.duration_s > 0 else 0,
-                "failures": list(self.failures), "warnings": list(self.warnings)}
+                "failures": list(self.failures), "warnings": list(self.warnings),
+                "indexes": {"dropped": list(self.indexes_dropped), "rebuilt": list(self.indexes_rebuilt)}}
 
 
 def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = None, end: str | date | None = None,
@@ -115,7 +118,12 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         if retry_failed:
             queue.retry_failed(conn, job.backfill_id)
         before = queue.statuses(conn, job.backfill_id)
-        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url, loaded)
+        # While this session lives the backfill's dropped indexes are held: units and other runs leave them dropped.
+        held.hold(conn, job.backfill_id)
+        kept = held.Held(job.backfill_id, loaded, [Path(ref.base_dir) if ref.base_dir else None for ref in job.specs],
+                         decide=join is None)
+        kept.start(conn, queue.pending_days(conn, job.backfill_id))
+        tally = _Tally(job, before, jobs, deadline, clock, on_progress, url, loaded, kept)
         threads = [threading.Thread(target=_work, args=(url, job.backfill_id, loaded, job.specs, tally),
                                     name=f"pgstage backfill {job.backfill_id} job {i + 1}") for i in range(jobs)]
         for thread in threads:
@@ -131,12 +139,15 @@ def backfill(specs: Sequence[str | Path] = (), *, start: str | date | None = Non
         if tally.crash is not None:
             raise tally.crash
         units = queue.statuses(conn, job.backfill_id)
+        # No unit is left, failed ones included: every process gets here, and the first puts the indexes back.
+        rebuilt = () if units["pending"] else kept.end(conn)
         total = queue.counts(conn, job.backfill_id)
         total.check_merged()
         return BackfillReport(job.backfill_id, resumed, tuple(s.pipeline for s in job.specs), job.first_day,
                               job.last_day, jobs, units, total, clock() - tally.started,
                               queue.unit_seconds(conn, job.backfill_id), tally.records,
-                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings))
+                              tuple(queue.failures(conn, job.backfill_id)), tuple(tally.warnings),
+                              tuple(kept.dropped), rebuilt)
 
 
 def _create(conn: psycopg.Connection[Any], specs: Sequence[str | Path], start: str | date | None,
@@ -172,9 +183,9 @@ class _Tally:
 
     def __init__(self, job: queue.Backfill, before: dict[str, int], jobs: int, deadline: datetime | None,
                  clock: Callable[[], float], on_progress: Callable[[Progress], None] | None, url: str,
-                 specs: tuple[Spec, ...] = ()) -> None:
+                 specs: tuple[Spec, ...] = (), kept: held.Held | None = None) -> None:
         self.job, self.jobs, self.deadline, self.clock, self.on_progress = job, jobs, deadline, clock, on_progress
-        self.url, self.specs = url, specs
+        self.url, self.specs, self.kept = url, specs, kept   # the backfill's indexes (held.py)
         self._alerted = False   # the `late` alert goes out once per backfill (pgstage/backfill/late.py)
         self.total = sum(before.values())
         self.done_before = self.total - before["pending"]
@@ -244,6 +255,8 @@ def _work(url: str, backfill_id: int, specs: tuple[Spec, ...], refs: tuple[queue
             if unit is not None:   # its outcome is committed: the pipeline's next day may merge
                 tally.turns.ended(unit.spec_no, unit.day, committed=True)
                 holding = None
+                if tally.kept is not None:   # a target the backfill's first unit created: drop its indexes now?
+                    tally.kept.after_unit(session)
             units = queue.statuses(claimer, backfill_id)
             if unit is None:
                 if not units["pending"]:

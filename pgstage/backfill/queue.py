@@ -219,6 +219,17 @@ def statuses(conn: psycopg.Connection[Any], backfill_id: int) -> dict[str, int]:
     return {"pending": 0, "succeeded": 0, "skipped": 0, "failed": 0, **{s: n for s, n in rows}}
 
 
+def pending_days(conn: psycopg.Connection[Any], backfill_id: int) -> dict[int, list[date]]:
+    """Each spec's (by number) days still to load, held ones included."""
+    rows = execute(conn, sql.SQL("SELECT spec_no, day FROM pgstage.backfill_units WHERE backfill_id = %s"
+                                 " AND status = 'pending' ORDER BY spec_no, day"), (backfill_id,),
+                   label="backfill: pending days").fetchall()
+    out: dict[int, list[date]] = {}
+    for no, day in rows:
+        out.setdefault(no, []).append(day)
+    return out
+
+
 def build_counts() -> sql.Composed:
     """The §5 counts summed over the backfill's succeeded units, from their runs in the ledger."""
     return sql.SQL(

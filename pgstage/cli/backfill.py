@@ -91,6 +91,10 @@ def _summary(rep: BackfillReport) -> None:
                          markup=False)
     rate = f", {rep.records / rep.duration_s:,.0f} records/s" if rep.duration_s > 0 and rep.records else ""
     render.console.print(f"{rep.records:,} records in {rep.duration_s:.1f}s with --jobs {rep.jobs}{rate}", markup=False)
+    if rep.indexes_dropped:
+        render.console.print(f"indexes dropped for the backfill: {', '.join(rep.indexes_dropped)}", markup=False)
+    if rep.indexes_rebuilt:
+        render.console.print(f"indexes rebuilt at its end: {', '.join(rep.indexes_rebuilt)}", markup=False)
     for w in rep.warnings:
         render.console.print(f"warning: {w}", markup=False)
     for f in rep.failures:

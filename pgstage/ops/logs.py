@@ -130,7 +130,7 @@ def listen(listener: Listener) -> Callable[[], None]:
 
 
 WARNINGS = frozenset({"threshold exceeded", "anomaly", "reconcile differences", "alert failed", "alert not recorded",
-                      "run paused"})
+                      "run paused", "backfill indexes kept"})
 ERRORS = frozenset({"run failed"})
 
 

@@ -139,7 +139,13 @@ _UPGRADES = [
                                         ("runs", "spec", "jsonb"),
                                         # pgstage/ops: the volume verdict and the reconcile result of a run
                                         ("runs", "anomaly", "jsonb"),
-                                        ("runs", "reconcile", "jsonb"))),
+                                        ("runs", "reconcile", "jsonb"),
+                                        # the backfill whose whole length an index stays dropped for
+                                        # (pgstage/backfill/held.py); NULL: the run's own, rebuilt at its end
+                                        ("index_rebuilds", "backfill_id", "bigint"))),
+    # A backfill drops indexes before any of its runs exists: its rows have no run.
+    ("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'pgstage.index_rebuilds'::regclass AND attname = 'run_id'",
+     "ALTER TABLE pgstage.index_rebuilds ALTER COLUMN run_id DROP NOT NULL"),
     # A run a volume anomaly blocked (pgstage/ops/anomalies.py) ends `blocked`: nothing merged, exit 5.
     ("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'pgstage.runs'::regclass"
      " AND conname = 'runs_status_check' AND pg_get_constraintdef(oid) NOT LIKE '%blocked%')",

@@ -1,0 +1,1 @@
+SELECT index_name, definition, backfill_id FROM pgstage.index_rebuilds WHERE target = %(target)s AND (backfill_id IS NULL OR backfill_id = %(own)s OR pg_try_advisory_xact_lock(hashtextextended('pgstage:backfill-live:' || "backfill_id"::text, 0))) ORDER BY index_name
