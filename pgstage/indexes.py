@@ -58,16 +58,29 @@ def plain_definition(definition: str, name: str, target: tuple[str, str]) -> boo
 
 
 def secondary_indexes(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, str]]:
-    """(name, CREATE INDEX statement) of the target's valid, non-unique, non-constraint indexes."""
+    """(name, CREATE INDEX statement) of the target's valid, non-unique, non-constraint indexes.
+
+    Read under the table's weakest lock: `pg_get_indexdef` looks the index up afresh, and an index
+    another session drops between the catalog scan and that lookup fails the statement ("cache
+    lookup failed", about one call in ten under a steady drop and create). DROP INDEX waits for
+    the lock, so the list is read whole; a DROP already under way is waited for (`lock_timeout`).
+    """
     schema, table = spec.target
-    rows = execute(conn, sql.SQL(
+    with conn.transaction():
+        execute(conn, sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(schema, table)),
+                label="indexes: hold the list still")
+        rows = _list(conn, schema, table)
+    return [(name, definition) for name, definition in rows]
+
+
+def _list(conn: psycopg.Connection[Any], schema: str, table: str) -> list[tuple[Any, ...]]:
+    return execute(conn, sql.SQL(
         "SELECT ic.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
         " JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
         " JOIN pg_class ic ON ic.oid = i.indexrelid"
         " WHERE n.nspname = %s AND c.relname = %s AND NOT i.indisunique AND NOT i.indisprimary AND i.indisvalid"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY 1"),
         (schema, table), label="indexes: list").fetchall()
-    return [(name, definition) for name, definition in rows]
 
 
 def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int) -> bool:

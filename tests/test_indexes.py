@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
+import threading
 
+import psycopg
 import pytest
 
 import pgstage
 from pgstage.errors import UntrustedIndexDefinition
-from pgstage.indexes import plain_definition
+from pgstage.indexes import plain_definition, secondary_indexes
 from pgstage.rejects import list_rejects
 from pgstage.repair import repair
+from pgstage.spec import parse_spec
 from tests.conftest import Loader
 
 TARGET = '"Sales"."Order ""Lines"""'
@@ -175,3 +177,36 @@ def test_the_cli_reports_a_tampered_definition_without_a_traceback(loader: Loade
 ])
 def test_plain_definition(definition: str, plain: bool) -> None:
     assert plain_definition(definition, "Lines by note", ("Sales", 'Order "Lines"')) is plain
+
+
+def test_the_list_of_indexes_holds_while_another_session_drops_and_creates_one(loader: Loader, sql) -> None:
+    """pg_get_indexdef of an index dropped between the catalog scan and its lookup failed the listing
+    ("cache lookup failed", about one call in ten under this churn before the table was locked)."""
+    sql('CREATE SCHEMA "Sales"')
+    sql(f"CREATE TABLE {TARGET} (id bigint PRIMARY KEY, note text, other text)")
+    sql(f'CREATE INDEX "Lines by other" ON {TARGET} (other)')
+    spec = parse_spec(SPEC.format(strategy="rebuild", batch_rows=10))
+    stop = threading.Event()
+    churned = []
+
+    def churn() -> None:
+        with psycopg.connect(loader.db_url, autocommit=True) as other:
+            while not stop.is_set():
+                other.execute(f'CREATE INDEX IF NOT EXISTS "Lines by note" ON {TARGET} (note)')
+                other.execute('DROP INDEX IF EXISTS "Sales"."Lines by note"')
+                churned.append(1)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    seen = set()
+    try:
+        with psycopg.connect(loader.db_url, autocommit=True) as conn:
+            for _ in range(2000):
+                listed = dict(secondary_indexes(conn, spec))
+                assert listed["Lines by other"] == f'CREATE INDEX "Lines by other" ON "Sales".{TARGET.split(".")[1]} USING btree (other)'
+                seen.add(tuple(sorted(listed)))
+    finally:
+        stop.set()
+        worker.join()
+    assert len(churned) > 50   # the other session really dropped and created meanwhile
+    assert seen <= {("Lines by other",), ("Lines by note", "Lines by other")}
