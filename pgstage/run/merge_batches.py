@@ -112,6 +112,8 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
         ahead = load.early_merge.stop()
     elif load.early_merge is not None:
         load.early_merge.close()
+    if load.early_merge is not None and not ahead:
+        load.early_merge.give_back_key(load.conn)   # a key dropped for a first load is back before any merge
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order, opened=opened))
                for i, (checked, last) in enumerate(validated.pending) if i >= ahead]
@@ -150,6 +152,7 @@ def _commit_early(load: Load, plan: MergePlan, batches: tuple[tuple[validate.Che
         opened.committed(len(batches) - 1)
         _drop_tables(load.conn, [checked.table for checked in committed])   # read no more
         return
+    load.early_merge.give_back_key(load.conn)
     for turn, (checked, last) in enumerate(batches):
         _merge_batch(load.conn, load=load, plan=plan, checked=checked, last_of_file=last, turn=turn, order=order,
                      opened=opened)
