@@ -73,6 +73,31 @@ def test_a_first_load_merges_every_batch_early_and_remakes_the_key(loader: Loade
     assert_key_back(sql)
 
 
+def test_no_known_rows_sample_reads_the_target_while_its_key_is_missing(loader: Loader, sql: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The known-rows sample probes the target by its key once per sampled record: without the key's index each
+    probe would scan the early session's uncommitted rows. Once the key is dropped, validations skip it."""
+    from pgstage.pipeline import known
+
+    real, keyed = known.worth_it, []
+
+    def worth_it(conn: psycopg.Connection[Any], *a: Any, **k: Any) -> bool:
+        keyed.append(conn.execute("SELECT count(*) FROM pg_constraint WHERE conname = 'items_pkey'").fetchone())
+        return real(conn, *a, **k)
+
+    monkeypatch.setattr(known, "worth_it", worth_it)
+    sql(TARGET)
+    loader.spec(REBUILD.replace("batch_rows = 4", "batch_rows = 2"))   # five batches
+    rows = ten_rows()
+    loader.write("items.csv", _csv(rows))
+    with events() as seen:
+        loader.run()
+    assert steps(seen) == ["key index dropped", "key index put back"]
+    assert set(keyed) <= {(1,)}   # sampled only while the key was there (before the drop), if at all
+    assert sql("SELECT id, v, note FROM app.items ORDER BY id") == _oracle(rows)
+    assert_key_back(sql)
+
+
 @pytest.mark.parametrize("where", ["first batch", "last batch", "both"])
 def test_a_key_repeated_inside_a_batch_merges_again_one_row_per_key(loader: Loader, sql: Any, where: str) -> None:
     """The key's index refuses the first load at the end: the inserts are undone, the key made on the empty table

@@ -147,6 +147,11 @@ class EarlyMerge:
         return self._thread is not None
 
     @property
+    def key_dropped(self) -> bool:
+        """The key's constraint is dropped for this first load and not made again yet (pgstage/key_index.py)."""
+        return self._key is not None
+
+    @property
     def found_empty(self) -> bool | None:
         """Whether the target was empty when the early session opened (before its first write); None before."""
         return self._into_empty if self._opened else None
