@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from psycopg import sql as psql
 
 import pgstage
@@ -401,3 +403,39 @@ def test_repair_puts_back_a_key_a_killed_first_load_left(tmp_path: Path, db_url:
     assert "rebuilt 1 index(es) (items_pkey)" in result.output
     assert sql(KEY) == [("items_pkey", "p")]
     assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
+
+
+# Any name PostgreSQL takes: quotes, spaces, capitals, keywords, non-ASCII (63 bytes at most, no NUL).
+_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                 max_size=12).filter(lambda n: len(n.encode()) <= 63)
+_relations = _names.filter(lambda n: "." not in n and not n.startswith("pg_"))   # a spec's `schema.table`
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schema=_relations, table=_relations, column=_names, constraint=_names, unique=st.booleans())
+def test_pgstage_takes_back_every_key_it_drops(db_url: str, schema: str, table: str, column: str, constraint: str,
+                                               unique: bool) -> None:
+    """Whatever the names, the stored definition passes the rebuild's shape check (else the key would never be
+    dropped) and makes the same constraint again."""
+    from pgstage.pipeline import ledger
+
+    assume(constraint != table)   # the constraint's index shares the schema's namespace with the table
+    spec = parse_spec(NAMED)
+    spec = spec.model_copy(update={"pipeline": spec.pipeline.model_copy(update={"target": f"{schema}.{table}",
+                                                                                "key": (column,)})})
+    kind = psql.SQL("UNIQUE") if unique else psql.SQL("PRIMARY KEY")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        ledger.ensure(conn)
+        conn.execute(psql.SQL("DROP SCHEMA IF EXISTS {} CASCADE; CREATE SCHEMA {}").format(
+            psql.Identifier(schema), psql.Identifier(schema)))
+        conn.execute(psql.SQL("CREATE TABLE {} ({} bigint NOT NULL, CONSTRAINT {} {} ({}))").format(
+            psql.Identifier(schema, table), psql.Identifier(column), psql.Identifier(constraint), kind,
+            psql.Identifier(column)))
+        assert spec.target == (schema, table)
+        assert key_index.drop_for_load(conn, spec, 1) == constraint
+        assert indexes.rebuild(conn, spec) == [constraint]
+        found = conn.execute("SELECT conname, contype FROM pg_constraint WHERE conrelid = %s::regclass"
+                             " AND contype IN ('p', 'u')", (psql.Identifier(schema, table).as_string(conn),)).fetchall()
+        assert found == [(constraint, "u" if unique else "p")]
+        assert conn.execute("SELECT count(*) FROM pgstage.index_rebuilds").fetchone() == (0,)
+        conn.execute(psql.SQL("DROP SCHEMA {} CASCADE").format(psql.Identifier(schema)))
