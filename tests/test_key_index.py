@@ -406,7 +406,7 @@ def test_repair_puts_back_a_key_a_killed_first_load_left(tmp_path: Path, db_url:
 
 
 # Any name PostgreSQL takes: quotes, spaces, capitals, keywords, non-ASCII (63 bytes at most, no NUL).
-_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+_names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1,
                  max_size=12).filter(lambda n: len(n.encode()) <= 63)
 _relations = _names.filter(lambda n: "." not in n and not n.startswith("pg_"))   # a spec's `schema.table`
 
