@@ -183,6 +183,27 @@ def test_a_lost_early_session_gives_the_key_back_before_phase_2(loader: Loader, 
     assert_key_back(sql)
 
 
+def test_batches_the_thread_did_not_reach_merge_at_the_commit(loader: Loader, sql: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early thread merged nothing before the run went ahead (here: it merges nothing at all): the commit
+    opens the session, takes the lock, merges every batch and makes the key again."""
+    from pgstage.run import early_merge
+
+    monkeypatch.setattr(early_merge.EarlyMerge, "_merge", lambda self, batches: None)
+    sql(TARGET)
+    loader.spec(REBUILD)
+    rows = ten_rows()
+    loader.write("items.csv", _csv(rows))
+    with events() as seen:
+        report = loader.run()
+    assert steps(seen) == ["key index dropped", "key index put back"]
+    assert early(seen) == [("batch merged early", 0), ("batch merged early", 1), ("batch merged early", 2),
+                           ("batch merged", 0), ("batch merged", 1), ("batch merged", 2)]
+    assert sql("SELECT id, v, note FROM app.items ORDER BY id") == _oracle(rows)
+    assert report.counts.inserted == 10
+    assert_key_back(sql)
+
+
 def test_another_writer_waits_while_the_key_is_missing(loader: Loader, sql: Any) -> None:
     """A second session's INSERT during the first load waits for the early session's lock (here, for its
     100 ms lock_timeout: it fails); a reader does not wait. The final table holds exactly the file's rows."""

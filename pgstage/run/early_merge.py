@@ -265,12 +265,12 @@ class EarlyMerge:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        conn, tx = self._conn, self._tx
         if self._ahead and self._error is None:
             try:
-                self._finish_first_load()
+                self._finish_first_load()   # (may open the session, should the thread have merged nothing)
             except BaseException as exc:
                 self._error = exc
+        conn, tx = self._conn, self._tx
         if self._error is None and conn is not None and tx is not None and self._done:
             try:
                 execute(conn, sql.SQL("SELECT 1"), label="merge: early merge session alive?")
