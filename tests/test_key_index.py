@@ -50,6 +50,8 @@ def assert_key_back(sql: Any, kind: str = "p", name: str = "items_pkey") -> None
     assert sql(KEY) == [(name, kind)]
     assert sql("SELECT indexname FROM pg_indexes WHERE schemaname = 'app' ORDER BY 1") == sorted([("items_note",), (name,)])
     assert sql("SELECT count(*) FROM pgstage.index_rebuilds") == [(0,)]
+    # the run's own tables are gone (the merged batches' by the pool, beside the index rebuilds)
+    assert sql("SELECT tablename FROM pg_tables WHERE schemaname = 'pgstage' AND tablename LIKE '\\_%%'") == []
 
 
 def test_a_first_load_merges_every_batch_early_and_remakes_the_key(loader: Loader, sql: Any,

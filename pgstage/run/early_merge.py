@@ -38,7 +38,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -141,10 +141,17 @@ class EarlyMerge:
         self._batches: list[tuple[Future[validate.Checked], bool]] = []
         self._key: str | None = None   # the key's constraint, dropped by `begin` and owed back (pgstage/key_index.py)
         self._ahead = False   # `stop` was called with the key dropped: the last batch merges here too
+        self._finisher: threading.Thread | None = None   # then merges it and makes the key again (`_finish`)
+        self._later: list[Future[None]] = []   # the merged batches' tables, dropped by the pool (`drop_later`)
 
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    @property
+    def merges_all(self) -> bool:
+        """Every batch of the run merges on this session (the key was dropped): phase 2 merges none."""
+        return self._ahead
 
     @property
     def key_dropped(self) -> bool:
@@ -252,6 +259,9 @@ class EarlyMerge:
         with self._claims:
             if self._key is not None and self._error is None:
                 self._ahead = True   # every batch merges here: other sessions could not write the target
+                # meanwhile phase 2 drops the staged tables, which no merge reads (run/merge_batches.py)
+                self._finisher = threading.Thread(target=self._finish, name="pgstage first load", daemon=True)
+                self._finisher.start()
                 return len(self._batches)
             self._stop.set()
             claimed = self._claimed if self._error is None else 0
@@ -265,12 +275,9 @@ class EarlyMerge:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self._ahead and self._error is None:
-            try:
-                self._finish_first_load()   # (may open the session, should the thread have merged nothing)
-            except BaseException as exc:
-                self._error = exc
-        conn, tx = self._conn, self._tx
+        if self._finisher is not None:
+            self._finisher.join()
+        conn, tx = self._conn, self._tx   # (read after `_finish`, which opens the session if the thread merged none)
         if self._error is None and conn is not None and tx is not None and self._done:
             try:
                 execute(conn, sql.SQL("SELECT 1"), label="merge: early merge session alive?")
@@ -294,6 +301,16 @@ class EarlyMerge:
         self.close()
         return [checked for checked, _ in self._done]
 
+    def _finish(self) -> None:
+        """The finisher thread: once the early merges are done, `_finish_first_load`; a failure is `commit`'s to see."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is None:
+            try:
+                self._finish_first_load()
+            except BaseException as exc:
+                self._error = exc
+
     def _finish_first_load(self) -> None:
         """With the key dropped: the batches the thread left (the last one), then the key made again before the commit.
 
@@ -316,11 +333,19 @@ class EarlyMerge:
                 self._merge_one(conn, future.result(), last_of_file, dedup=None)
         faults.hit("key.rebuilt")   # killed here: the key's re-creation rolls back with the rows, the ledger owes it
 
+    def drop_later(self, dropping: Future[None]) -> None:
+        """A drop of merged batches' tables under way on the pool, left to run beside the index rebuilds; `close`
+        waits for it (a failed drop leaves orphans, which the run's end and the next run drop)."""
+        self._later.append(dropping)
+
     def close(self) -> None:
         """Roll back whatever is still open (a refused or failed run) and close the session; idempotent."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._finisher is not None:
+            self._finisher.join()
+        wait(self._later)
         conn, tx, self._conn, self._tx = self._conn, self._tx, None, None
         if conn is not None and roll_back_and_close(conn, tx):
             self._event("early merge rolled back", batches=len(self._done))

@@ -124,12 +124,17 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     # whose deleted_at is staged), and a batch not merged is staged again by a resumed run.
     # Dropping a large table just after a large commit waits for the disk (half a second for a
     # million rows), which no batch waits for now.
+    # With the key dropped for a first load the early session merges every batch (run/early_merge.py): its
+    # commit comes last here, so that the staged tables go while it merges the last batch.
+    all_early = load.early_merge is not None and load.early_merge.merges_all
     try:
-        if ahead:
+        if ahead and not all_early:
             _commit_early(load, plan, validated.pending[:ahead], order, opened)
         by_rule = ledger.rejects_by_rule(load.conn, load.run_id)
         if not _merge_reads_staged(load.spec):
             _drop_tables(load.conn, [checked.staged.table for checked, _ in validated.pending])
+        if ahead and all_early:
+            _commit_early(load, plan, validated.pending[:ahead], order, opened)
     except BaseException:
         order.failed()   # the pool's merges wait for these batches' commits: they roll back
         opened.failed()
@@ -150,7 +155,11 @@ def _commit_early(load: Load, plan: MergePlan, batches: tuple[tuple[validate.Che
         assert len(committed) == len(batches)
         order.committed(len(batches) - 1)
         opened.committed(len(batches) - 1)
-        _drop_tables(load.conn, [checked.table for checked in committed])   # read no more
+        tables = [checked.table for checked in committed]   # read no more
+        if load.early_merge.merges_all:   # no other merge runs beside: the pool drops them beside the index rebuilds
+            load.early_merge.drop_later(load.pool.submit(lambda session: _drop_tables(session, tables)))
+        else:
+            _drop_tables(load.conn, tables)
         return
     load.early_merge.give_back_key(load.conn)
     for turn, (checked, last) in enumerate(batches):
