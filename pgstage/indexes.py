@@ -16,6 +16,11 @@ Whoever can write `pgstage.index_rebuilds` must not get SQL run by the next load
 indexes on plain columns are dropped (an expression or a predicate calls functions; such an
 index is kept and maintained by the merge), and a stored definition is run only if it still
 has exactly that shape, for that index of that target: nothing in it can call a function.
+
+The key's own unique index may go too, around a first load into an empty target
+(pgstage/key_index.py). Its row holds two statements, `CREATE UNIQUE INDEX …; ALTER TABLE …
+ADD CONSTRAINT … PRIMARY KEY|UNIQUE USING INDEX …`, both checked to that shape and to that
+index, constraint and target; the first is run as stored, the second is composed here anew.
 """
 
 from __future__ import annotations
@@ -46,6 +51,17 @@ _PLAIN_INDEX = re.compile(
     rf" USING (?:btree|hash|gist|spgist|gin|brin) \({_KEY}(?:, {_KEY})*\)(?: INCLUDE \({_IDENT}(?:, {_IDENT})*\))?")
 
 
+# The key's constraint as pgstage stores it: PostgreSQL's rendering of its unique index on plain
+# columns (btree, the only method a constraint uses; INCLUDE and NULLS NOT DISTINCT as rendered),
+# then the statement that turns that index back into the constraint, names quoted by psycopg.
+_KEY_INDEX = re.compile(
+    rf"CREATE UNIQUE INDEX (?P<name>{_IDENT}) ON (?:ONLY )?(?P<schema>{_IDENT})\.(?P<table>{_IDENT})"
+    rf" USING btree \({_KEY}(?:, {_KEY})*\)(?: INCLUDE \({_IDENT}(?:, {_IDENT})*\))?(?: NULLS NOT DISTINCT)?"
+    rf"; ALTER TABLE (?P<schema2>{_IDENT})\.(?P<table2>{_IDENT}) ADD CONSTRAINT (?P<constraint>{_IDENT})"
+    rf" (?P<kind>PRIMARY KEY|UNIQUE) USING INDEX (?P<name2>{_IDENT})")
+KEY_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE"}
+
+
 def _unquote(ident: str) -> str:
     return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
 
@@ -55,6 +71,17 @@ def plain_definition(definition: str, name: str, target: tuple[str, str]) -> boo
     found = _PLAIN_INDEX.fullmatch(definition)
     return bool(found and _unquote(found["name"]) == name
                 and (_unquote(found["schema"]), _unquote(found["table"])) == target)
+
+
+def key_definition(definition: str, name: str, target: tuple[str, str]) -> tuple[str, str] | None:
+    """(CREATE UNIQUE INDEX statement, PRIMARY KEY|UNIQUE) when `definition` is exactly the stored form of the key's
+    constraint `name` on `target`, whose index bears the same name (pure); None otherwise."""
+    found = _KEY_INDEX.fullmatch(definition)
+    if not found or {_unquote(found[g]) for g in ("name", "name2", "constraint")} != {name}:
+        return None
+    if {(_unquote(found[s]), _unquote(found[t])) for s, t in (("schema", "table"), ("schema2", "table2"))} != {target}:
+        return None
+    return definition.split("; ALTER TABLE ", 1)[0], found["kind"]
 
 
 def secondary_indexes(conn: psycopg.Connection[Any], spec: Spec) -> list[tuple[str, str]]:
@@ -81,6 +108,17 @@ def _list(conn: psycopg.Connection[Any], schema: str, table: str) -> list[tuple[
         " WHERE n.nspname = %s AND c.relname = %s AND NOT i.indisunique AND NOT i.indisprimary AND i.indisvalid"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY 1"),
         (schema, table), label="indexes: list").fetchall()
+
+
+def key_pending(conn: psycopg.Connection[Any], spec: Spec) -> bool:
+    """Whether the ledger owes the target its key's constraint (dropped for a first load, pgstage/key_index.py)."""
+    row = execute(conn, sql.SQL(
+        "SELECT to_regclass('pgstage.index_rebuilds') IS NOT NULL"), label="indexes: ledger there?").fetchone()
+    if not (row and row[0]):
+        return False
+    rows = execute(conn, sql.SQL("SELECT index_name, definition FROM pgstage.index_rebuilds WHERE target = %s"),
+                   (spec.pipeline.target,), label="indexes: key pending?").fetchall()
+    return any(key_definition(definition, name, spec.target) for name, definition in rows)
 
 
 def should_rebuild(conn: psycopg.Connection[Any], spec: Spec, incoming_rows: int) -> bool:
@@ -144,22 +182,28 @@ def drop_for_load(conn: psycopg.Connection[Any], spec: Spec, run_id: int | None,
     return dropped
 
 
-def rebuild(conn: psycopg.Connection[Any], spec: Spec, *, backfill_id: int | None = None) -> list[str]:
+def rebuild(conn: psycopg.Connection[Any], spec: Spec, *, backfill_id: int | None = None,
+            keys_only: bool = False) -> list[str]:
     """Recreate every index the ledger says is missing on the target; safe to call at any time, from any session.
 
     Indexes a live backfill holds are left to it, unless `backfill_id` is that backfill (its end).
+    `keys_only`: the key's constraint only (pgstage/key_index.py), before merges that need it.
+    Inside a transaction each index is a savepoint, and the caller's commit makes it last.
     """
     rows = execute(conn, build_pending(), {"target": spec.pipeline.target, "own": backfill_id},
                    label="indexes: pending").fetchall()
     schema, _ = spec.target
     rebuilt = []
     for name, definition, held_by in rows:
-        if not plain_definition(definition, name, spec.target):
+        key = key_definition(definition, name, spec.target)
+        if key is None and keys_only:
+            continue
+        if key is None and not plain_definition(definition, name, spec.target):
             raise UntrustedIndexDefinition(
                 f"pgstage.index_rebuilds holds a definition for index {name!r} of {spec.pipeline.target} that pgstage"
                 f" did not write, so it was not run: {definition!r}",
                 location=Location(file=str(spec.path) if spec.path else None),
-                hint="pgstage only drops indexes on plain columns; recreate the index yourself if it is wanted, then"
+                hint="pgstage only drops indexes on plain columns and the key's own constraint; recreate the index yourself if it is wanted, then"
                      f" delete the row: DELETE FROM pgstage.index_rebuilds WHERE target = '{spec.pipeline.target}'"
                      f" AND index_name = '{name}'")
         with conn.transaction():
@@ -175,7 +219,10 @@ def rebuild(conn: psycopg.Connection[Any], spec: Spec, *, backfill_id: int | Non
                 sql.Literal(spec.load.maintenance_work_mem.replace(" ", ""))), label="indexes: memory")
             if not relation_exists(conn, schema, name):
                 # PostgreSQL's own rendering from pg_get_indexdef, checked above to hold names only.
-                execute(conn, sql.SQL(definition), label=f"indexes: rebuild {name}")  # type: ignore[arg-type]
+                create = definition if key is None else key[0]
+                execute(conn, sql.SQL(create), label=f"indexes: rebuild {name}")  # type: ignore[arg-type]
+            if key is not None:
+                _constrain(conn, spec, name, key[1])
             faults.hit("index.rebuild")
             execute(conn, sql.SQL("DELETE FROM pgstage.index_rebuilds WHERE target = %s AND index_name = %s"),
                     (spec.pipeline.target, name), label="indexes: done")
@@ -189,3 +236,15 @@ def _dead(conn: psycopg.Connection[Any], backfill_id: int) -> bool:
     row = execute(conn, sql.SQL("SELECT pg_try_advisory_xact_lock({})").format(build_backfill_key(sql.Placeholder())),
                   (backfill_id,), label="indexes: backfill gone?").fetchone()
     return bool(row and row[0])
+
+
+def _constrain(conn: psycopg.Connection[Any], spec: Spec, name: str, kind: str) -> None:
+    """The key's rebuilt unique index made its constraint again (ACCESS EXCLUSIVE, for a catalog update only)."""
+    if execute(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s)"
+                             " AND conname = %s)"), (qualified(*spec.target), name),
+               label="indexes: constraint there?").fetchone() == (True,):
+        return
+    execute(conn, sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}").format(
+        sql.Identifier(*spec.target), sql.Identifier(name),
+        sql.SQL("PRIMARY KEY") if kind == "PRIMARY KEY" else sql.SQL("UNIQUE"), sql.Identifier(name)),
+        label=f"indexes: constraint {name}")

@@ -112,6 +112,8 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
         ahead = load.early_merge.stop()
     elif load.early_merge is not None:
         load.early_merge.close()
+    if load.early_merge is not None and not ahead:
+        load.early_merge.give_back_key(load.conn)   # a key dropped for a first load is back before any merge
     merging = [load.pool.submit(partial(_merge_batch, load=load, plan=plan, checked=checked, last_of_file=last,
                                         turn=i, order=order, opened=opened))
                for i, (checked, last) in enumerate(validated.pending) if i >= ahead]
@@ -122,12 +124,17 @@ def _merge_batches(load: Load, validated: Validated, plan: MergePlan) -> dict[st
     # whose deleted_at is staged), and a batch not merged is staged again by a resumed run.
     # Dropping a large table just after a large commit waits for the disk (half a second for a
     # million rows), which no batch waits for now.
+    # With the key dropped for a first load the early session merges every batch (run/early_merge.py): its
+    # commit comes last here, so that the staged tables go while it merges the last batch.
+    all_early = load.early_merge is not None and load.early_merge.merges_all
     try:
-        if ahead:
+        if ahead and not all_early:
             _commit_early(load, plan, validated.pending[:ahead], order, opened)
         by_rule = ledger.rejects_by_rule(load.conn, load.run_id)
         if not _merge_reads_staged(load.spec):
             _drop_tables(load.conn, [checked.staged.table for checked, _ in validated.pending])
+        if ahead and all_early:
+            _commit_early(load, plan, validated.pending[:ahead], order, opened)
     except BaseException:
         order.failed()   # the pool's merges wait for these batches' commits: they roll back
         opened.failed()
@@ -148,8 +155,13 @@ def _commit_early(load: Load, plan: MergePlan, batches: tuple[tuple[validate.Che
         assert len(committed) == len(batches)
         order.committed(len(batches) - 1)
         opened.committed(len(batches) - 1)
-        _drop_tables(load.conn, [checked.table for checked in committed])   # read no more
+        tables = [checked.table for checked in committed]   # read no more
+        if load.early_merge.merges_all:   # no other merge runs beside: the pool drops them beside the index rebuilds
+            load.early_merge.drop_later(load.pool.submit(lambda session: _drop_tables(session, tables)))
+        else:
+            _drop_tables(load.conn, tables)
         return
+    load.early_merge.give_back_key(load.conn)
     for turn, (checked, last) in enumerate(batches):
         _merge_batch(load.conn, load=load, plan=plan, checked=checked, last_of_file=last, turn=turn, order=order,
                      opened=opened)

@@ -242,11 +242,16 @@ def _validate_batch(session: psycopg.Connection[Any], *, load: Load, batch: stag
     started = time.perf_counter()
     with turns.validation(turn) if turns is not None else nullcontext():
         load.throttle.wait(session, f"validation of {batch.source.name} batch {batch.batch_no}")
+        context = load.validation
+        if load.early_merge is not None and load.early_merge.key_dropped:
+            # The target was empty and holds only the early session's uncommitted rows: no record is known, and
+            # without the key's index the known-rows sample would scan those rows once per sampled key.
+            context = replace(context, known_rows=False)
         with session.transaction():
             began = time.time()
             checked = validate.check(session, load.spec, load.types, batch,
                                      checked_table(load.run_id, batch.file_no, batch.batch_no), load.run_id,
-                                     load.validation)
+                                     context)
             timings = {"validate": (began, time.time()), **({"stage": staged} if staged else {})}
             ledger.record_batch(session, load.run_id, batch, _pre_merge(checked), "validated", timings)
     faults.hit("validate.after")
